@@ -1,0 +1,132 @@
+"""The strategy contract: a named class with declared parameters and one ``__call__``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+Info = dict[str, float]
+
+
+@dataclass(frozen=True)
+class Param:
+    """A declared strategy parameter: its default (which fixes its type) and its valid range."""
+
+    default: int | float | str | bool
+    ge: float | None = None  # inclusive lower bound
+    gt: float | None = None  # exclusive lower bound
+    le: float | None = None  # inclusive upper bound
+    choices: tuple | None = None
+    doc: str = ""
+
+    @property
+    def type(self) -> type:
+        return type(self.default)
+
+    def describe(self) -> str:
+        rule = self.type.__name__
+        for op, bound in ((">=", self.ge), (">", self.gt), ("<=", self.le)):
+            if bound is not None:
+                rule += f" {op} {bound:g}"
+        if self.choices:
+            rule += " in {" + ", ".join(map(str, self.choices)) + "}"
+        return f"{rule}, default {self.default!r}"
+
+    def check(self, value: Any) -> Any:
+        """Return ``value`` converted to this parameter's type, or raise ValueError (a str)."""
+        kind = self.type
+        if kind is bool:
+            ok = isinstance(value, bool)
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok = ok and math.isfinite(value)
+            value = float(value) if ok else value
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            raise ValueError(f"expected {kind.__name__}, got {value!r}")
+        if (
+            (self.ge is not None and value < self.ge)
+            or (self.gt is not None and value <= self.gt)
+            or (self.le is not None and value > self.le)
+            or (self.choices and value not in self.choices)
+        ):
+            raise ValueError(f"{value!r} is out of range ({self.describe()})")
+        return value
+
+    def parse(self, text: str) -> Any:
+        """Convert a command-line string (``"10"``, ``"1e-6"``, ``"true"``) to this type."""
+        kind = self.type
+        try:
+            if kind is bool:
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                return text.lower() in ("true", "1")
+            if kind is int:
+                return int(text)
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"expected {kind.__name__}, got {text!r}") from None
+
+
+class Strategy:
+    """Base class of gradient strategies.
+
+    A subclass declares ``name`` and ``parameters`` (name -> :class:`Param`) and implements
+    ``__call__(f, z0, solver) -> (z, info)``:
+
+    - ``f``: callable z -> T(z), differentiable in z and in the parameters it captures;
+    - ``z0``: the initial iterate (no grad);
+    - ``solver``: callable ``solver(f, z0) -> (z_star, info)`` that builds no graph.
+
+    It returns ``z`` attached to the autograd graph, so that ``loss(z).backward()`` leaves the
+    strategy's gradient in the parameters' ``.grad``, and ``info`` (str -> number), which
+    strategies with a backward solve complete during ``backward()``.
+
+    Validated parameter values are available as attributes (``self.k``) and in ``self.params``.
+    """
+
+    name: ClassVar[str] = ""
+    parameters: ClassVar[dict[str, Param]] = {}
+
+    def __init__(self, **params: Any):
+        unknown = sorted(set(params) - set(self.parameters))
+        if unknown:
+            raise ValueError(
+                f"strategy {self.name!r}: unknown parameter(s) {', '.join(unknown)}; "
+                f"accepted: {self.accepted()}"
+            )
+        self.params: dict[str, Any] = {}
+        for key, spec in self.parameters.items():
+            try:
+                value = spec.check(params.get(key, spec.default))
+            except ValueError as err:
+                raise ValueError(
+                    f"strategy {self.name!r}: bad value for {key}: {err}; "
+                    f"accepted: {self.accepted()}"
+                ) from None
+            self.params[key] = value
+            setattr(self, key, value)
+
+    @classmethod
+    def accepted(cls) -> str:
+        if not cls.parameters:
+            return "no parameters"
+        return "; ".join(f"{k} ({p.describe()})" for k, p in cls.parameters.items())
+
+    @property
+    def label(self) -> str:
+        """``name:key=value:...`` — the form the command line accepts."""
+        return ":".join([self.name] + [f"{k}={v}" for k, v in self.params.items()])
+
+    def __call__(self, f, z0: torch.Tensor, solver) -> tuple[torch.Tensor, Info]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{self.name}({args})"

@@ -1,0 +1,32 @@
+"""Truncated Neumann series for the implicit gradient: v = sum_{i<=k} (J^T)^i g."""
+
+import torch
+
+from strategies import Param, Strategy, register
+from strategies._implicit import implicit_output
+
+
+@register
+class Neumann(Strategy):
+    """Approximate (I - J^T)^{-1} g by its first k+1 Neumann terms (k = 0 is JFB).
+
+    Converges as ||J||^k when f is a contraction; each term is one J^T product.
+    """
+
+    name = "neumann"
+    parameters = {"k": Param(10, ge=0, doc="number of J^T products")}
+
+    def __call__(self, f, z0, solver):
+        with torch.no_grad():
+            z_star, info = solver(f, z0)
+        info = dict(info)
+
+        def adjoint(J, g):
+            v = term = g
+            for _ in range(self.k):
+                term = J.T(term)
+                v = v + term
+            info["backward_iters"] = float(self.k)
+            return v
+
+        return implicit_output(f, z_star, adjoint), info
