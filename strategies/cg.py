@@ -56,6 +56,8 @@ def cgls(J, g, tol, max_iter):
         v, r = v + alpha * p, r - alpha * q
         residual = torch.where(g_norm > 0, batch_dot(r, r).sqrt() / g_norm.clamp_min(1e-300), 0.0)
         active = active & (residual > tol)
+        if not active.any() or it == max_iter:
+            break  # no new search direction needed: skip its J u product
         s = Mt(r)
         gamma_new = batch_dot(s, s)
         p = s + torch.where(gamma > 0, gamma_new / gamma.clamp_min(1e-300), 0.0) * p

@@ -1,0 +1,316 @@
+"""Conformance tests: every registered strategy (built-in, README example, or a new file) runs them.
+
+Reference: f(z) = tanh(W z + U x + b) with ||W||_2 = 0.5, small enough for dense Jacobians; the
+exact implicit gradient is computed with torch.linalg.solve, independently of the strategies.
+"""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.measure import saved_bytes
+from bench.solver import FixedPointSolver
+from strategies import Strategy, get_strategy, list_strategies, parse_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+N, M = 5, 3  # state size, input size
+
+
+class TanhLayer(torch.nn.Module):
+    def __init__(self, dtype=torch.float64, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        W = torch.randn(N, N, generator=g, dtype=torch.float64)
+        self.W = torch.nn.Parameter((0.5 * W / torch.linalg.matrix_norm(W, 2)).to(dtype))
+        self.U = torch.nn.Parameter(torch.randn(N, M, generator=g, dtype=torch.float64).to(dtype))
+        self.b = torch.nn.Parameter(
+            0.1 * torch.randn(N, generator=g, dtype=torch.float64).to(dtype)
+        )
+
+    def layer(self, x):
+        return lambda z: torch.tanh(z @ self.W.T + x @ self.U.T + self.b)
+
+
+def loss_fn(z):
+    return ((z - 0.3) ** 2).sum() + z.sum() ** 2 / 10  # couples samples through the loss only
+
+
+def accurate_solver():
+    return FixedPointSolver("fixed_point_iter", max_iter=300, tol=1e-14)
+
+
+def strategy_gradient(strategy, layer, x, solver=None):
+    layer.zero_grad()
+    f = layer.layer(x)
+    z, info = strategy(f, torch.zeros(x.shape[0], N, dtype=x.dtype), solver or accurate_solver())
+    loss_fn(z).backward()
+    return torch.cat([p.grad.flatten() for p in layer.parameters()]), z, info
+
+
+def exact_fixed_point(layer, x):
+    f = layer.layer(x)
+    z = torch.zeros(x.shape[0], N, dtype=x.dtype)
+    with torch.no_grad():
+        for _ in range(200):  # contraction factor <= 0.5: error 0.5^200
+            z = f(z)
+    return z
+
+
+def dense_param_jacobian(layer, x_b, z_b):
+    """d f(z_b; theta) / d theta as a dense (N, n_params) matrix, z_b held fixed."""
+    names = [n for n, _ in layer.named_parameters()]
+    params = tuple(p.detach() for p in layer.parameters())
+
+    def f_of(*ps):
+        W, U, b = dict(zip(names, ps, strict=True)).values()
+        return torch.tanh(W @ z_b + U @ x_b + b)
+
+    jac = torch.autograd.functional.jacobian(f_of, params)
+    return torch.cat([j.reshape(N, -1) for j in jac], dim=1)
+
+
+def reference_gradients(layer, x):
+    """(exact implicit gradient, JFB gradient) from dense Jacobians."""
+    z = exact_fixed_point(layer, x)
+    g = torch.autograd.functional.jacobian(loss_fn, z)  # dl/dz*
+    exact, jfb = 0.0, 0.0
+    for b in range(x.shape[0]):
+        J = torch.autograd.functional.jacobian(layer.layer(x[b : b + 1]), z[b : b + 1])
+        J = J.reshape(N, N)
+        v = torch.linalg.solve((torch.eye(N, dtype=x.dtype) - J).T, g[b])
+        P = dense_param_jacobian(layer, x[b], z[b])
+        exact, jfb = exact + v @ P, jfb + g[b] @ P
+    return exact, jfb
+
+
+def _inputs(batch=4, dtype=torch.float64, seed=1):
+    return torch.randn(batch, M, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+def rel_err(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def test_cg_matches_exact_implicit_gradient():
+    layer, x = TanhLayer(), _inputs()
+    exact, _ = reference_gradients(layer, x)
+    grad, _, info = strategy_gradient(get_strategy("cg", tol=1e-12, max_iter=200), layer, x)
+    assert rel_err(grad, exact) <= 1e-6
+    assert info["backward_residual"] <= 1e-12 and info["backward_iters"] >= 1
+
+
+def test_cg_reports_when_it_stops_short():
+    layer, x = TanhLayer(), _inputs()
+    _, _, info = strategy_gradient(get_strategy("cg", tol=1e-12, max_iter=1), layer, x)
+    assert info["backward_iters"] == 1 and info["backward_converged"] == 0.0
+    assert info["backward_residual"] > 1e-12
+
+
+def test_neumann_error_falls_with_k():
+    layer, x = TanhLayer(), _inputs()
+    exact, _ = reference_gradients(layer, x)
+    errors = [
+        rel_err(strategy_gradient(get_strategy("neumann", k=k), layer, x)[0], exact)
+        for k in (0, 2, 5, 10, 20, 60)
+    ]
+    assert all(a > b for a, b in zip(errors[:-1], errors[1:], strict=True)), errors
+    assert errors[-1] <= 1e-6
+
+
+def test_jfb_is_the_one_step_gradient_and_a_descent_direction():
+    layer, x = TanhLayer(), _inputs()
+    exact, jfb_ref = reference_gradients(layer, x)
+    grad, _, _ = strategy_gradient(get_strategy("jfb"), layer, x)
+    assert rel_err(grad, jfb_ref) <= 1e-10
+    assert torch.dot(grad, exact) > 0
+
+
+def test_unrolled_equals_autograd_through_an_explicit_loop():
+    layer, x = TanhLayer(), _inputs()
+    grad, z, info = strategy_gradient(get_strategy("unrolled", k=7), layer, x)
+    layer.zero_grad()
+    f, zz = layer.layer(x), torch.zeros(x.shape[0], N, dtype=x.dtype)
+    for _ in range(7):
+        zz = f(zz)
+    loss_fn(zz).backward()
+    expected = torch.cat([p.grad.flatten() for p in layer.parameters()])
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(z, zz)
+    assert info["forward_iters"] == 7
+
+
+# ---- every registered strategy ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list_strategies())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [1, 6])
+def test_every_strategy_contract(name, dtype, batch):
+    layer, x = TanhLayer(dtype), _inputs(batch, dtype)
+    strategy = get_strategy(name)
+    assert isinstance(strategy, Strategy) and strategy.name == name
+    grad, z, info = strategy_gradient(strategy, layer, x, FixedPointSolver("anderson", tol=1e-5))
+    assert z.shape == (batch, N) and z.dtype == dtype and z.requires_grad
+    for p in layer.parameters():
+        assert p.grad is not None and p.grad.shape == p.shape and p.grad.dtype == dtype
+    assert torch.isfinite(grad).all() and grad.norm() > 0
+    assert isinstance(info, dict) and info
+    assert all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in info.items())
+
+
+@pytest.mark.parametrize("name", list_strategies())
+def test_every_strategy_works_on_images_and_on_unbatched_vectors(name):
+    strategy = get_strategy(name)
+    w = torch.nn.Parameter(torch.tensor(0.4, dtype=torch.float64))
+    d = torch.rand(2, 3, 4, 5, dtype=torch.float64)
+    z, _ = strategy(lambda z: w * torch.sin(z) + d, torch.zeros_like(d), accurate_solver())
+    z.sum().backward()
+    assert z.shape == d.shape and torch.isfinite(w.grad)
+    v = torch.nn.Parameter(torch.tensor(0.3, dtype=torch.float64))
+    c = torch.rand(7, dtype=torch.float64)
+    z, _ = strategy(
+        lambda z: v * torch.cos(z) + c, torch.zeros(7, dtype=torch.float64), accurate_solver()
+    )
+    z.sum().backward()
+    assert z.shape == (7,) and torch.isfinite(v.grad)
+
+
+@pytest.mark.parametrize("name", list_strategies())
+def test_every_strategy_close_to_the_exact_gradient_when_it_should_be(name):
+    """Every strategy's gradient is finite and, on this well-conditioned layer, a descent direction."""
+    layer, x = TanhLayer(), _inputs()
+    exact, _ = reference_gradients(layer, x)
+    grad, _, _ = strategy_gradient(get_strategy(name), layer, x)
+    assert torch.dot(grad, exact) > 0
+
+
+def _saved_bytes_of(strategy, solver_iters):
+    torch.manual_seed(0)
+    from bench.model import DeblurDEQ
+    from bench.problem import GaussianBlur
+
+    model = DeblurDEQ(GaussianBlur(5, 1.0), channels=1, width=8, depth=3)
+    d = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    # tol below reach: the solver runs exactly `solver_iters` iterations
+    solver = FixedPointSolver("fixed_point_iter", max_iter=solver_iters, tol=1e-30)
+
+    def step():
+        z, info = model(d, strategy, solver)
+        return z.square().mean()
+
+    nbytes, loss = saved_bytes(step)
+    loss.backward()
+    return nbytes
+
+
+@pytest.mark.parametrize("name", list_strategies())
+def test_saved_bytes_do_not_grow_with_solver_iterations(name):
+    strategy = get_strategy(name)
+    few, many = _saved_bytes_of(strategy, 10), _saved_bytes_of(strategy, 100)
+    assert few == many and few > 0
+
+
+def test_unrolled_saved_bytes_grow_with_k():
+    sizes = [_saved_bytes_of(get_strategy("unrolled", k=k), 10) for k in (1, 2, 4, 8)]
+    assert sizes[0] < sizes[1] < sizes[2] < sizes[3]
+    per_layer = sizes[1] - sizes[0]
+    assert sizes[3] - sizes[2] == pytest.approx(4 * per_layer, rel=0.05)
+
+
+def test_jfb_saves_what_one_layer_application_saves():
+    jfb = _saved_bytes_of(get_strategy("jfb"), 10)
+    one_layer = _saved_bytes_of(get_strategy("unrolled", k=1), 10)
+    assert jfb <= one_layer  # unrolled's first layer also saves x0-derived tensors
+
+
+# ---- the contract's errors, discovery and plug-ins --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, params, words",
+    [
+        ("nope", {}, ["nope", "jfb", "cg", "neumann", "unrolled"]),
+        ("neumann", {"k": -1}, ["neumann", "k", "-1", ">= 0"]),
+        ("cg", {"tol": 0}, ["cg", "tol", "> 0", "max_iter"]),
+        ("cg", {"tol": float("nan")}, ["cg", "tol"]),
+        ("cg", {"max_iter": 2.5}, ["cg", "max_iter", "int"]),
+        ("unrolled", {"depth": 3}, ["unrolled", "depth", "accepted", "k"]),
+        ("jfb", {"k": 1}, ["jfb", "k", "no parameters"]),
+    ],
+)
+def test_bad_names_and_parameters_raise_clear_value_errors(name, params, words):
+    with pytest.raises(ValueError) as err:
+        get_strategy(name, **params)
+    assert all(w in str(err.value) for w in words), str(err.value)
+
+
+def test_spec_parsing():
+    s = parse_spec("cg:tol=1e-8:max_iter=7")
+    assert (s.name, s.tol, s.max_iter) == ("cg", 1e-8, 7)
+    assert parse_spec(s.label).params == s.params
+    for bad in ("neumann:k=ten", "neumann:k", "neumann:q=1", "zzz:k=1"):
+        with pytest.raises(ValueError):
+            parse_spec(bad)
+
+
+def test_readme_example_is_registered():
+    assert "damped" in list_strategies()
+
+
+def _run_python(code, pythonpath):
+    env = {"PYTHONPATH": str(pythonpath), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=pythonpath,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_a_new_file_in_the_strategies_folder_is_discovered(tmp_path):
+    import shutil
+
+    shutil.copytree(ROOT / "strategies", tmp_path / "strategies")
+    shutil.copytree(ROOT / "bench", tmp_path / "bench")
+    (tmp_path / "strategies" / "halfstep.py").write_text(
+        textwrap.dedent(
+            """
+            from strategies import Strategy, register
+
+            @register
+            class HalfStep(Strategy):
+                name = "halfstep"
+
+                def __call__(self, f, z0, solver):
+                    return f(z0), {}
+            """
+        )
+    )
+    out = _run_python("import strategies; print(strategies.list_strategies())", tmp_path)
+    assert "'halfstep'" in out and "'jfb'" in out
+
+
+def test_installed_packages_add_strategies_through_entry_points(tmp_path):
+    (tmp_path / "myplugin.py").write_text(
+        "from strategies import Strategy, register\n"
+        "class Plugged(Strategy):\n"
+        "    name = 'plugged'\n"
+        "    def __call__(self, f, z0, solver):\n"
+        "        return f(z0), {}\n"
+    )
+    dist = tmp_path / "myplugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: myplugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[implicit_bench.strategies]\nplugged = myplugin:Plugged\n"
+    )
+    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import strategies; print(strategies.list_strategies())"
+    assert "'plugged'" in _run_python(code, tmp_path)
