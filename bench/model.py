@@ -1,11 +1,13 @@
 """The implicit deblurring network (the reference work's DE-GRAD layer).
 
-T(x) = x - eta * (A^T (A x - d) + R(x)),   R(x) = x - D(x),
+T(x) = x - eta * (A^T (A x - d) + R(x)),   R(x) = alpha * (x - D(x)),
 
 with D a small CNN whose convolutions are spectrally normalised and whose output is scaled by
-``lipschitz`` < 1. Writing the learned regulariser gradient as R = I - D (the "regularisation by
-denoising" form) is what makes T a contraction: with ||A|| <= 1 and 0 < eta <= 2/3,
-||dT/dx|| <= 1 - eta * (1 - Lip(D)) < 1. A bare CNN R, as in the write-up, gives no such bound.
+``lipschitz`` < 1, and eta, alpha > 0 learnable (alpha is the write-up's regularisation weight).
+Writing the learned regulariser gradient as alpha (I - D) (the "regularisation by denoising" form)
+is what makes T a contraction: with ||A|| <= 1 and eta (1 + 2 alpha) <= 2,
+||dT/dx|| <= 1 - eta * alpha * (1 - Lip(D)) < 1. A bare CNN R, as in the write-up, has no such
+bound. eta < ETA_MAX and alpha < ALPHA_MAX keep eta (1 + 2 alpha) < 2.
 
 Caveat: torch's spectral norm normalises each kernel reshaped to a matrix, which is the standard
 practice but not a bound on the convolution's operator norm; tests measure ||dT/dx|| by power
@@ -23,7 +25,8 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from .problem import Blur
 
-ETA_MAX = 0.5  # keeps eta in (0, 2/3], where the contraction bound above holds
+ETA_MAX = 0.5
+ALPHA_MAX = 1.5  # with ETA_MAX: eta * (1 + 2 alpha) < 2, where the contraction bound holds
 
 
 class Denoiser(nn.Module):
@@ -74,19 +77,26 @@ class DeblurDEQ(nn.Module):
         width: int = 32,
         depth: int = 3,
         eta: float = 0.3,
+        alpha: float = 0.05,
         lipschitz: float = 0.9,
     ):
         super().__init__()
-        if not (isinstance(eta, (int, float)) and 0 < eta < ETA_MAX):
-            raise ValueError(f"model eta must be in (0, {ETA_MAX}), got {eta!r}")
+        for name, value, top in (("eta", eta, ETA_MAX), ("alpha", alpha, ALPHA_MAX)):
+            if not (isinstance(value, (int, float)) and 0 < value < top):
+                raise ValueError(f"model {name} must be in (0, {top}), got {value!r}")
         self.operator = operator
         self.denoiser = Denoiser(channels, width, depth, lipschitz)
-        # eta = ETA_MAX * sigmoid(raw): learnable, positive and bounded.
+        # x = top * sigmoid(raw): learnable, positive and bounded.
         self.eta_raw = nn.Parameter(torch.tensor(math.log(eta / (ETA_MAX - eta))))
+        self.alpha_raw = nn.Parameter(torch.tensor(math.log(alpha / (ALPHA_MAX - alpha))))
 
     @property
     def eta(self) -> torch.Tensor:
         return ETA_MAX * torch.sigmoid(self.eta_raw)
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return ALPHA_MAX * torch.sigmoid(self.alpha_raw)
 
     def initial_iterate(self, d: torch.Tensor) -> torch.Tensor:
         """x0 = A^T d (no graph)."""
@@ -101,11 +111,11 @@ class DeblurDEQ(nn.Module):
         """
         op, lip = self.operator, self.denoiser.lipschitz
         atd = op.A_adjoint(d).to(d.dtype)
-        eta = self.eta.to(d.dtype)
+        eta, alpha = self.eta.to(d.dtype), self.alpha.to(d.dtype)
         weights = [(w.to(d.dtype), b.to(d.dtype)) for w, b in self.denoiser.weights()]
 
         def f(z: torch.Tensor) -> torch.Tensor:
-            r = op.AtA(z) - atd + z - Denoiser.apply(weights, lip, z)
+            r = op.AtA(z) - atd + alpha * (z - Denoiser.apply(weights, lip, z))
             return z - eta * r
 
         return f

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from bench.model import ETA_MAX, DeblurDEQ, Denoiser
+from bench.model import ALPHA_MAX, ETA_MAX, DeblurDEQ, Denoiser
 from bench.problem import GaussianBlur
 from bench.solver import FixedPointSolver, lipschitz_estimate
 
@@ -20,7 +20,8 @@ def test_layer_matches_its_definition():
     z = torch.rand(2, 1, 12, 12, generator=g, dtype=torch.float64)
     f = model.make_layer(d)
     A = model.operator
-    expected = z - model.eta * (A.A_adjoint(A.A(z) - d) + z - model.denoiser(z))
+    reg = model.alpha * (z - model.denoiser(z))
+    expected = z - model.eta * (A.A_adjoint(A.A(z) - d) + reg)
     torch.testing.assert_close(f(z), expected)
     torch.testing.assert_close(model.initial_iterate(d), A.A_adjoint(d))
 
@@ -46,24 +47,41 @@ def test_lipschitz_estimate_matches_dense_jacobian_norm():
     z = torch.rand_like(d)
     J = torch.autograd.functional.jacobian(lambda u: f(u.view_as(z)).flatten(), z.flatten())
     exact = torch.linalg.matrix_norm(J, 2).item()
-    assert abs(lipschitz_estimate(f, z, iters=200) - exact) < 1e-6 * exact
+    estimate = lipschitz_estimate(f, z, iters=300)
+    # power iteration approaches the top singular value from below; slowly, as the top of the
+    # spectrum of this weakly contractive layer is clustered
+    assert exact * 0.995 <= estimate <= exact * (1 + 1e-9)
 
 
-def test_eta_stays_positive_and_bounded():
+def test_eta_and_alpha_stay_positive_and_inside_the_contraction_region():
     model = _model()
     for raw in (-50.0, 0.0, 50.0):
         with torch.no_grad():
             model.eta_raw.fill_(raw)
-        assert 0.0 <= model.eta.item() <= ETA_MAX
+            model.alpha_raw.fill_(raw)
+        eta, alpha = model.eta.item(), model.alpha.item()
+        assert 0.0 <= eta <= ETA_MAX and 0.0 <= alpha <= ALPHA_MAX
+        assert eta * (1 + 2 * alpha) <= 2.0
+
+
+@pytest.mark.parametrize("eta_raw, alpha_raw", [(10.0, 10.0), (0.0, 10.0), (10.0, -2.0)])
+def test_contraction_holds_at_the_edges_of_the_parameter_range(eta_raw, alpha_raw):
+    model = _model().eval()
+    with torch.no_grad():
+        model.eta_raw.fill_(eta_raw)
+        model.alpha_raw.fill_(alpha_raw)
+    d = torch.rand(2, 1, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    assert lipschitz_estimate(model.make_layer(d), torch.rand_like(d), iters=50) < 1.0
 
 
 def test_solver_finds_the_fixed_point_and_reports_honestly():
     model = _model()
     d = torch.rand(2, 1, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     f, z0 = model.make_layer(d), model.initial_iterate(d)
-    z, info = FixedPointSolver("anderson", max_iter=200, tol=1e-8)(f, z0)
+    # plain iteration converges for any contraction (Anderson may stall on weak ones)
+    z, info = FixedPointSolver("fixed_point_iter", max_iter=3000, tol=1e-9)(f, z0)
     rel = ((f(z) - z).flatten(1).norm(dim=1) / f(z).flatten(1).norm(dim=1)).max().item()
-    assert rel < 1e-7 and info["forward_converged"] == 1.0
+    assert rel < 1e-8 and info["forward_converged"] == 1.0
     assert info["forward_residual"] == pytest.approx(rel, rel=0.5)
     assert not z.requires_grad
     _, capped = FixedPointSolver("fixed_point_iter", max_iter=2, tol=1e-8)(f, z0)
@@ -80,6 +98,7 @@ def test_solver_finds_the_fixed_point_and_reports_honestly():
         (lambda: Denoiser(width=0), "width"),
         (lambda: Denoiser(lipschitz=1.0), "lipschitz"),
         (lambda: DeblurDEQ(GaussianBlur(), eta=0.9), "eta"),
+        (lambda: DeblurDEQ(GaussianBlur(), alpha=0.0), "alpha"),
     ],
 )
 def test_bad_settings_raise_value_error(make, match):
