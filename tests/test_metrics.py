@@ -1,0 +1,201 @@
+"""PSNR/SSIM: agreement with scikit-image's reference implementation, and per-image averaging."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+from skimage import data, metrics
+
+from bench.metrics import mean_psnr_ssim, psnr, ssim
+
+
+def _degrade(img: np.ndarray, kind: str, seed: int) -> np.ndarray:
+    """Noisy and/or blurred copy of a [0, 1] image (H, W) or (H, W, C), clipped to [0, 1]."""
+    rng = np.random.default_rng(seed)
+    sigma = (1.0, 1.0, 0.0) if img.ndim == 3 else 1.0  # blur space, not channels
+    if kind == "noise":
+        return np.clip(img + rng.normal(0.0, 0.05, img.shape), 0.0, 1.0)
+    if kind == "blur":
+        return ndimage.gaussian_filter(img, sigma)
+    return np.clip(ndimage.gaussian_filter(img, sigma) + rng.normal(0.0, 0.02, img.shape), 0.0, 1.0)
+
+
+def _pairs(group: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(clean, degraded) pairs of real images, float64 in [0, 1]."""
+    if group == "faces25":
+        clean = list(data.lfw_subset()[:8])
+    elif group == "camera64":
+        cam = data.camera() / 255.0
+        clean = [cam[y : y + 64, x : x + 64] for y, x in [(64, 64), (192, 256), (320, 128)]]
+    elif group == "astronaut64rgb":
+        ast = data.astronaut() / 255.0
+        clean = [ast[y : y + 64, x : x + 64] for y, x in [(100, 200), (300, 300)]]
+    else:  # camera128
+        cam = data.camera() / 255.0
+        clean = [cam[y : y + 128, x : x + 128] for y, x in [(0, 0), (200, 300)]]
+    return [
+        (img, _degrade(img, kind, seed))
+        for seed, img in enumerate(clean)
+        for kind in ("noise", "blur", "both")
+    ]
+
+
+def _to_batch(img: np.ndarray) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(img))
+    return t.permute(2, 0, 1)[None] if t.ndim == 3 else t[None, None]
+
+
+def _stack(pairs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(degraded, clean) batches of a group of same-sized pairs."""
+    return (
+        torch.cat([_to_batch(noisy) for _, noisy in pairs]),
+        torch.cat([_to_batch(clean) for clean, _ in pairs]),
+    )
+
+
+def _channel_axis(img: np.ndarray) -> int | None:
+    return 2 if img.ndim == 3 else None
+
+
+def _skimage_ssim(clean: np.ndarray, noisy: np.ndarray, **kw) -> float:
+    return metrics.structural_similarity(
+        clean,
+        noisy,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        data_range=1.0,
+        channel_axis=_channel_axis(clean),
+        **kw,
+    )
+
+
+def _ssim_map_mirror(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """SSIM map (Wang et al. 2004) with an 11x11 Gaussian (sigma 1.5) window and whole-sample
+    mirror padding ('d c b | a b c d', torch's "reflect"), written independently of torchmetrics.
+    """
+    c1, c2 = 0.01**2, 0.03**2
+    sigma = (1.5, 1.5, 0.0) if x.ndim == 3 else 1.5
+
+    def blur(a):
+        return ndimage.gaussian_filter(a, sigma, truncate=3.5, mode="mirror")
+
+    mx, my = blur(x), blur(y)
+    vx = np.maximum(blur(x * x) - mx * mx, 0.0)
+    vy = np.maximum(blur(y * y) - my * my, 0.0)
+    cxy = blur(x * y) - mx * my
+    return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+
+
+GROUPS = ["faces25", "camera64", "astronaut64rgb", "camera128"]
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_psnr_matches_skimage(group):
+    pairs = _pairs(group)
+    got = psnr(*_stack(pairs))
+    assert got.shape == (len(pairs),)
+    for value, (clean, noisy) in zip(got.tolist(), pairs, strict=True):
+        expected = metrics.peak_signal_noise_ratio(clean, noisy, data_range=1.0)
+        # torchmetrics converts ln -> log10 with a float32 constant: ~1e-7 relative error
+        assert value == pytest.approx(expected, rel=1e-6, abs=0)
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_ssim_is_the_mean_of_the_mirror_padded_ssim_map(group):
+    pairs = _pairs(group)
+    got = ssim(*_stack(pairs))
+    assert got.shape == (len(pairs),)
+    for value, (clean, noisy) in zip(got.tolist(), pairs, strict=True):
+        ref_map = _ssim_map_mirror(noisy, clean)
+        # The interior of this independent map is exactly scikit-image's SSIM (5-pixel border
+        # dropped), which validates the reference itself ...
+        assert ref_map[5:-5, 5:-5].mean() == pytest.approx(_skimage_ssim(clean, noisy), abs=1e-10)
+        # ... and bench.metrics.ssim averages the whole map, borders included.
+        assert value == pytest.approx(ref_map.mean(), abs=1e-10)
+
+
+# Largest |ssim - skimage| over the pairs of each group (measured: faces25 0.0837, camera64 0.0287,
+# astronaut64rgb 0.0192, camera128 0.0150). The whole difference is the border: torchmetrics
+# averages the SSIM map over all pixels (reflect-padded at the edges), scikit-image over the
+# interior only (see the test above), so it shrinks as images grow and is largest on 25x25 faces,
+# whose 5-pixel border is 64% of the image. Tolerances sit just above the measured values.
+SKIMAGE_SSIM_TOL = {"faces25": 0.09, "camera64": 0.03, "astronaut64rgb": 0.02, "camera128": 0.016}
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_ssim_close_to_skimage(group):
+    pairs = _pairs(group)
+    x, y = _stack(pairs)
+    got = ssim(x.float(), y.float()).tolist()  # float32, as in training; its error is ~1e-7
+    worst = max(
+        abs(v - _skimage_ssim(clean, noisy)) for v, (clean, noisy) in zip(got, pairs, strict=True)
+    )
+    assert worst < SKIMAGE_SSIM_TOL[group]
+
+
+def test_values_are_per_image_and_independent_of_the_batch():
+    pairs = _pairs("camera64")
+    x, y = _stack(pairs)
+    p, s = psnr(x, y), ssim(x, y)
+    assert p.shape == s.shape == (len(pairs),)
+    for i, (clean, noisy) in enumerate(pairs):
+        assert p[i].item() == pytest.approx(metrics.peak_signal_noise_ratio(clean, noisy), rel=1e-6)
+        assert s[i].item() == pytest.approx(ssim(x[i : i + 1], y[i : i + 1]).item(), abs=1e-12)
+
+
+def test_batch_psnr_is_the_mean_of_per_image_psnr_not_a_pooled_mse():
+    y = torch.full((2, 1, 16, 16), 0.5, dtype=torch.float64)
+    x = y.clone()
+    x[0] += 0.001  # MSE 1e-6 -> 60 dB
+    x[1] += 0.1  # MSE 1e-2 -> 20 dB
+    mean_psnr, mean_ssim = mean_psnr_ssim(x, y)
+    assert mean_psnr == pytest.approx(40.0, abs=1e-4)
+    pooled = 10 * math.log10(1 / ((1e-6 + 1e-2) / 2))  # ~23 dB: what a pooled MSE would give
+    assert abs(mean_psnr - pooled) > 10
+    assert mean_ssim == pytest.approx(ssim(x, y).mean().item(), abs=1e-12)
+
+
+def test_inputs_are_not_clamped():
+    y = torch.ones(1, 1, 16, 16)
+    x = torch.full((1, 1, 16, 16), 1.1)  # out of range: MSE 0.01 -> 20 dB, not inf after a clamp
+    assert psnr(x, y).item() == pytest.approx(20.0, abs=1e-4)
+    assert ssim(x, y).item() < 1.0
+
+
+def test_identical_images():
+    x = _to_batch(_pairs("faces25")[0][0])
+    assert psnr(x, x).item() == math.inf
+    assert ssim(x, x).item() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_float32_inputs_give_float64_results_close_to_float64_inputs():
+    x, y = _stack(_pairs("faces25"))
+    p32, s32 = psnr(x.float(), y.float()), ssim(x.float(), y.float())
+    assert p32.dtype == s32.dtype == torch.float64
+    # only the rounding of the inputs to float32 and float32 arithmetic in SSIM differ
+    torch.testing.assert_close(p32, psnr(x, y), rtol=1e-5, atol=0)
+    torch.testing.assert_close(s32, ssim(x, y), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("fn", [psnr, ssim, mean_psnr_ssim])
+def test_bad_inputs_raise(fn):
+    with pytest.raises(ValueError, match="shape"):
+        fn(torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 15))
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        fn(torch.rand(1, 16, 16), torch.rand(1, 16, 16))
+    with pytest.raises(ValueError, match="floating"):
+        fn(
+            torch.zeros(1, 1, 16, 16, dtype=torch.uint8),
+            torch.zeros(1, 1, 16, 16, dtype=torch.uint8),
+        )
+
+
+def test_ssim_rejects_images_smaller_than_its_window():
+    with pytest.raises(ValueError, match="11x11"):
+        ssim(torch.rand(1, 1, 10, 32), torch.rand(1, 1, 10, 32))
+    assert ssim(torch.rand(1, 1, 11, 11), torch.rand(1, 1, 11, 11)).shape == (1,)
