@@ -1,0 +1,527 @@
+"""Classical (non-learned) deblurring baselines, as in the reference work's write-up.
+
+* ``direct_inverse``: x = (A^T A + eps I)^-1 A^T d with a tiny eps (1e-6): regularised only
+  enough to be defined, it amplifies the noise until the image is unrecognisable.
+* ``tikhonov``: x = (A^T A + lam I)^-1 A^T d, the Wiener filter for white signal and noise priors.
+* ``gd_tikhonov``: a fixed number of gradient-descent steps on
+  1/2 ||A x - d||^2 + lam/2 ||grad x||^2 (a smoothness / Laplacian regulariser).
+* ``gd_tv``: a fixed number of gradient-descent steps on 1/2 ||A x - d||^2 + lam TV_delta(x),
+  TV_delta(x) = sum sqrt(|grad x|^2 + delta^2) (smoothed isotropic total variation).
+
+All of them use exactly the benchmark's operator ``A`` (zero 'same' padding, no circular
+approximation). The two closed forms are solved exactly: for a separable kernel (every Gaussian)
+``A = A_h (x) A_w`` is a Kronecker product of two banded 1-D matrices, whose SVDs diagonalise
+``A^T A + lam I``; any other operator falls back to batched conjugate gradients in float64.
+
+``lam`` is chosen on the training set (:func:`fit_baseline`): the grid value with the best mean
+per-image PSNR of the clamped reconstructions, ties going to the smaller ``lam``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from bench.problem import Blur
+
+BASELINES = ("direct_inverse", "tikhonov", "gd_tikhonov", "gd_tv")
+
+DIRECT_EPS = 1e-6  # the "tiny eps" of the direct inverse
+DEFAULT_LAMS = tuple(10.0 ** (-4 + 0.5 * k) for k in range(9))  # 1e-4 .. 1, log-spaced
+GD_ITERS = 200
+TV_DELTA = 1e-2
+GRAD_NORM_SQ = 8.0  # ||grad^T grad|| <= 4 per direction (forward differences), 8 in 2-D
+
+_CG_TOL = 1e-12
+_CG_MAX_ITER = 10_000
+_GRID_CHUNK_NUMEL = 1 << 20  # images x lam values evaluated in one batch during fitting
+
+
+# --------------------------------------------------------------------------------------------
+# Metric used for choosing lam (kept private so this module does not depend on bench.metrics).
+
+
+def _psnr_per_image(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """PSNR (data range 1) of each image, float64, shape (B,)."""
+    mse = (x.double() - ref.double()).pow(2).flatten(1).mean(1)
+    return -10.0 * torch.log10(mse)
+
+
+# --------------------------------------------------------------------------------------------
+# Finite differences and objectives.
+
+
+def finite_diff(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward differences along W and H, zero in the last column/row (Neumann boundary)."""
+    gx = F.pad(x[..., :, 1:] - x[..., :, :-1], (0, 1))
+    gy = F.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 0, 1))
+    return gx, gy
+
+
+def finite_diff_adjoint(gx: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
+    """Exact adjoint of :func:`finite_diff` (minus the discrete divergence)."""
+    px, py = gx[..., :, :-1], gy[..., :-1, :]  # the last column/row of grad x is always 0
+    return F.pad(px, (1, 0)) - F.pad(px, (0, 1)) + F.pad(py, (0, 0, 1, 0)) - F.pad(py, (0, 0, 0, 1))
+
+
+def laplacian(x: torch.Tensor) -> torch.Tensor:
+    """grad^T grad x, the negative Laplacian with Neumann boundary, as a 5-point stencil.
+
+    Replicate padding makes the differences across the border zero, which is exactly
+    ``finite_diff_adjoint(*finite_diff(x))`` at a fraction of the cost.
+    """
+    p = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    c = p[..., 1:-1, 1:-1]
+    return 4 * c - p[..., 1:-1, :-2] - p[..., 1:-1, 2:] - p[..., :-2, 1:-1] - p[..., 2:, 1:-1]
+
+
+def tikhonov_objective(operator, x: torch.Tensor, d: torch.Tensor, lam) -> torch.Tensor:
+    """Per-image 1/2 ||A x - d||^2 + lam/2 ||grad x||^2, shape (B,)."""
+    gx, gy = finite_diff(x)
+    data = 0.5 * (operator.A(x) - d).pow(2).flatten(1).sum(1)
+    return data + 0.5 * _lam_vector(lam, x) * (gx.pow(2) + gy.pow(2)).flatten(1).sum(1)
+
+
+def tv_objective(
+    operator, x: torch.Tensor, d: torch.Tensor, lam, delta: float = TV_DELTA
+) -> torch.Tensor:
+    """Per-image 1/2 ||A x - d||^2 + lam sum sqrt(|grad x|^2 + delta^2), shape (B,)."""
+    gx, gy = finite_diff(x)
+    data = 0.5 * (operator.A(x) - d).pow(2).flatten(1).sum(1)
+    tv = torch.sqrt(gx.pow(2) + gy.pow(2) + delta**2).flatten(1).sum(1)
+    return data + _lam_vector(lam, x) * tv
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers.
+
+
+def _lam_vector(lam, d: torch.Tensor) -> torch.Tensor:
+    """``lam`` (a number, or one value per image) as a (B,) tensor in d's dtype and device."""
+    lam_t = torch.as_tensor(lam, dtype=d.dtype, device=d.device).reshape(-1)
+    if lam_t.numel() not in (1, d.shape[0]):
+        raise ValueError(f"lam must be a number or one value per image, got {lam_t.numel()}")
+    if not bool(torch.all(torch.isfinite(lam_t) & (lam_t >= 0))):
+        raise ValueError(f"lam must be finite and >= 0, got {lam!r}")
+    return lam_t.expand(d.shape[0])
+
+
+def _lam_image(lam, d: torch.Tensor) -> torch.Tensor:
+    return _lam_vector(lam, d).reshape(-1, 1, 1, 1)
+
+
+def _check_iters(iters: int) -> None:
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
+        raise ValueError(f"iters must be an int >= 0, got {iters!r}")
+
+
+def _is_plain_blur(operator) -> bool:
+    """A ``Blur`` whose A / A^T are the stock convolutions (so its kernel describes it)."""
+    cls = type(operator)
+    return isinstance(operator, Blur) and cls.A is Blur.A and cls.A_adjoint is Blur.A_adjoint
+
+
+def _gram_bound(operator, d: torch.Tensor) -> float:
+    """An upper bound of ||A^T A|| = ||A||^2.
+
+    For a convolution with zero padding, ||A|| <= sum |k| (Young's inequality), so 1 for a
+    normalised non-negative kernel. Any other operator gets a power-iteration estimate with a
+    10% margin (an estimate, not a proof).
+    """
+    if _is_plain_blur(operator):
+        return float(operator.kernel.abs().sum()) ** 2
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(d[:1].shape, generator=g, dtype=torch.float64).to(d.device, d.dtype)
+    est = 0.0
+    for _ in range(50):
+        v = v / v.norm()
+        w = operator.AtA(v)
+        est = float((v * w).sum())
+        v = w
+    return 1.1 * est
+
+
+# --------------------------------------------------------------------------------------------
+# Exact solve of (A^T A + lam I) x = A^T d.
+
+
+def _separable_taps(kernel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(u, v) with kernel == outer(u, v) to float64 round-off, or None if not separable."""
+    k = kernel.to(torch.float64).cpu()
+    U, S, Vh = torch.linalg.svd(k)
+    if S[0] == 0 or (S.numel() > 1 and S[1] > 1e-13 * S[0]):
+        return None
+    u, v = U[:, 0] * S[0].sqrt(), Vh[0] * S[0].sqrt()
+    if not torch.allclose(torch.outer(u, v), k, rtol=0, atol=1e-14 * float(k.abs().max())):
+        return None
+    return u, v
+
+
+def _band_matrix(taps: torch.Tensor, n: int, pad: int) -> torch.Tensor:
+    """The n x n matrix of 1-D cross-correlation with ``taps`` and zero 'same' padding."""
+    i = torch.arange(n)
+    off = i[None, :] - i[:, None] + pad  # M[i, j] = taps[j - i + pad]
+    valid = (off >= 0) & (off < taps.numel())
+    return torch.where(valid, taps[off.clamp(0, taps.numel() - 1)], torch.zeros(()))
+
+
+class _SeparableBlur(NamedTuple):
+    """A plain separable ``Blur`` on H x W images as 1-D matrices, with their SVDs.
+
+    A X = Mh X Mw^T for every (H, W) slice X. With Mh = Uh diag(s_h) Vh^T and
+    Mw = Uw diag(s_w) Vw^T, A^T A + lam I = (Vh (x) Vw) diag(sigma^2 + lam) (Vh (x) Vw)^T with
+    sigma[i, j] = s_h[i] s_w[j]: solving it is four small matmuls and a division, exact up to
+    round-off. Everything is computed in float64, then stored in the images' dtype and device.
+
+    Accuracy: the transforms are orthogonal, so the only amplification of round-off is the
+    filter sigma / (sigma^2 + lam) <= 1 / (2 sqrt(lam)), i.e. <= 500 for the direct inverse's
+    lam = 1e-6: ~1e-13 relative error in float64 and ~1e-4 in float32, both far below the
+    effects measured (the noise itself is amplified up to that same 500x). The tests check it
+    against a dense float64 solve to 1e-8.
+    """
+
+    Mh: torch.Tensor
+    Mw: torch.Tensor
+    Uh: torch.Tensor
+    Vh: torch.Tensor
+    Uw: torch.Tensor
+    Vw: torch.Tensor
+    sigma: torch.Tensor
+
+    def A(self, x: torch.Tensor) -> torch.Tensor:
+        return self.Mh @ x @ self.Mw.T
+
+    def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return self.Mh.T @ y @ self.Mw
+
+    def AtA(self, x: torch.Tensor) -> torch.Tensor:
+        return self.A_adjoint(self.A(x))
+
+
+# operator -> {(H, W, dtype, device): plan}; weak, so that cached plans die with the operator
+_PLAN_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _separable_plan(operator, x: torch.Tensor) -> _SeparableBlur | None:
+    """The matrix form of a plain separable ``Blur`` for images like ``x``, else None."""
+    if not _is_plain_blur(operator):
+        return None
+    per_op = _PLAN_CACHE.setdefault(operator, {})
+    key = (tuple(x.shape[-2:]), x.dtype, x.device)
+    if key not in per_op:
+        taps = _separable_taps(operator.kernel)
+        if taps is None:
+            per_op[key] = None
+        else:
+            (u, v), (ph, pw), (H, W) = taps, operator.padding, x.shape[-2:]
+            Mh, Mw = _band_matrix(u, H, ph), _band_matrix(v, W, pw)
+            Uh, sh, VhT = torch.linalg.svd(Mh)
+            Uw, sw, VwT = torch.linalg.svd(Mw)
+            mats = (Mh, Mw, Uh, VhT.T, Uw, VwT.T, torch.outer(sh, sw))
+            per_op[key] = _SeparableBlur(*(m.to(dtype=x.dtype, device=x.device) for m in mats))
+    return per_op[key]
+
+
+def _ops(operator, x: torch.Tensor):
+    """Something with A, A_adjoint and AtA equal to the operator's on images like ``x``.
+
+    A plain separable ``Blur`` becomes two small matmuls per image: the same linear map (the
+    tests check it against the operator), but much faster than conv_transpose2d and float64
+    convolutions on the CPU.
+    """
+    plan = _separable_plan(operator, x)
+    return operator if plan is None else plan
+
+
+def _cg_solve(operator, b: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """Batched conjugate gradients on (A^T A + lam I) x = b, one independent system per image.
+
+    ``b`` and ``lam`` are float64 (the system can have a condition number ~1e6, too much for
+    float32 CG). Runs until every image has ||r|| <= 1e-12 ||b||. Since the smallest eigenvalue of
+    the system is >= lam, the error then is ||x - x*|| <= ||r|| / lam <= 1e-12 ||b|| / lam: at most
+    1e-6 ||b|| even for the direct inverse's lam = 1e-6, far below the noise amplification it is
+    meant to show, and ~1e-10 ||b|| for the lam values chosen for Tikhonov.
+    """
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = r.clone()
+    rs = r.pow(2).flatten(1).sum(1)
+    stop = (_CG_TOL**2) * rs
+    converged = False
+    for _ in range(_CG_MAX_ITER):
+        if bool(torch.all(rs <= stop)):
+            converged = True
+            break
+        Ap = operator.AtA(p) + lam * p
+        pAp = (p * Ap).flatten(1).sum(1)
+        alpha = torch.where(pAp > 0, rs / pAp.clamp_min(1e-300), torch.zeros_like(pAp))
+        x = x + alpha.view(-1, 1, 1, 1) * p
+        r = r - alpha.view(-1, 1, 1, 1) * Ap
+        rs_new = r.pow(2).flatten(1).sum(1)
+        beta = torch.where(rs > 0, rs_new / rs.clamp_min(1e-300), torch.zeros_like(rs))
+        p = r + beta.view(-1, 1, 1, 1) * p
+        rs = rs_new
+    if not converged:
+        warnings.warn(
+            f"conjugate gradients stopped after {_CG_MAX_ITER} iterations before reaching "
+            f"relative residual {_CG_TOL:g}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return x
+
+
+def solve_regularised(operator, d: torch.Tensor, lam) -> torch.Tensor:
+    """x = (A^T A + lam I)^-1 A^T d for every image of ``d`` (B, C, H, W); ``lam`` > 0.
+
+    ``lam`` is a number or one value per image. A separable plain ``Blur`` (every Gaussian) is
+    solved exactly through the SVDs of its two 1-D factors (in d's dtype, the factors computed
+    in float64); anything else by conjugate gradients in float64 (see :func:`_cg_solve`).
+    """
+    lam_t = _lam_vector(lam, d)
+    if not bool(torch.all(lam_t > 0)):
+        raise ValueError("lam must be > 0 (A^T A is singular or nearly so)")
+    plan = _separable_plan(operator, d)
+    if plan is None:
+        x = _cg_solve(operator, operator.A_adjoint(d.double()), lam_t.double().view(-1, 1, 1, 1))
+        return x.to(d.dtype)
+    d_hat = plan.Uh.T @ d @ plan.Uw  # coordinates of d in the left singular basis of A
+    x_hat = d_hat * plan.sigma / (plan.sigma.pow(2) + lam_t.view(-1, 1, 1, 1))
+    return plan.Vh @ x_hat @ plan.Vw.T
+
+
+# --------------------------------------------------------------------------------------------
+# The four baselines (unclamped).
+
+
+def direct_inverse(operator, d: torch.Tensor, eps: float = DIRECT_EPS) -> torch.Tensor:
+    """(A^T A + eps I)^-1 A^T d: the 'direct inverse', regularised only by a tiny ``eps``."""
+    return solve_regularised(operator, d, eps)
+
+
+def tikhonov(operator, d: torch.Tensor, lam) -> torch.Tensor:
+    """(A^T A + lam I)^-1 A^T d: Tikhonov / Wiener filter for white signal and noise."""
+    return solve_regularised(operator, d, lam)
+
+
+def gd_tikhonov(
+    operator,
+    d: torch.Tensor,
+    lam,
+    iters: int = GD_ITERS,
+    callback: Callable[[torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """``iters`` gradient steps on 1/2 ||A x - d||^2 + lam/2 ||grad x||^2 from x0 = A^T d.
+
+    The objective is L-smooth with L = ||A||^2 + 8 lam (:func:`_gram_bound`, and
+    ||grad^T grad|| <= 8), so the step 1/L decreases it at every step. ``callback``, if given,
+    is called with x0 and with every iterate.
+    """
+    _check_iters(iters)
+    ops = _ops(operator, d)
+    lam_i = _lam_image(lam, d)
+    step = 1.0 / (_gram_bound(operator, d) + GRAD_NORM_SQ * lam_i)
+    atd = ops.A_adjoint(d)
+    x = atd
+    if callback is not None:
+        callback(x)
+    for _ in range(iters):
+        grad = ops.AtA(x) - atd + lam_i * laplacian(x)
+        x = x - step * grad
+        if callback is not None:
+            callback(x)
+    return x
+
+
+def gd_tv(
+    operator,
+    d: torch.Tensor,
+    lam,
+    iters: int = GD_ITERS,
+    delta: float = TV_DELTA,
+    callback: Callable[[torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """``iters`` gradient steps on 1/2 ||A x - d||^2 + lam TV_delta(x) from x0 = A^T d.
+
+    TV_delta(x) = sum sqrt(|grad x|^2 + delta^2) per channel (isotropic in H, W). Its Hessian is
+    bounded by ||grad||^2 / delta = 8 / delta, so with L = ||A||^2 + 8 lam / delta the step 1/L
+    decreases the objective at every step. ``callback`` as in :func:`gd_tikhonov`.
+    """
+    _check_iters(iters)
+    if not (isinstance(delta, (int, float)) and math.isfinite(delta) and delta > 0):
+        raise ValueError(f"delta must be a finite number > 0, got {delta!r}")
+    ops = _ops(operator, d)
+    lam_i = _lam_image(lam, d)
+    step = 1.0 / (_gram_bound(operator, d) + GRAD_NORM_SQ * lam_i / delta)
+    atd = ops.A_adjoint(d)
+    x = atd
+    if callback is not None:
+        callback(x)
+    for _ in range(iters):
+        gx, gy = finite_diff(x)
+        norm = torch.sqrt(gx.pow(2) + gy.pow(2) + delta**2)
+        grad = ops.AtA(x) - atd + lam_i * finite_diff_adjoint(gx / norm, gy / norm)
+        x = x - step * grad
+        if callback is not None:
+            callback(x)
+    return x
+
+
+_METHODS = {
+    "direct_inverse": direct_inverse,
+    "tikhonov": tikhonov,
+    "gd_tikhonov": gd_tikhonov,
+    "gd_tv": gd_tv,
+}
+
+
+def _check_name(name: str) -> None:
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; accepted: {', '.join(BASELINES)}")
+
+
+def _run(name: str, operator, d: torch.Tensor, lam, iters: int, delta: float) -> torch.Tensor:
+    if name == "gd_tikhonov":
+        return gd_tikhonov(operator, d, lam, iters=iters)
+    if name == "gd_tv":
+        return gd_tv(operator, d, lam, iters=iters, delta=delta)
+    return _METHODS[name](operator, d, lam)
+
+
+# --------------------------------------------------------------------------------------------
+# Public API: a fitted baseline, and fitting lam on the training set.
+
+
+@dataclass
+class Baseline:
+    """A classical baseline with its regularisation weight.
+
+    ``lam`` is the chosen lambda; for ``direct_inverse`` it is the tiny eps. ``train_psnr`` is
+    the mean per-image PSNR on the fit images at ``lam`` and ``grid`` maps every tried lambda to
+    its mean training PSNR (both filled in by :func:`fit_baseline`).
+    """
+
+    name: str
+    lam: float | None
+    iters: int = GD_ITERS
+    delta: float = TV_DELTA
+    train_psnr: float | None = None
+    grid: dict[float, float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        _check_name(self.name)
+        if self.lam is None:
+            if self.name != "direct_inverse":
+                raise ValueError(f"baseline {self.name!r} needs a lam")
+            self.lam = DIRECT_EPS
+        if not (math.isfinite(self.lam) and self.lam > 0):
+            raise ValueError(f"lam must be a finite number > 0, got {self.lam!r}")
+
+    def reconstruct(self, operator, d: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        """Reconstruct images from measurements ``d`` (B, C, H, W), in d's dtype and device.
+
+        The result is clamped to [0, 1] (the image range, as used for all metrics) unless
+        ``clamp`` is False.
+        """
+        with torch.no_grad():
+            x = _run(self.name, operator, d, self.lam, self.iters, self.delta)
+        return x.clamp(0.0, 1.0) if clamp else x
+
+
+def _grid_psnr(
+    name: str, operator, x: torch.Tensor, d: torch.Tensor, lams: Sequence[float], **kw
+) -> list[float]:
+    """Mean per-image PSNR of the clamped reconstruction for every lam, evaluated in batches
+    that stack several lam values (one lam per stacked copy of the images)."""
+    per_chunk = max(1, _GRID_CHUNK_NUMEL // max(1, d.numel()))
+    scores: list[float] = []
+    for start in range(0, len(lams), per_chunk):
+        chunk = list(lams[start : start + per_chunk])
+        dd = d.repeat(len(chunk), 1, 1, 1)
+        lam_vec = torch.tensor(chunk, dtype=d.dtype, device=d.device).repeat_interleave(len(d))
+        with torch.no_grad():
+            rec = _run(name, operator, dd, lam_vec, kw["iters"], kw["delta"]).clamp(0.0, 1.0)
+        psnr = _psnr_per_image(rec, x.repeat(len(chunk), 1, 1, 1)).view(len(chunk), len(d))
+        scores.extend(float(v) for v in psnr.mean(1))
+    return scores
+
+
+def fit_baseline(
+    name: str,
+    operator,
+    train_x: torch.Tensor,
+    train_d: torch.Tensor,
+    lams: Sequence[float] | None = None,
+    max_fit_images: int = 32,
+    *,
+    iters: int = GD_ITERS,
+    delta: float = TV_DELTA,
+) -> Baseline:
+    """Choose lambda for baseline ``name`` on training pairs (``train_x`` clean, ``train_d``
+    measured), both (B, C, H, W).
+
+    Every lambda of ``lams`` (default :data:`DEFAULT_LAMS`, 1e-4 .. 1) reconstructs the first
+    ``max_fit_images`` training measurements; the one with the best mean per-image PSNR of the
+    clamped reconstructions wins, ties going to the smaller lambda. ``direct_inverse`` has
+    nothing to fit: it keeps eps = :data:`DIRECT_EPS` (``lams`` is ignored).
+    """
+    _check_name(name)
+    if train_x.ndim != 4 or train_x.shape != train_d.shape:
+        raise ValueError(
+            f"train_x and train_d must both be (B, C, H, W) and of equal shape, got "
+            f"{tuple(train_x.shape)} and {tuple(train_d.shape)}"
+        )
+    if train_x.shape[0] == 0:
+        raise ValueError("need at least one training image")
+    if (
+        isinstance(max_fit_images, bool)
+        or not isinstance(max_fit_images, int)
+        or max_fit_images < 1
+    ):
+        raise ValueError(f"max_fit_images must be an int >= 1, got {max_fit_images!r}")
+    x = train_x[:max_fit_images].to(train_d.dtype)
+    d = train_d[:max_fit_images]
+    if name == "direct_inverse":
+        grid_lams = [DIRECT_EPS]
+    else:
+        grid_lams = sorted(float(v) for v in (DEFAULT_LAMS if lams is None else lams))
+        if not grid_lams or not all(math.isfinite(v) and v > 0 for v in grid_lams):
+            raise ValueError(f"lams must be a non-empty sequence of finite numbers > 0: {lams!r}")
+    scores = _grid_psnr(name, operator, x, d, grid_lams, iters=iters, delta=delta)
+    best = 0
+    for i, score in enumerate(scores):  # ascending lam, strict '>': ties keep the smaller lam
+        if score > scores[best]:
+            best = i
+    return Baseline(
+        name=name,
+        lam=grid_lams[best],
+        iters=iters,
+        delta=delta,
+        train_psnr=scores[best],
+        grid=dict(zip(grid_lams, scores, strict=True)),
+    )
+
+
+def fit_all(
+    operator,
+    train_x: torch.Tensor,
+    train_d: torch.Tensor,
+    names: Sequence[str] = BASELINES,
+    *,
+    lams: Sequence[float] | None = None,
+    max_fit_images: int = 32,
+) -> list[Baseline]:
+    """:func:`fit_baseline` for every name in ``names`` (default: all of :data:`BASELINES`)."""
+    for name in names:
+        _check_name(name)
+    return [
+        fit_baseline(name, operator, train_x, train_d, lams=lams, max_fit_images=max_fit_images)
+        for name in names
+    ]
