@@ -20,6 +20,8 @@ from pathlib import Path
 import pandas as pd
 
 TABLES = ("runs", "epochs", "steps")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 # Columns every writer must provide (more are allowed, e.g. p_<param> for strategy parameters).
 RUN_COLUMNS = (
@@ -53,6 +55,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be shared
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -76,7 +79,9 @@ def write_run(out: Path, run_id: str, tables: dict[str, pd.DataFrame]) -> None:
             frame = pd.DataFrame(columns=list(COLUMNS[name]))
         missing = [c for c in COLUMNS[name] if c not in frame.columns]
         if missing:
-            raise ValueError(f"{name} rows for run {run_id} lack columns {missing}")
+            raise RuntimeError(
+                f"{name} rows for run {run_id} lack columns {missing}"
+            )  # a bug, not bad input
         atomic_write_csv(part / f"{name}.csv", frame)
 
 

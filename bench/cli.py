@@ -1,0 +1,148 @@
+"""Command line: ``implicit-bench run | report | strategies | suites``.
+
+A user's mistake (unknown strategy or suite, bad TOML key, wrong type, missing data folder,
+absent device) is one line on stderr and exit status 2, never a traceback. ``run`` exits 1 only
+when some run failed for a reason other than divergence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own usage errors: one line, status 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="implicit-bench", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run (or resume) a benchmark suite")
+    run.add_argument("suite", nargs="?", default="quick", help="built-in suite name or TOML path")
+    run.add_argument(
+        "--strategies", help="comma-separated, e.g. jfb,cg:tol=1e-6,neumann:k=10,unrolled:k=10"
+    )
+    run.add_argument("--seeds", type=int, help="run seeds 0..N-1")
+    run.add_argument("--epochs", type=int)
+    run.add_argument("--lr", type=float)
+    run.add_argument("--dataset", help="faces, patches, celeba or folder")
+    run.add_argument("--data-root", help="folder holding the data (celeba, folder)")
+    run.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    run.add_argument("--out", type=Path, help="results folder (default results/<suite>)")
+    run.add_argument("--force", action="store_true", help="rerun runs already complete")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--executor", choices=("local", "submitit"), default="local")
+    run.add_argument("--slurm-partition", help="SLURM partition (submitit executor)")
+    run.add_argument("--slurm-time", type=int, default=60, help="minutes per job")
+    run.add_argument("--slurm-gpus", type=int, default=0, help="GPUs per job")
+    run.add_argument("--slurm-array-parallelism", type=int, default=32)
+    run.add_argument(
+        "--submitit-cluster",
+        choices=("auto", "local", "debug"),
+        default="auto",
+        help="submitit backend: auto (SLURM when present), local (subprocesses), debug",
+    )
+    run.add_argument("--submitit-folder", type=Path, help="submitit logs (default OUT/submitit)")
+
+    report = sub.add_parser("report", help="write plots, tables and report.html from results")
+    report.add_argument("results", type=Path, help="a results folder (holding runs.csv)")
+    report.add_argument("--out", type=Path, help="report folder (default reports/<name>)")
+    report.add_argument("--target-psnr", type=float, help="PSNR target for time-to-target (dB)")
+
+    sub.add_parser("strategies", help="list registered strategies and their parameters")
+    sub.add_parser("suites", help="list built-in suites")
+    return p
+
+
+def _run(args) -> int:
+    from .config import load_suite, with_overrides
+    from .runner import run_suite
+
+    if args.seeds is not None and args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.epochs is not None and args.epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
+    if args.lr is not None and not args.lr > 0:
+        raise ValueError(f"--lr must be > 0, got {args.lr}")
+    suite = with_overrides(
+        load_suite(args.suite),
+        strategies=args.strategies,
+        seeds=args.seeds,
+        epochs=args.epochs,
+        lr=args.lr,
+        dataset=args.dataset,
+        data_root=args.data_root,
+        device=args.device,
+    )
+    _check_data(suite)
+    out = args.out or Path("results") / suite.name
+    if args.executor == "submitit":
+        from .executor import run_suite_submitit
+
+        counts = run_suite_submitit(suite, out, args)
+    else:
+        counts = run_suite(suite, out, force=args.force, progress=not args.quiet)
+    print(
+        f"{suite.name}: {counts['ok']} ok, {counts['diverged']} diverged, "
+        f"{counts['failed']} failed, {counts['skipped']} already complete -> {out}"
+    )
+    return 1 if counts["failed"] else 0
+
+
+def _check_data(suite) -> None:
+    """Load each data setting once up front, so a missing folder is a usage error, not a run failure."""
+    from .runner import prepare
+
+    for data, problem, _ in suite.data_settings():
+        prepare(data, problem)
+
+
+def _report(args) -> int:
+    from .report import build_report
+
+    html = build_report(args.results, args.out, target_psnr=args.target_psnr)
+    print(f"report: {html}")
+    return 0
+
+
+def _strategies() -> int:
+    from strategies import list_strategies, strategy_class
+
+    for name in list_strategies():
+        cls = strategy_class(name)
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        print(f"{name:<14} {cls.accepted()}")
+        if doc:
+            print(f"{'':<14} {doc}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "report":
+            return _report(args)
+        if args.command == "strategies":
+            return _strategies()
+        from .config import list_suites
+
+        print("\n".join(list_suites()))
+        return 0
+    except ValueError as err:
+        print(f"implicit-bench: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "implicit-bench: interrupted; finished runs are saved, rerun to resume", file=sys.stderr
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
