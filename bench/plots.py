@@ -1,0 +1,788 @@
+"""Figures of the comparison report: seaborn on matplotlib's Agg canvas.
+
+Figures are built with :class:`matplotlib.figure.Figure` directly (no ``pyplot``), so no global
+figure state leaks, nothing needs closing, and the interactive backend is never touched. Every plot
+function takes a :class:`ReportData` and returns a figure, or raises :class:`PlotSkipped` with a
+reason the report shows instead of the figure.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+
+from bench.results import atomic_write_bytes
+
+MIB = 2.0**20
+# Columns varied by the scaling suite, with their axis names.
+SCALING_VARIABLES = {
+    "p_k": "k (unrolled steps / Neumann terms)",
+    "solver_max_iter": "forward solver max_iter",
+    "image_size": "image size (pixels per side)",
+}
+RECON_MAX_IMAGES = 3
+RECON_MAX_STRATEGIES = 12
+# Styling is applied through rc_context, so building a report does not change global rcParams.
+_STYLE = {
+    **sns.axes_style("whitegrid"),
+    **sns.plotting_context("notebook", font_scale=0.85),
+    "svg.hashsalt": "implicit-bench",  # stable SVG ids between builds
+}
+BASELINE_STYLES = ["--", "-.", ":", (0, (5, 1, 1, 1, 1, 1))]
+
+
+class PlotSkipped(Exception):
+    """A figure cannot be drawn from the data at hand; ``str(exc)`` says why."""
+
+
+@dataclass
+class ReportData:
+    """The tables of one results folder, cleaned for plotting and summarising.
+
+    ``runs`` holds every row of runs.csv with a ``label`` (strategy_label, or strategy) and
+    ``is_baseline``; ``learned_ok`` the learned runs with status ok; ``baselines`` the ok rows of
+    classical baselines with ``baseline_name``; ``epochs`` / ``steps`` the rows of ok learned runs
+    with ``label`` joined in.
+    """
+
+    runs: pd.DataFrame
+    learned_ok: pd.DataFrame
+    baselines: pd.DataFrame
+    epochs: pd.DataFrame
+    steps: pd.DataFrame
+    labels: list[str]  # learned strategy labels, display order
+    palette: dict[str, tuple]
+    recons_dir: Path
+    blurred_psnr: float | None = None
+    blurred_ssim: float | None = None
+    target_psnr: float | None = None
+    notes: list[str] = field(default_factory=list)  # missing pieces found while plotting
+
+    def plotted_labels(self, frame: pd.DataFrame) -> list[str]:
+        """The labels present in ``frame``, in display order."""
+        present = set(frame["label"])
+        return [label for label in self.labels if label in present]
+
+
+@dataclass
+class PlotResult:
+    """One figure of the report: written to ``png``/``svg``, or skipped with ``skipped``."""
+
+    name: str
+    title: str
+    caption: str = ""
+    png: Path | None = None
+    svg: Path | None = None
+    skipped: str | None = None
+
+
+def natural_key(text: str) -> list:
+    """Sort key that orders ``k=5`` before ``k=10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(text))]
+
+
+def make_palette(labels: list[str]) -> dict[str, tuple]:
+    """One fixed colour per strategy label, the same in every figure."""
+    colors = sns.color_palette("tab10" if len(labels) <= 10 else "husl", max(len(labels), 1))
+    return {label: tuple(colors[i]) for i, label in enumerate(labels)}
+
+
+def _figure(nrows: int = 1, ncols: int = 1, width: float = 6.0, height: float = 3.8):
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def finite_rows(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+    """The rows of ``frame`` whose ``column`` is a finite number (none if the column is absent)."""
+    if column not in frame.columns:
+        return frame.iloc[0:0]
+    values = pd.to_numeric(frame[column], errors="coerce")
+    return frame[np.isfinite(values.to_numpy(dtype=float))]
+
+
+def _strategy_handles(data: ReportData, labels: list[str], marker: str | None = "o") -> list:
+    return [
+        Line2D([], [], color=data.palette[label], marker=marker, label=label) for label in labels
+    ]
+
+
+def _baseline_lines(data: ReportData, ax, metric: str, with_target: bool = False) -> list:
+    """Horizontal reference lines: classical baselines, the blurred input, and the target PSNR."""
+    handles = []
+    baselines = finite_rows(data.baselines, metric)
+    means = baselines.groupby("baseline_name")[metric].mean()
+    blurred = data.blurred_psnr if metric.endswith("psnr") else data.blurred_ssim
+    for i, (name, value) in enumerate(sorted(means.items(), key=lambda item: -item[1])):
+        if blurred is not None and value < blurred:
+            # Worse than doing nothing (e.g. the noise-amplifying direct inverse): a line there
+            # would stretch the axis and squash every curve of interest.
+            handles.append(
+                Line2D([], [], linestyle="none", label=f"baseline: {name} ({value:.3g}, off scale)")
+            )
+            continue
+        style = BASELINE_STYLES[i % len(BASELINE_STYLES)]
+        gray = str(0.15 + 0.5 * i / max(len(means), 1))
+        ax.axhline(value, color=gray, linestyle=style, linewidth=1.2)
+        handles.append(
+            Line2D([], [], color=gray, linestyle=style, label=f"baseline: {name} ({value:.3g})")
+        )
+    if blurred is not None:
+        ax.axhline(blurred, color="black", linestyle=":", linewidth=1.0)
+        handles.append(
+            Line2D([], [], color="black", linestyle=":", label=f"blurred input ({blurred:.3g})")
+        )
+    if with_target and data.target_psnr is not None:
+        ax.axhline(data.target_psnr, color="crimson", linestyle="--", linewidth=0.9, alpha=0.8)
+        handles.append(
+            Line2D(
+                [], [], color="crimson", linestyle="--", label=f"target {data.target_psnr:.2f} dB"
+            )
+        )
+    return handles
+
+
+def _epoch_axis(ax, epochs: pd.Series) -> None:
+    """Integer epoch ticks (a locator alone shows 0.95 ... 1.05 when there is one epoch)."""
+    values = sorted(pd.to_numeric(epochs, errors="coerce").dropna().unique())
+    if 0 < len(values) <= 12:
+        ax.set_xticks(values, [f"{v:g}" for v in values])
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _seconds_label(seconds: float) -> str:
+    return f"{seconds:.3g} s" if seconds >= 1 else f"{seconds * 1e3:.3g} ms"
+
+
+def _legend(fig: Figure, handles: list) -> None:
+    if handles:
+        fig.legend(handles=handles, loc="outside right upper", fontsize="small", frameon=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Training loss
+
+
+def plot_loss(data: ReportData) -> Figure:
+    """Training loss vs epoch, mean over seeds with a ±1 sd band, one line per strategy label."""
+    epochs = finite_rows(data.epochs, "train_loss")
+    if epochs.empty:
+        raise PlotSkipped("epochs.csv has no finite train_loss for an ok learned run")
+    labels = data.plotted_labels(epochs)
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    sns.lineplot(
+        data=epochs, x="epoch", y="train_loss", hue="label", hue_order=labels,
+        palette=data.palette, errorbar="sd", marker="o", markersize=4, legend=False, ax=ax,
+    )  # fmt: skip
+    losses = epochs["train_loss"].astype(float)
+    if (losses > 0).all() and losses.max() / losses.min() > 30:
+        ax.set_yscale("log")  # early epochs would otherwise flatten the interesting part
+    _epoch_axis(ax, epochs["epoch"])
+    ax.set(xlabel="epoch", ylabel="training loss", title="Training loss (mean over seeds ± 1 sd)")
+    _legend(fig, _strategy_handles(data, labels))
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Test quality vs epoch and vs wall-clock time
+
+
+def plot_quality_vs_epoch(data: ReportData) -> Figure:
+    """Test PSNR and SSIM vs epoch (mean ± sd over seeds), baselines as horizontal lines."""
+    epochs = data.epochs
+    if finite_rows(epochs, "test_psnr").empty and finite_rows(epochs, "test_ssim").empty:
+        raise PlotSkipped("epochs.csv has no test PSNR/SSIM for an ok learned run")
+    labels = data.plotted_labels(epochs)
+    fig, axes = _figure(1, 2, width=4.6)
+    handles = _strategy_handles(data, labels)
+    for ax, metric, name in zip(
+        axes[0], ("test_psnr", "test_ssim"), ("PSNR (dB)", "SSIM"), strict=True
+    ):
+        rows = finite_rows(epochs, metric)
+        if not rows.empty:
+            sns.lineplot(
+                data=rows, x="epoch", y=metric, hue="label", hue_order=data.plotted_labels(rows),
+                palette=data.palette, errorbar="sd", marker="o", markersize=4, legend=False, ax=ax,
+            )  # fmt: skip
+        extra = _baseline_lines(
+            data, ax, metric.replace("test_", "final_test_"), metric == "test_psnr"
+        )
+        if metric == "test_psnr":
+            handles += extra
+        _epoch_axis(ax, epochs["epoch"])
+        ax.set(xlabel="epoch", ylabel=f"test {name}", title=f"Test {name} vs epoch")
+    _legend(fig, handles)
+    return fig
+
+
+def _mean_curves(epochs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per label and epoch: mean wall-clock time, mean and sd of ``metric`` over seeds."""
+    rows = finite_rows(finite_rows(epochs, metric), "wall_time_s")
+    return (
+        rows.groupby(["label", "epoch"])
+        .agg(time=("wall_time_s", "mean"), mean=(metric, "mean"), sd=(metric, "std"))
+        .reset_index()
+        .sort_values(["label", "epoch"])
+    )
+
+
+def plot_quality_vs_time(data: ReportData) -> Figure:
+    """Test PSNR and SSIM vs cumulative training wall-clock time: who reaches a quality first."""
+    curves = {m: _mean_curves(data.epochs, m) for m in ("test_psnr", "test_ssim")}
+    if all(c.empty for c in curves.values()):
+        raise PlotSkipped("epochs.csv has no test PSNR/SSIM with wall_time_s for an ok learned run")
+    labels = data.plotted_labels(pd.concat(list(curves.values())))
+    fig, axes = _figure(1, 2, width=4.6)
+    handles = _strategy_handles(data, labels)
+    for ax, metric, name in zip(
+        axes[0], ("test_psnr", "test_ssim"), ("PSNR (dB)", "SSIM"), strict=True
+    ):
+        curve = curves[metric]
+        for label in data.plotted_labels(curve):
+            part = curve[curve["label"] == label]
+            color = data.palette[label]
+            ax.plot(part["time"], part["mean"], marker="o", markersize=4, color=color)
+            sd = part["sd"].fillna(0.0)
+            ax.fill_between(
+                part["time"], part["mean"] - sd, part["mean"] + sd, color=color, alpha=0.2
+            )
+        extra = _baseline_lines(
+            data, ax, metric.replace("test_", "final_test_"), metric == "test_psnr"
+        )
+        if metric == "test_psnr":
+            handles += extra
+        times = curve["time"]
+        if len(times) and times.min() > 0 and times.max() / times.min() > 50:
+            ax.set_xscale("log")  # strategies can differ by orders of magnitude in cost
+        ax.set(
+            xlabel="training wall-clock time (s)", ylabel=f"test {name}",
+            title=f"Test {name} vs time (mean over seeds)",
+        )  # fmt: skip
+    _legend(fig, handles)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Time per step
+
+
+PHASES = (
+    ("forward_time_s", "median_forward_time_s", "forward solve"),
+    ("backward_time_s", "median_backward_time_s", "backward"),
+    ("optimizer_time_s", "median_optimizer_time_s", "optimizer"),
+)
+
+
+def step_phase_medians(data: ReportData) -> pd.DataFrame:
+    """Per label: median forward / backward / optimizer / whole-step time in seconds.
+
+    From steps.csv (median over all steps of the label's ok runs) where present, else the mean over
+    seeds of the per-run medians in runs.csv.
+    """
+    out = pd.DataFrame(index=pd.Index(data.labels, name="label"))
+    steps = data.steps
+    pairs = [(s, r) for s, r, _ in PHASES] + [("step_time_s", "median_step_time_s")]
+    for step_col, run_col in pairs:
+        from_steps = finite_rows(steps, step_col).groupby("label")[step_col].median()
+        from_runs = finite_rows(data.learned_ok, run_col).groupby("label")[run_col].mean()
+        out[step_col] = from_steps.reindex(out.index).fillna(from_runs.reindex(out.index))
+    return out
+
+
+def plot_step_time(data: ReportData) -> Figure:
+    """Stacked horizontal bars: median forward / backward / optimizer time per step, per label."""
+    medians = step_phase_medians(data)
+    phase_cols = [s for s, _, _ in PHASES]
+    medians = medians[medians[phase_cols].notna().any(axis=1)]
+    if medians.empty:
+        raise PlotSkipped(
+            "no per-step timings of an ok learned run (steps.csv or runs.csv medians)"
+        )
+    labels = list(medians.index)
+    fig, axes = _figure(width=7.0, height=max(2.2, 0.45 * len(labels) + 1.2))
+    ax = axes[0, 0]
+    left = np.zeros(len(labels))
+    colors = sns.color_palette("Set2", len(PHASES))
+    handles = []
+    for (col, _, name), color in zip(PHASES, colors, strict=True):
+        values = medians[col].fillna(0.0).to_numpy()
+        ax.barh(labels, values, left=left, color=color, edgecolor="white")
+        handles.append(Patch(color=color, label=f"{name} (median)"))
+        left += values
+    totals = medians["step_time_s"].to_numpy(dtype=float)
+    if np.isfinite(totals).any():
+        ax.scatter(totals, labels, marker="|", s=250, color="black", zorder=3)
+        handles.append(
+            Line2D([], [], marker="|", linestyle="", color="black", markersize=12,
+                   label="median whole step")
+        )  # fmt: skip
+    for y, (stacked, whole) in enumerate(zip(left, totals, strict=True)):
+        # Label the median whole step (the tick) when measured, at the end of the longer mark.
+        shown = whole if np.isfinite(whole) else stacked
+        ax.annotate(
+            " " + _seconds_label(shown), (np.nanmax([stacked, whole]), y), va="center",
+            fontsize="x-small",
+        )  # fmt: skip
+    ax.invert_yaxis()  # first label on top, like the summary table
+    ax.margins(x=0.15)
+    ax.set(xlabel="seconds per training step", title="Time per training step (medians)")
+    _legend(fig, handles)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Memory, and memory / time vs k or solver iterations
+
+
+MEMORY_METRICS = (
+    ("peak_gpu_memory_bytes", "peak GPU memory (MiB)"),
+    ("saved_bytes", "bytes saved for backward (MiB)"),
+    ("peak_rss_bytes", "peak process RSS (MiB)"),
+)
+
+
+def plot_memory(data: ReportData) -> Figure:
+    """Bar charts per label: peak GPU memory where measured, saved-for-backward bytes, peak RSS."""
+    runs = data.learned_ok
+    metrics = [(col, name) for col, name in MEMORY_METRICS if not finite_rows(runs, col).empty]
+    if not metrics:
+        raise PlotSkipped("no memory measurement (peak GPU, saved bytes, peak RSS) in runs.csv")
+    labels = data.plotted_labels(runs)
+    fig, axes = _figure(1, len(metrics), width=4.0, height=max(2.4, 0.4 * len(labels) + 1.3))
+    for ax, (col, name) in zip(axes[0], metrics, strict=True):
+        rows = finite_rows(runs, col).assign(mib=lambda f, c=col: f[c].astype(float) / MIB)
+        order = data.plotted_labels(rows)
+        sns.barplot(
+            data=rows, y="label", x="mib", hue="label", order=order, hue_order=order,
+            palette=data.palette, errorbar="sd", legend=False, ax=ax,
+        )  # fmt: skip
+        sns.stripplot(
+            data=rows, y="label", x="mib", order=order, color="black", size=3, ax=ax
+        )  # one dot per seed
+        ax.set(xlabel=name, ylabel="", title=name.split(" (")[0])
+    for ax in axes[0][1:]:
+        ax.tick_params(labelleft=False)  # same label order in every panel
+    return fig
+
+
+def scaling_rows(data: ReportData, variable: str) -> pd.DataFrame:
+    """Ok learned runs, each strategy held at its most common value of the other scaling knobs."""
+    runs = data.learned_ok
+    others = [v for v in SCALING_VARIABLES if v != variable and v in runs.columns]
+    kept = []
+    for _, group in runs.groupby("strategy"):
+        for other in others:
+            mode = group[other].mode(dropna=False)
+            if len(mode):
+                value = mode.iloc[0]
+                same = group[other].isna() if pd.isna(value) else group[other] == value
+                group = group[same]
+        kept.append(group)
+    return pd.concat(kept) if kept else runs.iloc[0:0]
+
+
+def scaling_variables(data: ReportData) -> list[str]:
+    """The scaling knobs (k, solver max_iter, image size) that take 2+ values within a strategy."""
+    found = []
+    runs = data.learned_ok
+    for variable in SCALING_VARIABLES:
+        if variable not in runs.columns or runs.empty:
+            continue
+        values = pd.to_numeric(runs[variable], errors="coerce")
+        counts = values.groupby(runs["strategy"]).nunique()
+        if (counts >= 2).any():
+            found.append(variable)
+    return found
+
+
+def plot_scaling(data: ReportData, variable: str) -> Figure:
+    """Memory and median step time vs one scaling knob, one line per strategy.
+
+    Strategies whose runs do not vary the knob (e.g. JFB has no k) are drawn as flat lines at their
+    mean, which is exactly the comparison of interest (unrolled grows with k, JFB does not).
+    """
+    rows = scaling_rows(data, variable)
+    rows = rows.assign(**{variable: pd.to_numeric(rows[variable], errors="coerce")})
+    gpu = finite_rows(rows, "peak_gpu_memory_bytes")
+    memory_col = "peak_gpu_memory_bytes" if not gpu.empty else "saved_bytes"
+    memory_name = "peak GPU memory (MiB)" if not gpu.empty else "bytes saved for backward (MiB)"
+    panels = [(memory_col, memory_name, 1 / MIB), ("median_step_time_s", "median step time (s)", 1)]
+    panels = [p for p in panels if not finite_rows(rows, p[0]).empty]
+    if not panels:
+        raise PlotSkipped(f"no memory or step time measured for runs varying {variable}")
+    strategies = sorted(rows["strategy"].unique(), key=natural_key)
+    colors = dict(zip(strategies, sns.color_palette("colorblind", len(strategies)), strict=True))
+    fig, axes = _figure(1, len(panels), width=4.6)
+    handles = []
+    for ax, (col, name, scale) in zip(axes[0], panels, strict=True):
+        measured = finite_rows(rows, col).assign(
+            value=lambda f, c=col, s=scale: f[c].astype(float) * s
+        )
+        varying = finite_rows(measured, variable)
+        n_values = varying.groupby("strategy")[variable].nunique()
+        line_strategies = [s for s in strategies if n_values.get(s, 0) >= 2]
+        if line_strategies:
+            sns.lineplot(
+                data=varying[varying["strategy"].isin(line_strategies)], x=variable, y="value",
+                hue="strategy", palette=colors, errorbar="sd", marker="o", legend=False, ax=ax,
+            )  # fmt: skip
+        for strategy in strategies:
+            if strategy in line_strategies:
+                continue
+            flat = measured[measured["strategy"] == strategy]["value"]
+            if len(flat):  # constant in this knob: a flat reference line
+                ax.axhline(flat.mean(), color=colors[strategy], linestyle="--")
+        ax.set(xlabel=SCALING_VARIABLES[variable], ylabel=name, title=name.split(" (")[0])
+        ax.set_ylim(bottom=0)
+    for strategy in strategies:
+        handles.append(Line2D([], [], color=colors[strategy], marker="o", label=strategy))
+    handles.append(Line2D([], [], color="gray", linestyle="--", label="does not vary (flat)"))
+    _legend(fig, handles)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Gradient fidelity
+
+
+def plot_grad_cosine(data: ReportData) -> Figure:
+    """Cosine of each strategy's gradient with the exact implicit gradient, first vs last epoch."""
+    runs = data.learned_ok
+    long = pd.concat(
+        [
+            finite_rows(runs, col)[["label", col]].rename(columns={col: "cosine"}).assign(when=when)
+            for col, when in (
+                ("grad_cosine_first", "first epoch"),
+                ("grad_cosine_last", "last epoch"),
+            )
+        ]
+    )
+    if long.empty:
+        raise PlotSkipped("no gradient cosine measured (grad_cosine_first/last are empty)")
+    order = data.plotted_labels(long)
+    fig, axes = _figure(width=6.5, height=max(2.4, 0.5 * len(order) + 1.3))
+    ax = axes[0, 0]
+    sns.barplot(
+        data=long, y="label", x="cosine", hue="when", order=order,
+        hue_order=["first epoch", "last epoch"], palette=["#9ecae1", "#3182bd"],
+        errorbar="sd", ax=ax,
+    )  # fmt: skip
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    low = min(0.0, float(long["cosine"].min()) - 0.05)
+    ax.set_xlim(low, 1.05)
+    ax.set(xlabel="cosine similarity to the exact implicit gradient", ylabel="")
+    ax.set_title("Gradient fidelity (1 = exact)")
+    # Outside the axes: inside, it would cover the bars of the last label.
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), title=None, fontsize="small")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Reconstructions
+
+
+def _psnr(x: np.ndarray, reference: np.ndarray) -> float:
+    mse = float(np.mean((np.clip(x, 0, 1) - reference) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
+
+
+def _to_image(array: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """(C, H, W) in [0, 1] -> something imshow draws: (H, W) gray or (H, W, 3) colour."""
+    array = np.clip(np.asarray(array, dtype=float), 0.0, 1.0)
+    if array.shape[0] == 1:
+        return array[0], "gray"
+    return np.moveaxis(array[:3], 0, -1), None
+
+
+def recon_columns(data: ReportData) -> list[tuple[str, np.ndarray]]:
+    """(title, images N×C×H×W) per column: original, blurred, baselines, one run per label."""
+    reference_path = data.recons_dir / "reference.npz"
+    if not reference_path.exists():
+        raise PlotSkipped(f"{reference_path.name} missing in {data.recons_dir}")
+    with np.load(reference_path) as reference:
+        arrays = {key: reference[key] for key in reference.files}
+    if "original" not in arrays or "blurred" not in arrays:
+        raise PlotSkipped("recons/reference.npz lacks the 'original' or 'blurred' array")
+    original = arrays["original"]
+    columns = [("original", original), ("blurred", arrays["blurred"])]
+    if "baseline_direct_inverse" in arrays:
+        columns.append(("direct inverse", arrays["baseline_direct_inverse"]))
+    # Best classical baseline (other than the direct inverse, already shown) by final PSNR.
+    stored = {
+        k.removeprefix("baseline_"): v for k, v in arrays.items() if k.startswith("baseline_")
+    }
+    stored.pop("direct_inverse", None)
+    if stored:
+        scores = (
+            finite_rows(data.baselines, "final_test_psnr")
+            .groupby("baseline_name")["final_test_psnr"]
+            .mean()
+        )
+
+        def score(name: str) -> float:
+            return float(scores[name]) if name in scores else _psnr(stored[name], original)
+
+        best = max(stored, key=score)
+        columns.append((f"best baseline:\n{best}", stored[best]))
+    missing = []
+    shown = 0
+    for label in data.labels:
+        runs = data.learned_ok[data.learned_ok["label"] == label].sort_values("seed")
+        files = [data.recons_dir / f"{run_id}.npz" for run_id in runs["run_id"]]
+        files = [f for f in files if f.exists()]
+        if not files:
+            if len(runs):
+                missing.append(label)
+            continue
+        if shown == RECON_MAX_STRATEGIES:
+            data.notes.append(
+                f"reconstruction grid shows the first {RECON_MAX_STRATEGIES} strategy labels only"
+            )
+            break
+        with np.load(files[0]) as npz:
+            x = npz["x"] if "x" in npz.files else None
+        if x is None or x.shape != original.shape:
+            data.notes.append(f"{files[0].name}: no array 'x' of shape {original.shape}; not shown")
+            continue
+        seed = runs[runs["run_id"] == files[0].stem]["seed"].iloc[0]
+        seed_text = f" (seed {int(seed)})" if pd.notna(seed) else ""
+        columns.append((f"{label}{seed_text}", x))
+        shown += 1
+    if missing:
+        data.notes.append("no reconstruction file (recons/<run_id>.npz) for: " + ", ".join(missing))
+    return columns
+
+
+def plot_reconstructions(data: ReportData) -> Figure:
+    """Grid of the same test images: original, blurred, baselines and each strategy (PSNR below).
+
+    Drawn as one montage image in a single axes: a grid of dozens of axes costs seconds to lay out.
+    """
+    columns = recon_columns(data)
+    original = columns[0][1]
+    n_images = min(RECON_MAX_IMAGES, original.shape[0])
+    if n_images == 0:
+        raise PlotSkipped("recons/reference.npz holds no images")
+    height, width = original.shape[2:]
+    gap = max(2, width // 16)  # white gutter between tiles
+    band = max(6, int(0.25 * height))  # room under each tile for its PSNR
+    canvas = np.ones((n_images * (height + band), len(columns) * (width + gap) - gap, 3))
+    fig_width = 1.45 * len(columns) + 0.3
+    fig_height = (fig_width - 0.3) * canvas.shape[0] / canvas.shape[1] + 0.9  # + titles
+    fig = Figure(figsize=(fig_width, fig_height), layout="constrained")
+    ax = fig.subplots()
+    centers = []
+    for col, (_, images) in enumerate(columns):
+        x0 = col * (width + gap)
+        centers.append(x0 + width / 2)
+        for row in range(n_images):
+            y0 = row * (height + band)
+            image, _ = _to_image(images[row])
+            canvas[y0 : y0 + height, x0 : x0 + width] = (
+                image[..., None] if image.ndim == 2 else image
+            )
+            if col > 0:
+                ax.text(
+                    x0 + width / 2, y0 + height + band / 2,
+                    f"{_psnr(images[row], original[row]):.2f} dB",
+                    ha="center", va="center", fontsize="x-small",
+                )  # fmt: skip
+    ax.imshow(canvas, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks(centers, [title for title, _ in columns], fontsize="x-small")
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0)
+    ax.set_yticks([])
+    ax.grid(False)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    fig.suptitle("Reconstructions of the same test images (PSNR vs original)", fontsize="small")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Quality-cost Pareto plot
+
+
+def pareto_table(data: ReportData) -> pd.DataFrame:
+    """Per label: mean final PSNR, median step time, memory (bytes) and whether it is on the front."""
+    medians = step_phase_medians(data)["step_time_s"]
+    runs = data.learned_ok
+    gpu_measured = not finite_rows(runs, "peak_gpu_memory_bytes").empty
+    memory_col = "peak_gpu_memory_bytes" if gpu_measured else "saved_bytes"
+    table = pd.DataFrame(
+        {
+            "psnr": finite_rows(runs, "final_test_psnr").groupby("label")["final_test_psnr"].mean(),
+            "step_time": medians,
+            "memory": finite_rows(runs, memory_col).groupby("label")[memory_col].mean(),
+        }
+    ).reindex(data.labels)
+    table = table.dropna(subset=["psnr", "step_time"])
+    table.attrs["memory_name"] = "peak GPU memory" if gpu_measured else "saved bytes"
+    # A label is on the front if no other label is at least as fast and strictly better.
+    best_so_far = -math.inf
+    on_front = {}
+    for label, row in table.sort_values(["step_time", "psnr"], ascending=[True, False]).iterrows():
+        on_front[label] = row["psnr"] > best_so_far
+        best_so_far = max(best_so_far, row["psnr"])
+    table["pareto"] = pd.Series(on_front)
+    return table
+
+
+def plot_pareto(data: ReportData) -> Figure:
+    """Final PSNR vs median time per step; marker area = memory; the Pareto front dashed."""
+    table = pareto_table(data)
+    if table.empty:
+        raise PlotSkipped("no ok learned run with both a final PSNR and a step time")
+    fig, axes = _figure(width=6.5, height=4.2)
+    ax = axes[0, 0]
+    memory = table["memory"]
+    if memory.notna().any() and memory.max() > 0:
+        sizes = 60 + 540 * (memory.fillna(memory.min()) / memory.max())
+    else:
+        sizes = pd.Series(120.0, index=table.index)
+    for label, row in table.iterrows():
+        ax.scatter(
+            row["step_time"], row["psnr"], s=sizes[label], color=data.palette[label],
+            edgecolor="black", linewidth=0.6, alpha=0.85, zorder=3,
+        )  # fmt: skip
+        offset = 2 + math.sqrt(sizes[label]) / 2  # clear of the marker, whatever its size
+        ax.annotate(
+            label, (row["step_time"], row["psnr"]), xytext=(offset, offset),
+            textcoords="offset points", fontsize="x-small",
+        )  # fmt: skip
+    front = table[table["pareto"]].sort_values("step_time")
+    ax.plot(
+        front["step_time"], front["psnr"], linestyle="--", color="gray", drawstyle="steps-post",
+        zorder=2,
+    )  # fmt: skip
+    handles = _baseline_lines(data, ax, "final_test_psnr")
+    times = table["step_time"]
+    if times.min() > 0 and times.max() / times.min() > 10:
+        ax.set_xscale("log")
+    ax.margins(0.15)
+    ax.set(
+        xlabel="median time per training step (s)", ylabel="final test PSNR (dB)",
+        title="Quality vs cost (up and left is better)",
+    )  # fmt: skip
+    handles.append(Line2D([], [], linestyle="--", color="gray", label="Pareto front"))
+    memory_name = table.attrs["memory_name"]
+    if memory.notna().any() and memory.max() > 0:
+        for value in sorted({memory.min(), memory.max()}):
+            size = 60 + 540 * value / memory.max()
+            handles.append(
+                Line2D([], [], marker="o", linestyle="", color="lightgray", markeredgecolor="black",
+                       markersize=math.sqrt(size), label=f"{memory_name} {value / MIB:.3g} MiB")
+            )  # fmt: skip
+    else:
+        handles.append(Line2D([], [], linestyle="", label="marker size: memory not measured"))
+    _legend(fig, handles)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+
+
+@dataclass(frozen=True)
+class PlotSpec:
+    name: str
+    title: str
+    draw: Callable[[ReportData], Figure]
+    caption: str
+
+
+def plot_specs(data: ReportData) -> list[PlotSpec]:
+    """The report's figures, in order (scaling figures only for knobs the runs vary)."""
+    specs = [
+        PlotSpec("loss_vs_epoch", "Training loss", plot_loss,
+                 "Training loss per epoch, mean over seeds of the ok runs, band ±1 sd."),
+        PlotSpec("quality_vs_epoch", "Test quality vs epoch", plot_quality_vs_epoch,
+                 "Test PSNR and SSIM per epoch (mean ± sd over seeds); gray lines: classical "
+                 "baselines (those worse than the blurred input only named in the legend), "
+                 "dotted: blurred input, red: target PSNR."),
+        PlotSpec("quality_vs_time", "Test quality vs wall-clock time", plot_quality_vs_time,
+                 "Test PSNR and SSIM against cumulative training time: the first curve to cross "
+                 "the red target line reaches that quality first."),
+        PlotSpec("step_time", "Time per training step", plot_step_time,
+                 "Medians over all steps of the ok runs of each phase (forward solve, backward, "
+                 "optimizer), stacked; the black tick is the median whole step."),
+        PlotSpec("memory", "Memory per strategy", plot_memory,
+                 "Peak GPU memory (where measured), bytes the autograd graph saved for backward, "
+                 "and peak RSS of the process (includes the Python/torch baseline); bars are means "
+                 "over seeds, dots single runs."),
+    ]  # fmt: skip
+    for variable in scaling_variables(data):
+        specs.append(
+            PlotSpec(
+                f"scaling_{variable.removeprefix('p_')}",
+                f"Memory and time vs {SCALING_VARIABLES[variable]}",
+                lambda d, v=variable: plot_scaling(d, v),
+                f"Memory and median step time as {SCALING_VARIABLES[variable]} varies (other "
+                "scaling knobs held at each strategy's most common value); dashed flat lines: "
+                "strategies whose runs do not vary it.",
+            )
+        )
+    specs += [
+        PlotSpec("grad_cosine", "Gradient fidelity", plot_grad_cosine,
+                 "Cosine similarity of each strategy's parameter gradient with the exact implicit "
+                 "gradient, at the first and the last epoch (mean ± sd over seeds)."),
+        PlotSpec("reconstructions", "Reconstructions", plot_reconstructions,
+                 "The same test images for every method, last epoch of one run per strategy label "
+                 "(lowest seed); PSNR of each tile against the original below it."),
+        PlotSpec("pareto", "Quality-cost trade-off", plot_pareto,
+                 "Final test PSNR (mean over seeds) against median time per step; marker area "
+                 "grows with memory; dashed: the Pareto front (no other label is both faster and "
+                 "better)."),
+    ]  # fmt: skip
+    return specs
+
+
+def _figure_bytes(fig: Figure, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    # No timestamps in the files: identical data gives identical figures.
+    metadata = {"Date": None} if fmt == "svg" else {"Software": None}
+    fig.savefig(buffer, format=fmt, dpi=110, metadata=metadata)
+    return buffer.getvalue()
+
+
+def render_plots(data: ReportData, out_dir: Path) -> list[PlotResult]:
+    """Draw every figure into ``out_dir`` as ``<name>.png`` and ``<name>.svg`` (atomic writes).
+
+    A figure whose data is absent is skipped with its reason; an unexpected error in one figure is
+    reported the same way rather than losing the whole report.
+    """
+    out_dir = Path(out_dir)
+    results = []
+    with matplotlib.rc_context(_STYLE):
+        for spec in plot_specs(data):
+            result = PlotResult(spec.name, spec.title, spec.caption)
+            try:
+                fig = spec.draw(data)
+                png, svg = out_dir / f"{spec.name}.png", out_dir / f"{spec.name}.svg"
+                atomic_write_bytes(png, _figure_bytes(fig, "png"))
+                # The PNG draw fixed the layout; skip recomputing it for the SVG (a large share
+                # of the drawing time).
+                fig.set_layout_engine("none")
+                atomic_write_bytes(svg, _figure_bytes(fig, "svg"))
+                result.png, result.svg = png, svg
+            except PlotSkipped as skipped:
+                result.skipped = str(skipped)
+            except Exception as error:  # noqa: BLE001 - one broken figure must not lose the report
+                result.skipped = f"error while drawing: {type(error).__name__}: {error}"
+            results.append(result)
+    return results

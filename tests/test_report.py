@@ -1,0 +1,385 @@
+"""The comparison report, on small fabricated results folders (no training involved)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from bench import plots
+from bench.report import Table, build_report
+from bench.results import EPOCH_COLUMNS, RUN_COLUMNS, STEP_COLUMNS
+
+MIB = 2**20
+SOLVER_MAX_ITER = 20
+# Per run: label, strategy, params, seed, status, test PSNR per epoch, wall time per epoch.
+# jfb reaches 24 dB (the tikhonov baseline, hence the default target) at epoch 2 in both seeds,
+# unrolled:k=5 too but four times later; at 26.2 dB unrolled makes it in only one seed.
+LEARNED = [
+    ("jfb", "jfb", {}, 0, "ok", [22.0, 25.5, 27.0], [1.0, 2.0, 3.0]),
+    ("jfb", "jfb", {}, 1, "ok", [22.5, 25.8, 27.4], [1.1, 2.2, 3.3]),
+    ("unrolled:k=5", "unrolled", {"k": 5}, 0, "ok", [21.0, 24.2, 26.0], [4.0, 8.0, 12.0]),
+    ("unrolled:k=5", "unrolled", {"k": 5}, 1, "ok", [21.2, 24.5, 26.3], [4.2, 8.4, 12.6]),
+]
+DIVERGED_REASON = "training loss became NaN at epoch 2"
+BASELINE_PSNR = {"direct_inverse": 18.0, "tikhonov": 24.0}
+BLURRED_PSNR = 20.0
+SAVED_BYTES = {"jfb": 1 * MIB, "unrolled": 6 * MIB}
+
+EXPECTED_FIGURES = [
+    "loss_vs_epoch", "quality_vs_epoch", "quality_vs_time", "step_time", "memory",
+    "grad_cosine", "reconstructions", "pareto",
+]  # fmt: skip
+
+
+def _run_row(run_id, label, strategy, params, seed, status, **values) -> dict:
+    row = dict.fromkeys(RUN_COLUMNS, np.nan)
+    row.update(
+        run_id=run_id, suite="fabricated", strategy=strategy, strategy_label=label,
+        params=json.dumps(params), seed=seed, status=status, status_reason="",
+        dataset="synthetic-shapes", image_size=16, channels=1, n_train=8, n_test=4,
+        batch_size=4, epochs=3, lr=1e-3, blur_kernel_size=5, blur_sigma=1.0, noise_std=0.01,
+        solver="anderson", solver_max_iter=SOLVER_MAX_ITER, solver_tol=1e-4, model_width=8,
+        model_depth=2, device="cpu", device_name="test-cpu", torch_version="2.4.0",
+        torchdeq_version="0.1.0", git_commit="abc1234", config_hash="deadbeef",
+        blurred_test_psnr=BLURRED_PSNR, blurred_test_ssim=0.6,
+    )  # fmt: skip
+    for key, value in params.items():
+        row[f"p_{key}"] = value
+    row.update(values)
+    return row
+
+
+def fabricate(folder: Path, *, learned=LEARNED, with_steps=True, with_recons=True) -> Path:
+    """Write runs/epochs/steps CSVs and reconstructions in the runner's layout."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    runs, epochs, steps = [], [], []
+    for label, strategy, params, seed, status, psnrs, times in learned:
+        run_id = f"{label.replace(':', '_').replace('=', '')}_s{seed}"
+        is_jfb = strategy == "jfb"
+        runs.append(
+            _run_row(
+                run_id, label, strategy, params, seed, status,
+                final_train_loss=0.1 / len(psnrs) if psnrs else np.nan,
+                final_test_psnr=psnrs[-1] if psnrs else np.nan,
+                final_test_ssim=0.7 + 0.01 * psnrs[-1] / 10 if psnrs else np.nan,
+                total_wall_time_s=times[-1] if times else np.nan,
+                median_step_time_s=np.nan,  # filled from steps.csv by the report
+                saved_bytes=SAVED_BYTES.get(strategy, MIB) * params.get("k", 5) / 5,
+                peak_rss_bytes=300 * MIB, mean_forward_iters=SOLVER_MAX_ITER if is_jfb else 7.0,
+                forward_converged_frac=np.nan, grad_cosine_first=0.8 if is_jfb else 0.99,
+                grad_cosine_last=0.7 if is_jfb else 0.98,
+            )
+        )  # fmt: skip
+        for epoch, (psnr, time) in enumerate(zip(psnrs, times, strict=True), start=1):
+            epochs.append(
+                dict(
+                    run_id=run_id, strategy=strategy, seed=seed, epoch=epoch,
+                    train_loss=0.1 / epoch, test_psnr=psnr, test_ssim=0.7 + 0.01 * psnr / 10,
+                    blurred_test_psnr=BLURRED_PSNR, blurred_test_ssim=0.6, wall_time_s=time,
+                    grad_cosine=(runs[-1]["grad_cosine_first"] if epoch == 1 else
+                                 runs[-1]["grad_cosine_last"] if epoch == len(psnrs) else np.nan),
+                )
+            )  # fmt: skip
+            for step in range(4):
+                forward = (0.01 if is_jfb else 0.004) * (1 + 0.1 * rng.random())
+                backward = (0.002 if is_jfb else 0.03) * (1 + 0.1 * rng.random())
+                steps.append(
+                    dict(
+                        run_id=run_id, strategy=strategy, seed=seed, epoch=epoch, step=step,
+                        loss=0.1 / epoch, forward_time_s=forward, backward_time_s=backward,
+                        optimizer_time_s=0.001, step_time_s=forward + backward + 0.001,
+                        forward_iters=SOLVER_MAX_ITER if is_jfb else 7,
+                        forward_residual=1e-2 if is_jfb else 1e-5,
+                        forward_converged=0 if is_jfb else 1,
+                        backward_iters=np.nan, backward_residual=np.nan,
+                    )
+                )  # fmt: skip
+    runs.append(
+        _run_row(
+            "neumann_k10_s0", "neumann:k=10", "neumann", {"k": 10}, 0, "diverged",
+            status_reason=DIVERGED_REASON,
+        )
+    )  # fmt: skip
+    for name, psnr in BASELINE_PSNR.items():
+        runs.append(
+            _run_row(
+                f"baseline_{name}", f"baseline:{name}", f"baseline:{name}", {}, np.nan, "ok",
+                final_test_psnr=psnr, final_test_ssim=0.5 + psnr / 100,
+            )
+        )  # fmt: skip
+    pd.DataFrame(runs).to_csv(folder / "runs.csv", index=False)
+    pd.DataFrame(epochs, columns=list(EPOCH_COLUMNS)).to_csv(folder / "epochs.csv", index=False)
+    if with_steps:
+        pd.DataFrame(steps, columns=list(STEP_COLUMNS)).to_csv(folder / "steps.csv", index=False)
+    if with_recons:
+        original = rng.random((4, 1, 16, 16), dtype=np.float32)
+        blurred = np.clip(original + 0.2 * rng.standard_normal(original.shape), 0, 1)
+        recons = folder / "recons"
+        recons.mkdir(exist_ok=True)
+        np.savez(
+            recons / "reference.npz", original=original, blurred=blurred.astype(np.float32),
+            baseline_direct_inverse=np.clip(original + 0.3, 0, 1).astype(np.float32),
+            baseline_tikhonov=np.clip(original + 0.1, 0, 1).astype(np.float32),
+        )  # fmt: skip
+        for row in runs:
+            if row["status"] == "ok" and not row["strategy"].startswith("baseline:"):
+                np.savez(recons / f"{row['run_id']}.npz", x=np.clip(original + 0.05, 0, 1))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """One full report of the fabricated folder: (results dir, out dir, markdown, html)."""
+    root = tmp_path_factory.mktemp("report")
+    results = fabricate(root / "results" / "fabricated")
+    html_path = build_report(results, root / "out")
+    out = html_path.parent
+    return results, out, (out / "report.md").read_text(), html_path.read_text()
+
+
+@pytest.fixture
+def only_figures(monkeypatch):
+    """Draw only figures whose names start with the given prefixes (none: no figure at all).
+
+    Tests that check text need not pay seconds of matplotlib drawing per build.
+    """
+
+    def restrict(*prefixes: str) -> None:
+        every = plots.plot_specs
+        monkeypatch.setattr(
+            plots,
+            "plot_specs",
+            lambda data: [s for s in every(data) if s.name.startswith(prefixes)],
+        )
+
+    return restrict
+
+
+def _table_row(markdown: str, first_cell: str) -> list[str]:
+    """The cells of the Markdown table row whose first cell is ``first_cell``."""
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] == first_cell:
+            return cells
+    raise AssertionError(f"no table row {first_cell!r} in report.md")
+
+
+def test_report_files_exist_and_figures_are_valid_images(built):
+    _, out, _, html_text = built
+    assert (out / "report.html").exists() and (out / "report.md").exists()
+    for name in EXPECTED_FIGURES:
+        with Image.open(out / f"{name}.png") as image:
+            image.verify()  # raises on a truncated or corrupt file
+        with Image.open(out / f"{name}.png") as image:
+            assert image.format == "PNG" and min(image.size) > 100
+        # PIL cannot read SVG: check it is well-formed XML with an <svg> root of some size.
+        root = ET.parse(out / f"{name}.svg").getroot()
+        assert root.tag == "{http://www.w3.org/2000/svg}svg"
+        assert float(re.match(r"[\d.]+", root.get("width")).group()) > 0
+    # Self-contained: every figure is embedded, nothing is fetched from elsewhere.
+    assert html_text.count('src="data:image/png;base64,') == len(EXPECTED_FIGURES)
+    assert not re.search(r'src="(?!data:)', html_text)
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))  # atomic writes
+
+
+def test_summary_table_has_the_mean_and_sd_over_seeds(built):
+    _, _, markdown, _ = built
+    for label in ("jfb", "unrolled:k=5"):
+        finals = np.array([psnrs[-1] for lab, *_, psnrs, _ in LEARNED if lab == label])
+        expected = f"{finals.mean():.2f} ± {finals.std(ddof=1):.2f}"
+        row = _table_row(markdown, label)
+        assert row[2] == expected, (row, expected)
+        assert row[1] == "2 ok"
+    assert _table_row(markdown, "neumann:k=10")[1] == "1 diverged"
+    assert _table_row(markdown, "baseline: tikhonov")[2] == "24.00"
+    assert _table_row(markdown, "blurred input")[2] == f"{BLURRED_PSNR:.2f}"
+    # Median step time of jfb, recomputed from steps.csv (runs.csv left it empty).
+    steps = pd.read_csv(built[0] / "steps.csv")
+    median = steps[steps["strategy"] == "jfb"]["step_time_s"].median()
+    assert _table_row(markdown, "jfb")[4] == f"{median:.3g} s"
+
+
+def test_default_target_is_the_best_baseline_and_fastest_strategy_is_named(built):
+    _, _, markdown, _ = built
+    assert "Target PSNR: **24.00 dB** — the best classical baseline's PSNR (tikhonov)" in markdown
+    # Independently: wall time at the first epoch reaching 24 dB, averaged over seeds.
+    reach = {}
+    for label, *_, psnrs, times in LEARNED:
+        first = next(t for p, t in zip(psnrs, times, strict=True) if p >= 24.0)
+        reach.setdefault(label, []).append(first)
+    jfb, unrolled = np.mean(reach["jfb"]), np.mean(reach["unrolled:k=5"])
+    assert jfb < unrolled
+    assert f"jfb reached 24.00 dB first ({jfb:.3g} s, mean over seeds)" in markdown
+    assert f"then unrolled:k=5 ({unrolled:.3g} s)" in markdown
+    assert _table_row(markdown, "jfb")[6] == f"{jfb:.3g} s"
+
+
+def test_observations_flag_the_iteration_cap_memory_and_failures(built):
+    _, _, markdown, html_text = built
+    assert "Forward solve converged in 0% of steps for jfb: the solver hit its iteration cap" in (
+        markdown
+    )
+    assert "unrolled:k=5 saves 6.0× the bytes of jfb" in markdown
+    for text in (markdown, html_text):
+        assert "neumann_k10_s0" in text and DIVERGED_REASON in text
+    assert "## Partial results" in markdown
+    assert "Runs that did not finish ok" in markdown
+
+
+def test_partial_data_still_builds_and_says_what_is_missing(tmp_path):
+    results = fabricate(tmp_path / "partial", with_steps=False, with_recons=False)
+    html_path = build_report(results, tmp_path / "out")
+    markdown = (html_path.parent / "report.md").read_text()
+    assert "`steps.csv` is missing" in markdown
+    assert "`recons/` is missing" in markdown
+    assert "Skipped: reference.npz missing" in markdown
+    assert not (html_path.parent / "reconstructions.png").exists()
+    # Per-step figures fall back to runs.csv; without its medians there is nothing to draw.
+    assert "Skipped: no per-step timings" in markdown
+    assert (html_path.parent / "loss_vs_epoch.png").exists()
+
+
+def test_a_later_build_removes_figures_it_skipped(tmp_path, only_figures):
+    only_figures("reconstructions")
+    results = fabricate(tmp_path / "res")
+    out = build_report(results, tmp_path / "out").parent
+    assert (out / "reconstructions.svg").exists()
+    shutil.rmtree(results / "recons")
+    build_report(results, out)
+    assert not (out / "reconstructions.svg").exists()
+
+
+def test_only_failed_runs_and_empty_tables_still_build(tmp_path):
+    learned = [("cg", "cg", {}, 0, "failed", [], [])]
+    results = fabricate(tmp_path / "failed", learned=learned, with_recons=False)
+    (results / "epochs.csv").write_text(",".join(EPOCH_COLUMNS) + "\n")
+    markdown = (build_report(results, tmp_path / "out").parent / "report.md").read_text()
+    assert _table_row(markdown, "cg")[1] == "1 failed"
+    assert "Best classical baseline: tikhonov with 24.00 dB" in markdown
+    assert "no learned run finished ok" in markdown
+    assert "Skipped: epochs.csv has no finite train_loss" in markdown
+
+
+def test_target_override_and_seeds_that_miss_it(tmp_path, only_figures):
+    only_figures()
+    results = fabricate(tmp_path / "res", with_recons=False)
+    markdown = (
+        build_report(results, tmp_path / "out", target_psnr=26.2).parent / "report.md"
+    ).read_text()
+    assert "Target PSNR: **26.20 dB** — given by the caller" in markdown
+    assert "jfb reached 26.20 dB first (3.15 s, mean over seeds)" in markdown
+    assert _table_row(markdown, "unrolled:k=5")[6] == "12.6 s (1/2 seeds)"
+    with pytest.raises(ValueError, match="target_psnr"):
+        build_report(results, tmp_path / "out", target_psnr=float("nan"))
+
+
+def test_default_out_dir_and_missing_runs_csv(tmp_path, monkeypatch, only_figures):
+    only_figures()
+    results = fabricate(tmp_path / "results" / "quick", with_steps=False, with_recons=False)
+    monkeypatch.chdir(tmp_path)
+    html_path = build_report(results)
+    assert html_path == Path("reports") / "quick" / "report.html"
+    assert html_path.exists()
+    with pytest.raises(ValueError, match="runs.csv"):
+        build_report(tmp_path / "empty")
+
+
+def test_scaling_suite_draws_memory_vs_k(tmp_path, only_figures):
+    only_figures("scaling", "memory")
+    learned = [
+        (f"unrolled:k={k}", "unrolled", {"k": k}, 0, "ok", [22.0, 24.0, 25.0], [k, 2 * k, 3 * k])
+        for k in (1, 2, 4)
+    ] + [("jfb", "jfb", {}, 0, "ok", [22.0, 24.5, 26.0], [1.0, 2.0, 3.0])]
+    results = fabricate(tmp_path / "scaling", learned=learned, with_recons=False)
+    out = build_report(results, tmp_path / "out").parent
+    with Image.open(out / "scaling_k.png") as image:
+        image.verify()
+    assert (out / "scaling_k.svg").exists()
+    markdown = (out / "report.md").read_text()
+    assert "unrolled: saved bytes ×4.00 from k=1 to k=4" in markdown
+
+
+def test_markdown_table_escapes_pipes_and_html_escapes_text():
+    table = Table(["a", "b"], [["x|y", "<b>"]])
+    assert "x\\|y" in table.to_markdown()
+    assert "&lt;b&gt;" in table.to_html() and "<b>" not in table.to_html()
+
+
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage", "--host-resolver-rules=MAP * ~NOTFOUND",  # no network at all
+    "--virtual-time-budget=10000",
+]  # fmt: skip
+# Appended to a copy of the page: after load, record every image's decoded width in the DOM.
+IMAGE_CHECK = """<script>
+window.addEventListener("load", () => {
+  const images = [...document.images].map(i => ({src: i.src.slice(0, 60), complete: i.complete,
+                                                width: i.naturalWidth}));
+  const out = document.createElement("pre");
+  out.id = "image-check";
+  out.textContent = JSON.stringify(images);
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def _chromium() -> str:
+    for name in ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.skip("chromium not installed: `apt-get install chromium` to run the browser test")
+
+
+def _images_in_browser(browser: str, page: Path, profile: Path) -> list[dict]:
+    """Load ``page`` in headless chromium; return each <img>'s decoded state after load."""
+    result = subprocess.run(
+        [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    match = re.search(r'<pre id="image-check">(.*?)</pre>', result.stdout, re.S)
+    assert match, (
+        f"chromium printed no image check (rc {result.returncode}): {result.stderr[-2000:]}"
+    )
+    return json.loads(match.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+
+
+def test_report_renders_in_headless_chromium_without_broken_images(built, tmp_path):
+    browser = _chromium()
+    _, out, _, html_text = built
+    page = out / "browser-check.html"
+    page.write_text(html_text.replace("</body>", IMAGE_CHECK + "</body>"))
+    images = _images_in_browser(browser, page, tmp_path / "profile")
+    assert len(images) == len(EXPECTED_FIGURES)
+    broken = [i for i in images if not (i["complete"] and i["width"] > 0)]
+    assert not broken, f"broken images in report.html: {broken}"
+    # The SVG copies too: a page that shows each one must decode all of them.
+    svgs = "".join(f'<img src="{name}.svg">' for name in EXPECTED_FIGURES)
+    svg_page = out / "svg-check.html"
+    svg_page.write_text(f"<!DOCTYPE html><html><body>{svgs}{IMAGE_CHECK}</body></html>")
+    images = _images_in_browser(browser, svg_page, tmp_path / "profile")
+    broken = [i for i in images if not (i["complete"] and i["width"] > 0)]
+    assert len(images) == len(EXPECTED_FIGURES) and not broken, broken
+
+
+def test_browser_check_detects_a_broken_image(tmp_path):
+    """The browser check itself must be able to fail."""
+    browser = _chromium()
+    page = tmp_path / "broken.html"
+    page.write_text(
+        f'<html><body><img src="data:image/png;base64,AAAA"><img src="nope.png">{IMAGE_CHECK}'
+        "</body></html>"
+    )
+    images = _images_in_browser(browser, page, tmp_path / "profile")
+    assert len(images) == 2 and all(i["width"] == 0 for i in images)
