@@ -42,9 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--slurm-array-parallelism", type=int, default=32)
     run.add_argument(
         "--submitit-cluster",
-        choices=("auto", "local", "debug"),
-        default="auto",
-        help="submitit backend: auto (SLURM when present), local (subprocesses), debug",
+        choices=("slurm", "local", "debug"),
+        default="slurm",
+        help="submitit backend: slurm (default), local (all jobs as local processes), debug",
     )
     run.add_argument("--submitit-folder", type=Path, help="submitit logs (default OUT/submitit)")
 

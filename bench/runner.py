@@ -38,6 +38,9 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 TEST_NOISE_SEED = 10_000  # test measurements are the same for every run and seed
 FIDELITY_SEED = 20_000  # the fixed batch for gradient fidelity
 FIDELITY_MAX_ITER = 2000
+STEP_INFO = (
+    "forward_iters", "forward_residual", "forward_converged", "backward_iters", "backward_residual"
+)  # fmt: skip
 DIVERGED_ABS = 1e3  # images live in [0, 1]: a reconstruction this large has blown up
 
 
@@ -159,13 +162,41 @@ def _gradient_cosine(model, strategy, solver, run: RunConfig, x, d) -> float:
     # A cosine needs ~3 digits: 1e-6 on both solves is ample. Plain iteration converges for any
     # contraction, where torchdeq's Anderson can stall on weakly contractive layers.
     ref_solver = make_solver("fixed_point_iter", max_iter=FIDELITY_MAX_ITER, tol=1e-6)
-    ref_strategy = get_strategy("cg", tol=1e-6, max_iter=200)
+    ref_strategy = get_strategy("cg", tol=1e-6, max_iter=500)
     g_ref = grad_of(reference, ref_strategy, ref_solver, torch.float64)
     return torch.nn.functional.cosine_similarity(g, g_ref, dim=0).item()
 
 
 def _solver_extras(run: RunConfig) -> dict:
     return {"m": run.solver.m, "lam": run.solver.lam} if run.solver.name == "anderson" else {}
+
+
+def train_step(model, strategy, solver, optimizer, x, d, clock: StepClock, counter=None):
+    """One instrumented training step: returns (its ``steps`` row without epoch/step, output).
+
+    The phases are timed by ``clock``; ``counter`` (a :class:`SavedBytes`), when given, counts
+    the bytes the forward pass saves for backward.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    marks = [clock.mark()]
+    with counter.count() if counter else contextlib.nullcontext():
+        xhat, info = model(d, strategy, solver)
+        loss = torch.nn.functional.mse_loss(xhat, x)
+    marks.append(clock.mark())
+    loss.backward()  # strategies with a backward solve complete ``info`` here
+    marks.append(clock.mark())
+    optimizer.step()
+    marks.append(clock.mark())
+    fwd, bwd, opt = clock.durations(marks)
+    row = {
+        "loss": loss.item(),
+        "forward_time_s": fwd,
+        "backward_time_s": bwd,
+        "optimizer_time_s": opt,
+        "step_time_s": fwd + bwd + opt,
+        **{key: info.get(key, math.nan) for key in STEP_INFO},
+    }
+    return row, xhat
 
 
 def train(run: RunConfig, device: torch.device, log: Callable[[str], None] = print) -> dict:
@@ -206,38 +237,13 @@ def train(run: RunConfig, device: torch.device, log: Callable[[str], None] = pri
                 for step, idx in enumerate(_batches(len(train_x), run.train.batch_size, generator)):
                     x = train_x[idx]
                     d = problem.measure(x, generator)
-                    optimizer.zero_grad(set_to_none=True)
                     counter = SavedBytes() if not steps else None  # one step suffices: exact
-                    marks = [clock.mark()]
-                    with counter.count() if counter else contextlib.nullcontext():
-                        xhat, info = model(d, strategy, solver)
-                        loss = torch.nn.functional.mse_loss(xhat, x)
-                    marks.append(clock.mark())
-                    loss.backward()
-                    marks.append(clock.mark())
-                    optimizer.step()
-                    marks.append(clock.mark())
-                    fwd, bwd, opt = clock.durations(marks)
-                    wall += fwd + bwd + opt
+                    row, xhat = train_step(model, strategy, solver, optimizer, x, d, clock, counter)
+                    wall += row["step_time_s"]
                     if counter:
                         saved = counter.total
-                    loss_value = loss.item()
-                    steps.append(
-                        {
-                            "epoch": epoch,
-                            "step": len(steps) + 1,
-                            "loss": loss_value,
-                            "forward_time_s": fwd,
-                            "backward_time_s": bwd,
-                            "optimizer_time_s": opt,
-                            "step_time_s": fwd + bwd + opt,
-                            "forward_iters": info.get("forward_iters", math.nan),
-                            "forward_residual": info.get("forward_residual", math.nan),
-                            "forward_converged": info.get("forward_converged", math.nan),
-                            "backward_iters": info.get("backward_iters", math.nan),
-                            "backward_residual": info.get("backward_residual", math.nan),
-                        }
-                    )
+                    steps.append({"epoch": epoch, "step": len(steps) + 1, **row})
+                    loss_value = row["loss"]
                     losses.append(loss_value)
                     if not math.isfinite(loss_value):
                         raise Diverged(
@@ -451,24 +457,33 @@ def run_baselines(suite: Suite, out: Path) -> None:
             )
 
 
+def plan(suite: Suite, out: Path, force: bool = False) -> tuple[list[RunConfig], dict[str, int]]:
+    """The runs still to do in ``out``, and status counts starting with the skipped ones.
+
+    ok and diverged runs are results and are skipped; a failed run is retried. With ``force``
+    everything is redone and the old parts of the runs to redo are removed first.
+    """
+    import shutil
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = suite.runs()
+    done = {} if force else results.completed_runs(out)
+    todo = [r for r in runs if done.get(r.run_id) not in ("ok", "diverged")]
+    if force:
+        for run in todo:
+            shutil.rmtree(out / "parts" / run.run_id, ignore_errors=True)
+    return todo, {"skipped": len(runs) - len(todo), "ok": 0, "diverged": 0, "failed": 0}
+
+
 def run_suite(
     suite: Suite, out: Path, force: bool = False, progress: bool = True
 ) -> dict[str, int]:
     """Run (or resume) every run of ``suite`` into ``out``; return counts of statuses."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    runs = suite.runs()
-    for run in runs:  # fail fast on settings, before any training
+    for run in suite.runs():  # fail fast on settings, before any training
         resolve_device(run.train.device)
-    done = {} if force else results.completed_runs(out)
-    # ok and diverged runs are results; a failed run is retried on the next invocation
-    todo = [r for r in runs if done.get(r.run_id) not in ("ok", "diverged")]
-    counts = {"skipped": len(runs) - len(todo), "ok": 0, "diverged": 0, "failed": 0}
-    if force:
-        import shutil
-
-        for run in todo:
-            shutil.rmtree(out / "parts" / run.run_id, ignore_errors=True)
+    todo, counts = plan(suite, out, force)
     run_baselines(suite, out)
     bar = tqdm(todo, desc=f"{suite.name}", unit="run", disable=not progress)
     for run in bar:
