@@ -11,7 +11,7 @@ and an unknown key or a value of the wrong type is an error naming the file, sec
     [problem] kernel_size, sigma, noise_std
     [model]   width, depth, eta, alpha, lipschitz
     [solver]  name, max_iter, tol, m, lam
-    [train]   epochs, batch_size, lr, device, dtype, n_recon
+    [train]   epochs, batch_size, lr, device, dtype, n_recon, grad_fidelity
     [sweep]   "section.key" = [values]  # cartesian product, e.g. "solver.max_iter" = [10, 100]
 """
 
@@ -75,6 +75,7 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "float32"
     n_recon: int = 6  # test images kept for the reconstruction figure
+    grad_fidelity: bool = True  # cosine to the exact gradient at the first and last epoch
 
 
 SECTIONS = {

@@ -13,7 +13,6 @@ import math
 import subprocess
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -199,7 +198,7 @@ def train_step(model, strategy, solver, optimizer, x, d, clock: StepClock, count
     return row, xhat
 
 
-def train(run: RunConfig, device: torch.device, log: Callable[[str], None] = print) -> dict:
+def train(run: RunConfig, device: torch.device, progress: bool = False) -> dict:
     """Train one run; return its tables (``runs``/``epochs``/``steps``) and reconstructions."""
     data = prepare(run.data, run.problem)
     dtype = DTYPES[run.train.dtype]
@@ -232,7 +231,14 @@ def train(run: RunConfig, device: torch.device, log: Callable[[str], None] = pri
     recon = None
     with PeakMemory(device) as memory:
         try:
-            for epoch in range(1, run.train.epochs + 1):
+            epoch_bar = tqdm(
+                range(1, run.train.epochs + 1),
+                desc=run.strategy,
+                unit="epoch",
+                leave=False,
+                disable=not progress,
+            )
+            for epoch in epoch_bar:
                 losses = []
                 for step, idx in enumerate(_batches(len(train_x), run.train.batch_size, generator)):
                     x = train_x[idx]
@@ -259,7 +265,7 @@ def train(run: RunConfig, device: torch.device, log: Callable[[str], None] = pri
                 if not math.isfinite(test_psnr):
                     raise Diverged(f"test reconstruction not finite at epoch {epoch}")
                 cosine = math.nan
-                if epoch in (1, run.train.epochs):
+                if run.train.grad_fidelity and epoch in (1, run.train.epochs):
                     cosine = _gradient_cosine(model, strategy, solver, run, fid_x, fid_d)
                 epochs.append(
                     {
@@ -372,7 +378,7 @@ def _save_npz(path: Path, **arrays) -> None:
     results.atomic_write_bytes(path, buf.getvalue())
 
 
-def execute(run: RunConfig, out: Path, log: Callable[[str], None] = print) -> str:
+def execute(run: RunConfig, out: Path, progress: bool = False) -> str:
     """Train one run and write its part of the tables; a failure is recorded, not raised.
 
     Returns the run's status. KeyboardInterrupt propagates: the run in progress is simply lost.
@@ -380,7 +386,7 @@ def execute(run: RunConfig, out: Path, log: Callable[[str], None] = print) -> st
     out = Path(out)
     device = resolve_device(run.train.device)
     try:
-        tables = train(run, device, log)
+        tables = train(run, device, progress)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as err:  # anything but divergence: record it, keep the sweep going
@@ -489,7 +495,7 @@ def run_suite(
     for run in bar:
         bar.set_postfix_str(run.strategy)
         t0 = time.perf_counter()
-        status = execute(run, out, log=bar.write)
+        status = execute(run, out, progress=progress)
         counts[status] += 1
         row = pd.read_csv(out / "parts" / run.run_id / "runs.csv").iloc[0]
         bar.write(

@@ -346,3 +346,22 @@ def test_results_are_written_atomically_and_read_back(tmp_path):
         results.write_run(tmp_path, "r4", {"runs": frame.drop(columns=["saved_bytes"])})
     with pytest.raises(ValueError, match="runs.csv"):
         results.load(tmp_path / "nothing")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(
+    not __import__("torch").cuda.is_available(), reason="needs a CUDA device (none here)"
+)
+def test_tiny_suite_on_cuda_records_gpu_memory_and_event_timings(tmp_path):
+    suite = tmp_path / "tiny.toml"
+    suite.write_text(TINY.replace("epochs = 2", "epochs = 1"))
+    out = tmp_path / "out"
+    proc = cli("run", suite, "--out", out, "--quiet", "--device", "cuda", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    runs = results.load(out)["runs"]
+    learned = runs[~runs.strategy.str.startswith("baseline:")]
+    assert (learned.device == "cuda").all() and (learned.status == "ok").all()
+    assert (learned.peak_gpu_memory_bytes > 0).all()
+    assert (learned.peak_gpu_device_memory_bytes >= learned.peak_gpu_memory_bytes).all()
+    steps = results.load(out)["steps"]
+    assert (steps.forward_time_s > 0).all() and (steps.backward_time_s > 0).all()
