@@ -365,3 +365,23 @@ def test_tiny_suite_on_cuda_records_gpu_memory_and_event_timings(tmp_path):
     assert (learned.peak_gpu_device_memory_bytes >= learned.peak_gpu_memory_bytes).all()
     steps = results.load(out)["steps"]
     assert (steps.forward_time_s > 0).all() and (steps.backward_time_s > 0).all()
+
+
+@pytest.mark.slow
+def test_report_from_a_real_tiny_run(tiny_run, tmp_path):
+    _, out, _ = tiny_run
+    proc = cli("report", out, "--out", tmp_path / "report", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = tmp_path / "report"
+    md = (report / "report.md").read_text()
+    html = (report / "report.html").read_text()
+    for label in ("jfb", "cg:tol=1e-06:max_iter=300", "neumann:k=3", "unrolled:k=3"):
+        assert label in md and label in html
+    runs = results.load(out)["runs"]
+    jfb_psnr = runs.loc[runs.strategy == "jfb", "final_test_psnr"].iloc[0]
+    assert f"{jfb_psnr:.2f}" in md  # the summary quotes the table's number
+    for name in ("loss_vs_epoch", "quality_vs_epoch", "step_time", "memory", "grad_cosine",
+                 "reconstructions", "pareto"):  # fmt: skip
+        assert (report / f"{name}.png").stat().st_size > 1000
+        assert (report / f"{name}.svg").exists()
+    assert html.count("data:image/png;base64,") >= 7
