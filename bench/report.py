@@ -25,7 +25,7 @@ import pandas as pd
 
 from bench import plots
 from bench.plots import PlotResult, ReportData, natural_key
-from bench.results import COLUMNS, atomic_write_bytes
+from bench.results import COLUMNS, atomic_write_bytes, read_table
 
 # runs.csv columns that hold text; every other known column is coerced to numbers.
 TEXT_RUN_COLUMNS = {
@@ -71,7 +71,7 @@ def _read_table(results_dir: Path, name: str, notes: list[str]) -> pd.DataFrame:
         notes.append(f"`{name}.csv` is missing")
         return pd.DataFrame(columns=columns)
     try:
-        frame = pd.read_csv(path)
+        frame = read_table(path)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
         if name == "runs":
             raise ValueError(f"cannot read {path}: {error}") from error

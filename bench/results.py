@@ -47,6 +47,18 @@ STEP_COLUMNS = (
     "backward_iters", "backward_residual",
 )  # fmt: skip
 COLUMNS = {"runs": RUN_COLUMNS, "epochs": EPOCH_COLUMNS, "steps": STEP_COLUMNS}
+# Identifiers and text are always read as strings: pandas would otherwise turn an all-digit hash
+# or commit into an int (or "1e5..." into a float) in one part and not in another.
+TEXT_COLUMNS = (
+    "run_id", "suite", "strategy", "strategy_label", "params", "status", "status_reason",
+    "dataset", "solver", "device", "device_name", "torch_version", "torchdeq_version",
+    "git_commit", "config_hash",
+)  # fmt: skip
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read one CSV table with identifier/text columns as strings (missing text stays NaN)."""
+    return pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS})
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -89,7 +101,7 @@ def completed_runs(out: Path) -> dict[str, str]:
     """run_id -> status of every run whose part is complete (its runs.csv exists)."""
     done = {}
     for path in sorted((Path(out) / "parts").glob("*/runs.csv")):
-        frame = pd.read_csv(path)
+        frame = read_table(path)
         if len(frame):
             done[path.parent.name] = str(frame["status"].iloc[0])
     return done
@@ -101,7 +113,7 @@ def merge(out: Path) -> dict[str, pd.DataFrame]:
     parts = sorted(p.parent for p in (out / "parts").glob("*/runs.csv"))
     tables = {}
     for name in TABLES:
-        frames = [pd.read_csv(p / f"{name}.csv") for p in parts if (p / f"{name}.csv").exists()]
+        frames = [read_table(p / f"{name}.csv") for p in parts if (p / f"{name}.csv").exists()]
         frames = [f for f in frames if len(f)]
         frame = (
             pd.concat(frames, ignore_index=True)
@@ -136,7 +148,7 @@ def load(path: str | Path) -> dict[str, pd.DataFrame]:
     for name in TABLES:
         file = path / f"{name}.csv"
         tables[name] = (
-            pd.read_csv(file) if file.exists() else pd.DataFrame(columns=list(COLUMNS[name]))
+            read_table(file) if file.exists() else pd.DataFrame(columns=list(COLUMNS[name]))
         )
     return tables
 

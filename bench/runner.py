@@ -497,7 +497,7 @@ def run_suite(
         t0 = time.perf_counter()
         status = execute(run, out, progress=progress)
         counts[status] += 1
-        row = pd.read_csv(out / "parts" / run.run_id / "runs.csv").iloc[0]
+        row = results.read_table(out / "parts" / run.run_id / "runs.csv").iloc[0]
         bar.write(
             f"{run.run_id}: {status}"
             + (f" ({row['status_reason']})" if status != "ok" else "")

@@ -385,3 +385,19 @@ def test_report_from_a_real_tiny_run(tiny_run, tmp_path):
         assert (report / f"{name}.png").stat().st_size > 1000
         assert (report / f"{name}.svg").exists()
     assert html.count("data:image/png;base64,") >= 7
+
+
+def test_identifiers_that_look_like_numbers_stay_strings(tmp_path):
+    base = {c: 1.0 for c in results.RUN_COLUMNS} | {"status": "ok"}
+    hashes = {"r1": ("123456789012", "1e5abc"), "r2": ("0123abcdef99", "deadbeef0001")}
+    for run_id, (config_hash, commit) in hashes.items():
+        row = base | {"run_id": run_id, "config_hash": config_hash, "git_commit": commit}
+        results.write_run(tmp_path, run_id, {"runs": pd.DataFrame([row])})
+    merged = results.merge(tmp_path)["runs"]  # writes Parquet too: mixed types would fail here
+    for frame in (
+        merged,
+        results.load(tmp_path)["runs"],
+        pd.read_parquet(tmp_path / "runs.parquet"),
+    ):
+        assert list(frame.config_hash) == ["123456789012", "0123abcdef99"]
+        assert list(frame.git_commit) == ["1e5abc", "deadbeef0001"]
