@@ -137,7 +137,8 @@ def _evaluate(model, strategy, solver, x, d, batch_size) -> tuple[float, float, 
 
 
 def _gradient_cosine(model, strategy, solver, run: RunConfig, x, d) -> float:
-    """Cosine between the strategy's gradient and the exact implicit gradient on a fixed batch.
+    """Cosine between the strategy's gradient and the exact implicit gradient on a fixed batch,
+    and whether the reference's forward and CG solves both converged (1.0) or not (0.0).
 
     The reference is a float64 copy of the model with a tight forward solve and a tight CG solve.
     Both use eval mode so spectral norm does not step its power iteration between the two.
@@ -146,24 +147,25 @@ def _gradient_cosine(model, strategy, solver, run: RunConfig, x, d) -> float:
     def grad_of(m, strat, solv, dtype):
         m.eval()
         m.zero_grad(set_to_none=True)
-        xhat, _ = m(d.to(dtype), strat, solv)
+        xhat, info = m(d.to(dtype), strat, solv)
         torch.nn.functional.mse_loss(xhat, x.to(dtype)).backward()
         g = _flat_grad(m)
         m.zero_grad(set_to_none=True)
         m.train()
-        return g
+        return g, info
 
     import copy
 
     dtype = next(model.parameters()).dtype
-    g = grad_of(model, strategy, solver, dtype)
+    g, _ = grad_of(model, strategy, solver, dtype)
     reference = copy.deepcopy(model).double()
     # A cosine needs ~3 digits: 1e-6 on both solves is ample. Plain iteration converges for any
     # contraction, where torchdeq's Anderson can stall on weakly contractive layers.
     ref_solver = make_solver("fixed_point_iter", max_iter=FIDELITY_MAX_ITER, tol=1e-6)
     ref_strategy = get_strategy("cg", tol=1e-6, max_iter=500)
-    g_ref = grad_of(reference, ref_strategy, ref_solver, torch.float64)
-    return torch.nn.functional.cosine_similarity(g, g_ref, dim=0).item()
+    g_ref, info = grad_of(reference, ref_strategy, ref_solver, torch.float64)
+    converged = info["forward_converged"] * info["backward_converged"]
+    return torch.nn.functional.cosine_similarity(g, g_ref, dim=0).item(), converged
 
 
 def _solver_extras(run: RunConfig) -> dict:
@@ -264,9 +266,11 @@ def train(run: RunConfig, device: torch.device, progress: bool = False) -> dict:
                 )
                 if not math.isfinite(test_psnr):
                     raise Diverged(f"test reconstruction not finite at epoch {epoch}")
-                cosine = math.nan
+                cosine = reference_converged = math.nan
                 if run.train.grad_fidelity and epoch in (1, run.train.epochs):
-                    cosine = _gradient_cosine(model, strategy, solver, run, fid_x, fid_d)
+                    cosine, reference_converged = _gradient_cosine(
+                        model, strategy, solver, run, fid_x, fid_d
+                    )
                 epochs.append(
                     {
                         "epoch": epoch,
@@ -277,6 +281,7 @@ def train(run: RunConfig, device: torch.device, progress: bool = False) -> dict:
                         "blurred_test_ssim": blurred_ssim,
                         "wall_time_s": wall,
                         "grad_cosine": cosine,
+                        "grad_reference_converged": reference_converged,
                     }
                 )
         except Diverged as err:
@@ -299,7 +304,8 @@ def _tables(
 ):
     keys = {"run_id": run.run_id, "strategy": strategy.name, "seed": run.seed}
     steps_df = pd.DataFrame([{**keys, **s} for s in steps], columns=results.STEP_COLUMNS)
-    epochs_df = pd.DataFrame([{**keys, **e} for e in epochs], columns=results.EPOCH_COLUMNS)
+    epoch_columns = [*results.EPOCH_COLUMNS, "grad_reference_converged"]
+    epochs_df = pd.DataFrame([{**keys, **e} for e in epochs], columns=epoch_columns)
     last = epochs[-1] if epochs else {}
     cos = epochs_df["grad_cosine"].dropna()
     med = lambda col: float(steps_df[col].median()) if len(steps_df) else math.nan  # noqa: E731
