@@ -94,6 +94,7 @@ def prepare(data: DataConfig, problem: ProblemConfig) -> Problem:
     return Problem(deblur, train_x, test_x, test_d, data.dataset)
 
 
+@cache  # a subprocess per run otherwise; versions cannot change within a process
 def _versions() -> dict:
     from importlib.metadata import version
 
