@@ -12,7 +12,6 @@ into one folder: each owns its run's part files, and the merge is idempotent.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -151,9 +150,3 @@ def load(path: str | Path) -> dict[str, pd.DataFrame]:
             read_table(file) if file.exists() else pd.DataFrame(columns=list(COLUMNS[name]))
         )
     return tables
-
-
-def params_of(row) -> dict:
-    """The strategy parameters of a runs row (stored as JSON in ``params``)."""
-    value = row["params"]
-    return json.loads(value) if isinstance(value, str) and value else {}

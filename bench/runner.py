@@ -73,7 +73,8 @@ class Problem:
     train_x: torch.Tensor
     test_x: torch.Tensor
     test_d: torch.Tensor
-    dataset: str
+    blurred_psnr: float  # of the clamped measurements: the reference every run is compared to
+    blurred_ssim: float
 
 
 @cache
@@ -91,7 +92,15 @@ def prepare(data: DataConfig, problem: ProblemConfig) -> Problem:
     deblur = DeblurProblem(GaussianBlur(problem.kernel_size, problem.sigma), problem.noise_std)
     train_x, test_x = images.train.double(), images.test.double()
     test_d = deblur.measure(test_x, torch.Generator().manual_seed(TEST_NOISE_SEED))
-    return Problem(deblur, train_x, test_x, test_d, data.dataset)
+    blurred = test_d.clamp(0, 1)
+    return Problem(
+        deblur,
+        train_x,
+        test_x,
+        test_d,
+        psnr(blurred, test_x).mean().item(),
+        ssim(blurred, test_x).mean().item(),
+    )
 
 
 @cache  # a subprocess per run otherwise; versions cannot change within a process
@@ -223,8 +232,6 @@ def train(run: RunConfig, device: torch.device, progress: bool = False) -> dict:
     fid_idx = torch.arange(min(run.train.batch_size, len(train_x)))
     fid_x = train_x[fid_idx]
     fid_d = problem.measure(fid_x, torch.Generator().manual_seed(FIDELITY_SEED))
-    blurred_psnr = psnr(test_d.clamp(0, 1), test_x).mean().item()
-    blurred_ssim = ssim(test_d.clamp(0, 1), test_x).mean().item()
 
     clock = StepClock(device)
     steps, epochs = [], []
@@ -278,8 +285,8 @@ def train(run: RunConfig, device: torch.device, progress: bool = False) -> dict:
                         "train_loss": float(np.mean(losses)),
                         "test_psnr": test_psnr,
                         "test_ssim": test_ssim,
-                        "blurred_test_psnr": blurred_psnr,
-                        "blurred_test_ssim": blurred_ssim,
+                        "blurred_test_psnr": data.blurred_psnr,
+                        "blurred_test_ssim": data.blurred_ssim,
                         "wall_time_s": wall,
                         "grad_cosine": cosine,
                         "grad_reference_converged": reference_converged,
@@ -437,10 +444,6 @@ def run_baselines(suite: Suite, out: Path) -> None:
             data.train_x, torch.Generator().manual_seed(TEST_NOISE_SEED + 1)
         )
         fitted = fit_all(op, data.train_x, train_d, names=suite.baselines)
-        blurred = (
-            psnr(data.test_d.clamp(0, 1), data.test_x).mean().item(),
-            ssim(data.test_d.clamp(0, 1), data.test_x).mean().item(),
-        )
         reference = {"original": data.test_x, "blurred": data.test_d.clamp(0, 1)}
         for baseline in fitted:
             xhat = baseline.reconstruct(op, data.test_d)
@@ -457,8 +460,8 @@ def run_baselines(suite: Suite, out: Path) -> None:
                 "status_reason": "",
                 "final_test_psnr": psnr(xhat, data.test_x).mean().item(),
                 "final_test_ssim": ssim(xhat, data.test_x).mean().item(),
-                "blurred_test_psnr": blurred[0],
-                "blurred_test_ssim": blurred[1],
+                "blurred_test_psnr": data.blurred_psnr,
+                "blurred_test_ssim": data.blurred_ssim,
             }
             frame = pd.DataFrame([row]).reindex(columns=[*results.RUN_COLUMNS, "p_lam"])
             results.write_run(out, ids[baseline.name], {"runs": frame})
