@@ -9,9 +9,10 @@ and an unknown key or a value of the wrong type is an error naming the file, sec
     baselines = ["direct_inverse", "tikhonov", "gd_tikhonov", "gd_tv"]
     [data]    dataset, root, image_size, n_images, test_fraction, patch_size, channels
     [problem] kernel_size, sigma, noise_std
-    [model]   width, depth, eta, alpha, lipschitz
+    [model]   width, depth, eta, alpha, lipschitz, form, lipschitz_control
     [solver]  name, max_iter, tol, m, lam
-    [train]   epochs, batch_size, lr, device, dtype, n_recon, grad_fidelity
+    [train]   epochs, batch_size, lr, device, dtype, n_recon, grad_fidelity, eval_every,
+              lr_schedule
     [sweep]   "section.key" = [values]  # cartesian product, e.g. "solver.max_iter" = [10, 100]
 """
 
@@ -56,6 +57,11 @@ class ModelConfig:
     eta: float = 0.3
     alpha: float = 0.05
     lipschitz: float = 0.9
+    # "prox": T(x) = (A^T A + alpha I)^-1 (A^T d + alpha D(x)); "grad": the seed's gradient step.
+    form: str = "prox"
+    # "operator": each conv divided by a certified bound on its operator norm (a contraction
+    # by construction); "kernel": torch's spectral_norm of the reshaped kernel (no bound).
+    lipschitz_control: str = "operator"
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,8 @@ class TrainConfig:
     dtype: str = "float32"
     n_recon: int = 6  # test images kept for the reconstruction figure
     grad_fidelity: bool = True  # cosine to the exact gradient at the first and last epoch
+    eval_every: int = 0  # evaluate every N training steps too (0: at the end of each epoch only)
+    lr_schedule: str = "constant"  # "constant", "cosine" or "onecycle" (per step)
 
 
 SECTIONS = {
