@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import math
 import warnings
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from bench.problem import Blur
+from bench.problem import _is_plain_blur, _separable_plan
 
 BASELINES = ("direct_inverse", "tikhonov", "gd_tikhonov", "gd_tv")
 
@@ -122,12 +120,6 @@ def _check_iters(iters: int) -> None:
         raise ValueError(f"iters must be an int >= 0, got {iters!r}")
 
 
-def _is_plain_blur(operator) -> bool:
-    """A ``Blur`` whose A / A^T are the stock convolutions (so its kernel describes it)."""
-    cls = type(operator)
-    return isinstance(operator, Blur) and cls.A is Blur.A and cls.A_adjoint is Blur.A_adjoint
-
-
 def _gram_bound(operator, d: torch.Tensor) -> float:
     """An upper bound of ||A^T A|| = ||A||^2.
 
@@ -150,83 +142,6 @@ def _gram_bound(operator, d: torch.Tensor) -> float:
 
 # --------------------------------------------------------------------------------------------
 # Exact solve of (A^T A + lam I) x = A^T d.
-
-
-def _separable_taps(kernel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(u, v) with kernel == outer(u, v) to float64 round-off, or None if not separable."""
-    k = kernel.to(torch.float64).cpu()
-    U, S, Vh = torch.linalg.svd(k)
-    if S[0] == 0 or (S.numel() > 1 and S[1] > 1e-13 * S[0]):
-        return None
-    u, v = U[:, 0] * S[0].sqrt(), Vh[0] * S[0].sqrt()
-    if not torch.allclose(torch.outer(u, v), k, rtol=0, atol=1e-14 * float(k.abs().max())):
-        return None
-    return u, v
-
-
-def _band_matrix(taps: torch.Tensor, n: int, pad: int) -> torch.Tensor:
-    """The n x n matrix of 1-D cross-correlation with ``taps`` and zero 'same' padding."""
-    i = torch.arange(n)
-    off = i[None, :] - i[:, None] + pad  # M[i, j] = taps[j - i + pad]
-    valid = (off >= 0) & (off < taps.numel())
-    return torch.where(valid, taps[off.clamp(0, taps.numel() - 1)], torch.zeros(()))
-
-
-class _SeparableBlur(NamedTuple):
-    """A plain separable ``Blur`` on H x W images as 1-D matrices, with their SVDs.
-
-    A X = Mh X Mw^T for every (H, W) slice X. With Mh = Uh diag(s_h) Vh^T and
-    Mw = Uw diag(s_w) Vw^T, A^T A + lam I = (Vh (x) Vw) diag(sigma^2 + lam) (Vh (x) Vw)^T with
-    sigma[i, j] = s_h[i] s_w[j]: solving it is four small matmuls and a division, exact up to
-    round-off. Everything is computed in float64, then stored in the images' dtype and device.
-
-    Accuracy: the transforms are orthogonal, so the only amplification of round-off is the
-    filter sigma / (sigma^2 + lam) <= 1 / (2 sqrt(lam)), i.e. <= 500 for the direct inverse's
-    lam = 1e-6: ~1e-13 relative error in float64 and ~1e-4 in float32, both far below the
-    effects measured (the noise itself is amplified up to that same 500x). The tests check it
-    against a dense float64 solve to 1e-8.
-    """
-
-    Mh: torch.Tensor
-    Mw: torch.Tensor
-    Uh: torch.Tensor
-    Vh: torch.Tensor
-    Uw: torch.Tensor
-    Vw: torch.Tensor
-    sigma: torch.Tensor
-
-    def A(self, x: torch.Tensor) -> torch.Tensor:
-        return self.Mh @ x @ self.Mw.T
-
-    def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        return self.Mh.T @ y @ self.Mw
-
-    def AtA(self, x: torch.Tensor) -> torch.Tensor:
-        return self.A_adjoint(self.A(x))
-
-
-# operator -> {(H, W, dtype, device): plan}; weak, so that cached plans die with the operator
-_PLAN_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _separable_plan(operator, x: torch.Tensor) -> _SeparableBlur | None:
-    """The matrix form of a plain separable ``Blur`` for images like ``x``, else None."""
-    if not _is_plain_blur(operator):
-        return None
-    per_op = _PLAN_CACHE.setdefault(operator, {})
-    key = (tuple(x.shape[-2:]), x.dtype, x.device)
-    if key not in per_op:
-        taps = _separable_taps(operator.kernel)
-        if taps is None:
-            per_op[key] = None
-        else:
-            (u, v), (ph, pw), (H, W) = taps, operator.padding, x.shape[-2:]
-            Mh, Mw = _band_matrix(u, H, ph), _band_matrix(v, W, pw)
-            Uh, sh, VhT = torch.linalg.svd(Mh)
-            Uw, sw, VwT = torch.linalg.svd(Mw)
-            mats = (Mh, Mw, Uh, VhT.T, Uw, VwT.T, torch.outer(sh, sw))
-            per_op[key] = _SeparableBlur(*(m.to(dtype=x.dtype, device=x.device) for m in mats))
-    return per_op[key]
 
 
 def _ops(operator, x: torch.Tensor):
