@@ -1,17 +1,21 @@
-"""Measurement: bytes saved for backward, step timing, and peak memory (GPU, NVML, RSS).
+"""Measurement: bytes saved for backward, peak live tensor bytes, step timing, peak memory
+(GPU, NVML, RSS).
 
 Each tool measures the same way for every strategy; none knows what is being measured.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import threading
 import time
 import warnings
+import weakref
 
 import psutil
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 class SavedBytes:
@@ -50,6 +54,169 @@ def saved_bytes(fn, *args, **kwargs) -> tuple[int, object]:
     with counter.count():
         result = fn(*args, **kwargs)
     return counter.total, result
+
+
+class PeakLiveBytes(TorchDispatchMode):
+    """Exact peak of live tensor bytes allocated inside a ``with`` block, on any device.
+
+    Every aten op run inside the block is seen (a ``TorchDispatchMode``, below autograd and
+    ``torch.func``, so decomposed ops, backward ops, gradients and optimizer updates are all
+    seen). Each output storage that is new -- not the storage of one of the op's inputs and not
+    already tracked -- is registered once, keyed by (device, data pointer), and a
+    ``weakref.finalize`` on its ``UntypedStorage`` subtracts its size when the storage is freed.
+    Storages keep their Python object for as long as the C++ storage lives, so the finalizer fires
+    exactly at the free; the tracker holds weak references only and never keeps a tensor alive.
+
+    Semantics:
+
+    - ``peak_bytes``: the maximum, over the block, of the bytes of storages allocated inside the
+      block and still alive. Tensors that existed before entering (parameters, optimizer state,
+      data, earlier gradients) are the baseline and are not counted; freeing one of them inside
+      the block is not credited either, so ``peak_bytes`` is the step's own working memory.
+      Parameter ``.grad`` tensors created in the block count; so does optimizer state created on
+      a first step (measure a later step to leave it out: it then exists before entering).
+    - ``live_bytes``: bytes of block-allocated storages alive now (after the block: those that
+      outlived it, e.g. new ``.grad`` tensors).
+    - Views share their base's storage and add nothing; in-place ops allocate nothing; a
+      tracked storage resized by an op (``out=``, ``resize_``) is re-counted at its new size.
+    - ``round_to``: each storage counts as its size rounded up to a multiple of ``round_to``
+      (and at least one block when non-empty). ``round_to=512`` mimics the CUDA caching
+      allocator's block rounding, so that the figure compares with
+      ``torch.cuda.max_memory_allocated`` after a reset, minus the bytes allocated at entry.
+
+    Not seen: workspace that a kernel allocates and frees internally, and memory outside torch's
+    allocator. It can be large: on the CPU a float64 ``conv2d`` (``_slow_conv2d``) allocates its
+    im2col buffer inside the kernel, so for a jfb DeblurDEQ step (2 12x12 images, width 4) this
+    tracker reports 46,296 B where the profiler's allocator events give 122,632 B (same final
+    live bytes). cuDNN workspace is likewise unseen here and included in ``max_memory_allocated``.
+    The figure is thus the peak of tensors visible between ops, the same for every strategy.
+
+    Backward: ``loss.backward()`` inside the block is tracked on every device. On the CPU the
+    autograd engine runs CPU graphs in the calling thread; for CUDA graphs it runs a worker
+    thread, but each graph task carries the caller's ``at::ThreadLocalState``, which includes the
+    torch-dispatch-mode stack (ATen/ThreadLocalState.h, ``torch_dispatch_mode_state_``), so the
+    mode is active there too; ``tests/test_measure.py`` checks it against
+    ``max_memory_allocated`` on a GPU. ``torch.func`` transforms (jvp/vjp) and ``no_grad`` solves
+    are seen as plain aten ops.
+
+    Overhead: a Python call per aten op, whatever the tensor sizes; results are unchanged, bit
+    for bit. On the shared 2-core CPU, a float64 jfb step on 2 12x12 images (width 4, 30 solver
+    iterations, about 2,000 aten ops) took 0.3-0.6 s plain, 1-2 s under a do-nothing dispatch
+    mode and about 2.5 s tracked: measure the peak on its own step, never on a timed one. ``torch.distributed._tools.mem_tracker.MemTracker`` works the same way but is
+    private API that needs ``torch.distributed`` and reports per-module snapshots that include
+    parameters; this class gives the one number the benchmark records.
+    """
+
+    def __init__(self, round_to: int = 1):
+        super().__init__()
+        if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+            raise ValueError(f"round_to must be a positive int, got {round_to!r}")
+        self.round_to = round_to
+        self.peak_bytes = 0
+        self.n_allocations = 0  # storages registered (for diagnostics)
+        self._live = 0
+        # key -> (weakref to the storage object, counted bytes, its finalizer)
+        self._tracked: dict[tuple, tuple] = {}
+        # Finalizers only queue the free (deque.append is atomic): they can run at any bytecode,
+        # from the garbage collector or the autograd worker thread, even while this thread is
+        # updating the totals. Queued frees are applied before the next op's outputs are added,
+        # so no free is ever applied after a later allocation and the peak stays exact.
+        self._freed: collections.deque = collections.deque()
+        self._lock = threading.Lock()
+
+    @property
+    def live_bytes(self) -> int:
+        """Bytes of storages allocated inside the block that are alive now."""
+        with self._lock:
+            self._apply_frees()
+            return self._live
+
+    def _apply_frees(self) -> None:
+        while self._freed:
+            key, ref = self._freed.popleft()
+            entry = self._tracked.get(key)
+            if entry is not None and entry[0] is ref:
+                del self._tracked[key]
+                self._live -= entry[1]
+
+    def _size(self, nbytes: int) -> int:
+        return -(-nbytes // self.round_to) * self.round_to
+
+    def _register(self, storage: torch.UntypedStorage, key: tuple) -> None:
+        nbytes = self._size(storage.nbytes())
+        entry = self._tracked.get(key)
+        if entry is not None:
+            if entry[0]() is storage:  # already tracked: only a resize changes its size
+                if nbytes != entry[1]:
+                    self._tracked[key] = (entry[0], nbytes, entry[2])
+                    self._live += nbytes - entry[1]
+                    self.peak_bytes = max(self.peak_bytes, self._live)
+                return
+            # the address was reused before the old storage's free was seen: retire it now
+            entry[2].detach()
+            del self._tracked[key]
+            self._live -= entry[1]
+        ref = weakref.ref(storage)
+        fin = weakref.finalize(storage, self._freed.append, (key, ref))
+        fin.atexit = False
+        self._tracked[key] = (ref, nbytes, fin)
+        self.n_allocations += 1
+        self._live += nbytes
+        self.peak_bytes = max(self.peak_bytes, self._live)
+
+    @staticmethod
+    def _tensors(obj, found: list) -> list:
+        # aten ops take and return only tensors, scalars and (nested) lists/tuples of them:
+        # this walk is several times cheaper per op than torch.utils._pytree.tree_flatten.
+        if isinstance(obj, torch.Tensor):
+            found.append(obj)
+        elif isinstance(obj, (list, tuple)):
+            for item in obj:
+                PeakLiveBytes._tensors(item, found)
+        elif isinstance(obj, dict):
+            for item in obj.values():
+                PeakLiveBytes._tensors(item, found)
+        return found
+
+    @staticmethod
+    def _storage(t: torch.Tensor):
+        if t.layout != torch.strided:  # sparse etc.: no single storage to follow
+            raise NotImplementedError(f"PeakLiveBytes: {t.layout} tensors are not supported")
+        storage = t.untyped_storage()
+        return storage, (t.device, storage.data_ptr())
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        outputs = self._tensors(out, [])
+        if not outputs:
+            return out
+        inputs = {
+            self._storage(t)[1]
+            for t in self._tensors((args, kwargs), [])
+            if t.layout == torch.strided and not t._is_zerotensor()
+        }
+        # torch.tensor(data) builds its tensor outside the dispatcher and hands it to lift_fresh:
+        # that input is a fresh allocation, not a pre-existing one.
+        fresh_input = func is torch.ops.aten.lift_fresh.default
+        with self._lock:
+            self._apply_frees()
+            for t in outputs:
+                if t._is_zerotensor():  # torch.func's symbolic zeros: no storage, nothing allocated
+                    continue
+                storage, key = self._storage(t)
+                if storage.nbytes() == 0:  # nothing allocated (and data_ptr 0 is shared)
+                    continue
+                if key in self._tracked or key not in inputs or fresh_input:
+                    self._register(storage, key)
+        return out
+
+
+def peak_live_bytes(fn, *args, round_to: int = 1, **kwargs) -> tuple[int, object]:
+    """Run ``fn(*args, **kwargs)`` under :class:`PeakLiveBytes`; return (peak bytes, result)."""
+    with PeakLiveBytes(round_to=round_to) as tracker:
+        result = fn(*args, **kwargs)
+    return tracker.peak_bytes, result
 
 
 class StepClock:
