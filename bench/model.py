@@ -103,7 +103,10 @@ class Denoiser(nn.Module):
                 f"got {lipschitz_control!r}"
             )
         sizes = [channels] + [width] * (depth - 1) + [channels]
-        convs = [nn.Conv2d(c_in, c_out, 3, padding=1) for c_in, c_out in zip(sizes, sizes[1:])]
+        convs = [
+            nn.Conv2d(c_in, c_out, 3, padding=1)
+            for c_in, c_out in zip(sizes[:-1], sizes[1:], strict=True)
+        ]
         if lipschitz_control == "kernel":
             convs = [spectral_norm(conv) for conv in convs]
         self.convs = nn.ModuleList(convs)
