@@ -59,10 +59,10 @@ class ModelConfig:
     lipschitz: float = 0.9
     # "prox": T(x) = (A^T A + alpha I)^-1 (A^T d + alpha D(x)); "grad": the seed's gradient step.
     form: str = "prox"
-    # "aol": each conv rescaled so that its operator norm is provably <= 1 (a contraction by
-    # construction, see bench/model.py); "kernel": torch's spectral_norm of the reshaped kernel
-    # (the common practice, which bounds nothing).
-    lipschitz_control: str = "aol"
+    # "operator": each conv divided by its operator norm (a contraction by construction, see
+    # bench/model.py); "aol": a cheaper certified rescaling; "kernel": torch's spectral_norm of
+    # the reshaped kernel (the common practice, which bounds nothing).
+    lipschitz_control: str = "operator"
 
 
 @dataclass(frozen=True)
@@ -113,12 +113,28 @@ class RunConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, raw: dict) -> RunConfig:
+        """The inverse of :meth:`to_dict` (e.g. for a run folder's ``config.json``)."""
+        sections = {name: SECTIONS[name](**raw[name]) for name in SECTIONS}
+        return cls(raw["suite"], raw["strategy"], raw["seed"], **sections)
+
     @property
     def config_hash(self) -> str:
         # The device is where a run happens, not what it is: a CPU and a GPU run of the same
         # config are the same experiment, so it stays out of the hash (and is recorded per run).
         payload = self.to_dict()
         payload.pop("suite")
+        payload["train"].pop("device")
+        text = json.dumps(payload, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    @property
+    def setting_hash(self) -> str:
+        """Identifies the setting shared by all strategies and seeds (for grouping results)."""
+        payload = self.to_dict()
+        for key in ("suite", "strategy", "seed"):
+            payload.pop(key)
         payload["train"].pop("device")
         text = json.dumps(payload, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -259,13 +259,19 @@ class _Nvml:
 
 
 class PeakMemory:
-    """Peak memory over a ``with`` block.
+    """Peak memory over the windows in which it is entered (``with memory:``), e.g. training
+    steps only, so that evaluation and diagnostics between them do not count.
 
-    - ``gpu_bytes``: ``torch.cuda.max_memory_allocated`` after a reset (tensors only), or None;
-    - ``gpu_device_bytes``: peak NVML device used memory, sampled (None where NVML is absent);
-    - ``rss_bytes``: peak resident set size of this process, sampled. ``ru_maxrss`` cannot be
-      reset between runs in one process, so a sampler thread reads psutil instead; the figure
-      includes the interpreter and whatever earlier runs left allocated.
+    - ``gpu_bytes``: the largest ``torch.cuda.max_memory_allocated`` over the windows, each taken
+      after a reset at the window's start (tensors only), or None off CUDA;
+    - ``gpu_device_bytes``: peak NVML device used memory, sampled inside windows (None where NVML
+      is absent);
+    - ``rss_bytes``: peak resident set size of this process, sampled inside windows. ``ru_maxrss``
+      cannot be reset between runs in one process, so a sampler thread reads psutil instead; the
+      figure includes the interpreter and whatever earlier runs left allocated.
+
+    Sampling runs in a thread while :meth:`sampling` is active; outside it each window is sampled
+    at its start and end only.
     """
 
     def __init__(self, device: torch.device, interval_s: float = 0.01):
@@ -280,7 +286,7 @@ class PeakMemory:
                 self._nvml = _Nvml(self.device)
             except Exception as err:  # no NVML library: say so, record None
                 warnings.warn(f"NVML unavailable, device memory not recorded: {err}", stacklevel=2)
-        self._stop = threading.Event()
+        self._active = threading.Event()
         self._process = psutil.Process()
 
     def _sample(self) -> None:
@@ -289,26 +295,39 @@ class PeakMemory:
         if self._nvml is not None:
             self.gpu_device_bytes = max(self.gpu_device_bytes or 0, self._nvml.used())
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self._sample()
+    @contextlib.contextmanager
+    def sampling(self):
+        """Run the sampler thread for the duration of the block (it samples inside windows)."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(self.interval_s):
+                if self._active.is_set():
+                    self._sample()
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join()
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         self._sample()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
+        self._active.set()
         return self
 
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            self.gpu_bytes = int(torch.cuda.max_memory_allocated(self.device))
-        self._stop.set()
-        self._thread.join()
+            peak = int(torch.cuda.max_memory_allocated(self.device))
+            self.gpu_bytes = max(self.gpu_bytes or 0, peak)
         self._sample()
+        self._active.clear()
 
 
 def device_name(device: torch.device) -> str:

@@ -35,10 +35,19 @@ RUN_COLUMNS = (
     "peak_gpu_memory_bytes", "peak_gpu_device_memory_bytes", "mean_forward_iters",
     "forward_converged_frac", "mean_backward_iters", "grad_cosine_first", "grad_cosine_last",
     "lipschitz_estimate",
+    # validity and cost columns (see bench/runner.py): the layer's contraction at every
+    # evaluation, the backward solves, the exact peak of live bytes of a training step, phases
+    "lr_schedule", "model_form", "lipschitz_control", "model_lipschitz", "setting_hash",
+    "max_layer_lipschitz", "certified_lipschitz_bound", "backward_converged_frac",
+    "skipped_steps", "peak_step_bytes", "run_wall_time_s", "eval_time_s", "diagnostics_time_s",
 )  # fmt: skip
 EPOCH_COLUMNS = (
     "run_id", "strategy", "seed", "epoch", "train_loss", "test_psnr", "test_ssim",
     "blurred_test_psnr", "blurred_test_ssim", "wall_time_s", "grad_cosine",
+    # one row per evaluation: at each epoch's end (epoch_end = 1) and every [train] eval_every steps
+    "step", "epoch_end", "layer_lipschitz", "layer_lipschitz_converged",
+    "grad_reference_converged", "grad_reference_forward_residual",
+    "grad_reference_backward_residual",
 )  # fmt: skip
 STEP_COLUMNS = (
     "run_id", "strategy", "seed", "epoch", "step", "loss", "forward_time_s", "backward_time_s",
@@ -51,7 +60,7 @@ COLUMNS = {"runs": RUN_COLUMNS, "epochs": EPOCH_COLUMNS, "steps": STEP_COLUMNS}
 TEXT_COLUMNS = (
     "run_id", "suite", "strategy", "strategy_label", "params", "status", "status_reason",
     "dataset", "solver", "device", "device_name", "torch_version", "torchdeq_version",
-    "git_commit", "config_hash",
+    "git_commit", "config_hash", "setting_hash", "lr_schedule", "model_form", "lipschitz_control",
 )  # fmt: skip
 
 

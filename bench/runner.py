@@ -7,6 +7,7 @@ config hash), trains the rest one at a time and writes each run's rows atomicall
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import math
@@ -27,16 +28,18 @@ from strategies import get_strategy, parse_spec
 from . import results
 from .config import DataConfig, ProblemConfig, RunConfig, Suite
 from .data import load_dataset
-from .measure import PeakMemory, SavedBytes, StepClock, device_name
+from .measure import PeakLiveBytes, PeakMemory, SavedBytes, StepClock, device_name
 from .metrics import psnr, ssim
-from .model import DeblurDEQ
+from .model import build_model
 from .problem import DeblurProblem, GaussianBlur
 from .solver import lipschitz_estimate, make_solver
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 TEST_NOISE_SEED = 10_000  # test measurements are the same for every run and seed
 FIDELITY_SEED = 20_000  # the fixed batch for gradient fidelity
-FIDELITY_MAX_ITER = 2000
+FIDELITY_MAX_ITER = 500
+FIDELITY_TOL = 1e-6
+FIDELITY_BATCH = 8  # images in the fixed batch for gradient fidelity and ||dT/dx||
 STEP_INFO = (
     "forward_iters", "forward_residual", "forward_converged", "backward_iters", "backward_residual"
 )  # fmt: skip
@@ -146,12 +149,13 @@ def _evaluate(model, strategy, solver, x, d, batch_size) -> tuple[float, float, 
     return psnr(recon, x).mean().item(), ssim(recon, x).mean().item(), recon
 
 
-def _gradient_cosine(model, strategy, solver, run: RunConfig, x, d) -> float:
-    """Cosine between the strategy's gradient and the exact implicit gradient on a fixed batch,
-    and whether the reference's forward and CG solves both converged (1.0) or not (0.0).
+def _gradient_cosine(model, strategy, solver, x, d) -> dict[str, float]:
+    """Cosine between the strategy's gradient and the exact implicit gradient on a fixed batch.
 
-    The reference is a float64 copy of the model with a tight forward solve and a tight CG solve.
-    Both use eval mode so spectral norm does not step its power iteration between the two.
+    The reference is a float64 copy of the model with a forward solve and a CG adjoint solve
+    both to 1e-6. Its residuals are recorded; where either solve did not reach its tolerance the
+    cosine is NaN: a number computed from an unconverged reference would look like a finding.
+    Both gradients are taken in eval mode, so that nothing in the model changes between them.
     """
 
     def grad_of(m, strat, solv, dtype):
@@ -164,29 +168,54 @@ def _gradient_cosine(model, strategy, solver, run: RunConfig, x, d) -> float:
         m.train()
         return g, info
 
-    import copy
-
     dtype = next(model.parameters()).dtype
     g, _ = grad_of(model, strategy, solver, dtype)
     reference = copy.deepcopy(model).double()
-    # A cosine needs ~3 digits: 1e-6 on both solves is ample. Plain iteration converges for any
-    # contraction, where torchdeq's Anderson can stall on weakly contractive layers.
-    ref_solver = make_solver("fixed_point_iter", max_iter=FIDELITY_MAX_ITER, tol=1e-6)
-    ref_strategy = get_strategy("cg", tol=1e-6, max_iter=500)
+    ref_solver = make_solver(
+        "anderson", max_iter=FIDELITY_MAX_ITER, tol=FIDELITY_TOL, m=5, lam=1e-4
+    )
+    ref_strategy = get_strategy("cg", tol=FIDELITY_TOL, max_iter=FIDELITY_MAX_ITER)
     g_ref, info = grad_of(reference, ref_strategy, ref_solver, torch.float64)
-    converged = info["forward_converged"] * info["backward_converged"]
-    return torch.nn.functional.cosine_similarity(g, g_ref, dim=0).item(), converged
+    converged = bool(info["forward_converged"] and info["backward_converged"])
+    cosine = torch.nn.functional.cosine_similarity(g, g_ref, dim=0).item()
+    return {
+        "grad_cosine": cosine if converged else math.nan,
+        "grad_reference_converged": float(converged),
+        "grad_reference_forward_residual": info["forward_residual"],
+        "grad_reference_backward_residual": info["backward_residual"],
+    }
+
+
+def _layer_lipschitz(model, solver, d) -> dict[str, float]:
+    """||dT/dx|| at the fixed point of a fixed batch (power iteration run to convergence)."""
+    model.eval()
+    with torch.no_grad():
+        f = model.make_layer(d)
+        z, _ = solver(f, model.initial_iterate(d))
+    estimate = lipschitz_estimate(f, z)
+    model.train()
+    return {
+        "layer_lipschitz": estimate.value,
+        "layer_lipschitz_converged": float(estimate.converged),
+    }
 
 
 def _solver_extras(run: RunConfig) -> dict:
     return {"m": run.solver.m, "lam": run.solver.lam} if run.solver.name == "anderson" else {}
 
 
+def _numeric_info(info: dict) -> dict[str, float]:
+    """Every numeric entry a strategy put in ``info`` (bools as 0/1), as floats."""
+    return {k: float(v) for k, v in info.items() if isinstance(v, (int, float))}
+
+
 def train_step(model, strategy, solver, optimizer, x, d, clock: StepClock, counter=None):
     """One instrumented training step: returns (its ``steps`` row without epoch/step, output).
 
     The phases are timed by ``clock``; ``counter`` (a :class:`SavedBytes`), when given, counts
-    the bytes the forward pass saves for backward.
+    the bytes the forward pass saves for backward. A strategy that sets ``info["skip_update"]``
+    (e.g. cg:skip_unconverged=true after an unconverged adjoint solve) gets no parameter update;
+    the row then has ``skipped = 1``.
     """
     optimizer.zero_grad(set_to_none=True)
     marks = [clock.mark()]
@@ -196,167 +225,266 @@ def train_step(model, strategy, solver, optimizer, x, d, clock: StepClock, count
     marks.append(clock.mark())
     loss.backward()  # strategies with a backward solve complete ``info`` here
     marks.append(clock.mark())
-    optimizer.step()
+    skipped = bool(info.get("skip_update", 0))
+    if not skipped:
+        optimizer.step()
     marks.append(clock.mark())
     fwd, bwd, opt = clock.durations(marks)
-    row = {
-        "loss": loss.item(),
-        "forward_time_s": fwd,
-        "backward_time_s": bwd,
-        "optimizer_time_s": opt,
-        "step_time_s": fwd + bwd + opt,
-        **{key: info.get(key, math.nan) for key in STEP_INFO},
-    }
+    row = {key: math.nan for key in STEP_INFO}
+    row.update(_numeric_info(info))
+    row.pop("skip_update", None)
+    row.update(
+        loss=loss.item(),
+        forward_time_s=fwd,
+        backward_time_s=bwd,
+        optimizer_time_s=opt,
+        step_time_s=fwd + bwd + opt,
+        skipped=float(skipped),
+    )
     return row, xhat
 
 
-def train(run: RunConfig, device: torch.device, progress: bool = False) -> dict:
-    """Train one run; return its tables (``runs``/``epochs``/``steps``) and reconstructions."""
-    data = prepare(run.data, run.problem)
-    dtype = DTYPES[run.train.dtype]
-    to = dict(device=device, dtype=dtype)
-    train_x, test_x, test_d = (t.to(**to) for t in (data.train_x, data.test_x, data.test_d))
-    problem = data.problem
-    torch.manual_seed(run.seed)
-    generator = torch.Generator().manual_seed(run.seed)  # batch order and training noise
-    channels = train_x.shape[1]
-    m = run.model
-    model = DeblurDEQ(problem.operator, channels, m.width, m.depth, m.eta, m.alpha, m.lipschitz).to(
-        **to
+def _schedule(optimizer, run: RunConfig, total_steps: int):
+    """The per-step learning-rate schedule ``[train] lr_schedule`` names (None for constant)."""
+    name = run.train.lr_schedule
+    if name == "constant":
+        return None
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    if name == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, run.train.lr, total_steps=total_steps)
+    raise ValueError(f"unknown lr_schedule {name!r}; accepted: constant, cosine, onecycle")
+
+
+@dataclass
+class _Setup:
+    """Everything a run needs before its first step (data on the device, model, optimiser)."""
+
+    run: RunConfig
+    data: Problem
+    train_x: torch.Tensor
+    test_x: torch.Tensor
+    test_d: torch.Tensor
+    fid_x: torch.Tensor
+    fid_d: torch.Tensor
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    strategy: object
+    solver: object
+    generator: torch.Generator
+
+    @classmethod
+    def build(cls, run: RunConfig, device: torch.device) -> _Setup:
+        data = prepare(run.data, run.problem)
+        to = dict(device=device, dtype=DTYPES[run.train.dtype])
+        train_x, test_x, test_d = (t.to(**to) for t in (data.train_x, data.test_x, data.test_d))
+        torch.manual_seed(run.seed)
+        generator = torch.Generator().manual_seed(run.seed)  # batch order and training noise
+        model = build_model(run.model, data.problem.operator, train_x.shape[1]).to(**to)
+        fid_x = train_x[: min(run.train.batch_size, len(train_x), FIDELITY_BATCH)]
+        fid_d = data.problem.measure(fid_x, torch.Generator().manual_seed(FIDELITY_SEED))
+        solver = make_solver(
+            run.solver.name, max_iter=run.solver.max_iter, tol=run.solver.tol, **_solver_extras(run)
+        )
+        return cls(
+            run, data, train_x, test_x, test_d, fid_x, fid_d, model,
+            torch.optim.Adam(model.parameters(), lr=run.train.lr),
+            parse_spec(run.strategy), solver, generator,
+        )  # fmt: skip
+
+
+class _Record:
+    """The rows a run accumulates, and the per-run measurements, while it trains."""
+
+    def __init__(self):
+        self.steps: list[dict] = []
+        self.evals: list[dict] = []
+        self.saved_bytes = math.nan
+        self.peak_step_bytes = math.nan
+        self.eval_time_s = 0.0
+        self.diagnostics_time_s = 0.0
+        self.train_time_s = 0.0  # sum of step times: the training-time budget
+        self.status, self.reason = "ok", ""
+        self.recon = None
+
+
+def _check_finite(row: dict, xhat: torch.Tensor, epoch: int, step: int) -> None:
+    if not math.isfinite(row["loss"]):
+        raise Diverged(f"loss became {row['loss']} at epoch {epoch}, step {step}")
+    if xhat.detach().abs().max().item() > DIVERGED_ABS:
+        raise Diverged(f"fixed point blew up (|x| > {DIVERGED_ABS:g}) at epoch {epoch}")
+
+
+def _evaluation(s: _Setup, rec: _Record, epoch: int, epoch_end: bool, fidelity: bool) -> None:
+    """Evaluate on the test set, measure ||dT/dx|| and (when asked) the gradient fidelity."""
+    t0 = time.perf_counter()
+    bs = s.run.train.batch_size
+    since = rec.evals[-1]["step"] if rec.evals else 0  # train_loss: mean since the last one
+    test_psnr, test_ssim, rec.recon = _evaluate(
+        s.model, s.strategy, s.solver, s.test_x, s.test_d, bs
     )
-    optimizer = torch.optim.Adam(model.parameters(), lr=run.train.lr)
-    strategy = parse_spec(run.strategy)
-    solver = make_solver(
-        run.solver.name, max_iter=run.solver.max_iter, tol=run.solver.tol, **_solver_extras(run)
-    )
-    fid_idx = torch.arange(min(run.train.batch_size, len(train_x)))
-    fid_x = train_x[fid_idx]
-    fid_d = problem.measure(fid_x, torch.Generator().manual_seed(FIDELITY_SEED))
-
-    clock = StepClock(device)
-    steps, epochs = [], []
-    saved = math.nan
-    status, reason = "ok", ""
-    wall = 0.0
-    recon = None
-    with PeakMemory(device) as memory:
-        try:
-            epoch_bar = tqdm(
-                range(1, run.train.epochs + 1),
-                desc=run.strategy,
-                unit="epoch",
-                leave=False,
-                disable=not progress,
-            )
-            for epoch in epoch_bar:
-                losses = []
-                for step, idx in enumerate(_batches(len(train_x), run.train.batch_size, generator)):
-                    x = train_x[idx]
-                    d = problem.measure(x, generator)
-                    counter = SavedBytes() if not steps else None  # one step suffices: exact
-                    row, xhat = train_step(model, strategy, solver, optimizer, x, d, clock, counter)
-                    wall += row["step_time_s"]
-                    if counter:
-                        saved = counter.total
-                    steps.append({"epoch": epoch, "step": len(steps) + 1, **row})
-                    loss_value = row["loss"]
-                    losses.append(loss_value)
-                    if not math.isfinite(loss_value):
-                        raise Diverged(
-                            f"loss became {loss_value} at epoch {epoch}, step {step + 1}"
-                        )
-                    if xhat.detach().abs().max().item() > DIVERGED_ABS:
-                        raise Diverged(
-                            f"fixed point blew up (|x| > {DIVERGED_ABS:g}) at epoch {epoch}"
-                        )
-                test_psnr, test_ssim, recon = _evaluate(
-                    model, strategy, solver, test_x, test_d, run.train.batch_size
-                )
-                if not math.isfinite(test_psnr):
-                    raise Diverged(f"test reconstruction not finite at epoch {epoch}")
-                cosine = reference_converged = math.nan
-                if run.train.grad_fidelity and epoch in (1, run.train.epochs):
-                    cosine, reference_converged = _gradient_cosine(
-                        model, strategy, solver, run, fid_x, fid_d
-                    )
-                epochs.append(
-                    {
-                        "epoch": epoch,
-                        "train_loss": float(np.mean(losses)),
-                        "test_psnr": test_psnr,
-                        "test_ssim": test_ssim,
-                        "blurred_test_psnr": data.blurred_psnr,
-                        "blurred_test_ssim": data.blurred_ssim,
-                        "wall_time_s": wall,
-                        "grad_cosine": cosine,
-                        "grad_reference_converged": reference_converged,
-                    }
-                )
-        except Diverged as err:
-            status, reason = "diverged", str(err)
-    lipschitz = math.nan
-    if status == "ok":
-        model.eval()
-        f = model.make_layer(test_d[: run.train.batch_size])
-        z, _ = solver(f, model.initial_iterate(test_d[: run.train.batch_size]))
-        lipschitz = lipschitz_estimate(f, z)
-        model.train()
-
-    return _tables(
-        run, device, status, reason, steps, epochs, saved, memory, lipschitz, data, recon, strategy
-    )
-
-
-def _tables(
-    run, device, status, reason, steps, epochs, saved, memory, lipschitz, data, recon, strategy
-):
-    keys = {"run_id": run.run_id, "strategy": strategy.name, "seed": run.seed}
-    steps_df = pd.DataFrame([{**keys, **s} for s in steps], columns=results.STEP_COLUMNS)
-    epoch_columns = [*results.EPOCH_COLUMNS, "grad_reference_converged"]
-    epochs_df = pd.DataFrame([{**keys, **e} for e in epochs], columns=epoch_columns)
-    last = epochs[-1] if epochs else {}
-    cos = epochs_df["grad_cosine"].dropna()
-    med = lambda col: float(steps_df[col].median()) if len(steps_df) else math.nan  # noqa: E731
+    if not math.isfinite(test_psnr):
+        raise Diverged(f"test reconstruction not finite at epoch {epoch}")
+    t1 = time.perf_counter()
     row = {
-        **_setting_columns(run, device, data),
+        "epoch": epoch,
+        "step": len(rec.steps),
+        "epoch_end": float(epoch_end),
+        "train_loss": float(np.mean([r["loss"] for r in rec.steps[since:]] or [math.nan])),
+        "test_psnr": test_psnr,
+        "test_ssim": test_ssim,
+        "blurred_test_psnr": s.data.blurred_psnr,
+        "blurred_test_ssim": s.data.blurred_ssim,
+        "wall_time_s": rec.train_time_s,
+        "grad_cosine": math.nan,
+        "grad_reference_converged": math.nan,
+        "grad_reference_forward_residual": math.nan,
+        "grad_reference_backward_residual": math.nan,
+        **_layer_lipschitz(s.model, s.solver, s.fid_d),
+    }
+    if fidelity:
+        row.update(_gradient_cosine(s.model, s.strategy, s.solver, s.fid_x, s.fid_d))
+    rec.evals.append(row)
+    rec.eval_time_s += t1 - t0
+    rec.diagnostics_time_s += time.perf_counter() - t1
+
+
+def _train_loop(s: _Setup, rec: _Record, memory: PeakMemory, device, progress: bool) -> None:
+    run = s.run
+    n_batches = math.ceil(len(s.train_x) / run.train.batch_size)
+    total_steps = run.train.epochs * n_batches
+    scheduler = _schedule(s.optimizer, run, total_steps)
+    clock = StepClock(device)
+    # Peak live bytes are measured on one step after the first (Adam's state then exists), or
+    # the first when there is only one; that step is marked and left out of the timing medians
+    # (the tracker slows it down).
+    tracked_step = 2 if total_steps > 1 else 1
+    bar = tqdm(range(1, run.train.epochs + 1), desc=run.strategy, unit="epoch", leave=False,
+               disable=not progress)  # fmt: skip
+    for epoch in bar:
+        for idx in _batches(len(s.train_x), run.train.batch_size, s.generator):
+            x = s.train_x[idx]
+            d = s.data.problem.measure(x, s.generator)
+            step = len(rec.steps) + 1
+            counter = SavedBytes() if step == 1 else None  # one step suffices: exact
+            tracker = PeakLiveBytes() if step == tracked_step else contextlib.nullcontext()
+            with memory, tracker:
+                row, xhat = train_step(
+                    s.model, s.strategy, s.solver, s.optimizer, x, d, clock, counter
+                )
+            if counter:
+                rec.saved_bytes = counter.total
+            if step == tracked_step:
+                rec.peak_step_bytes = tracker.peak_bytes
+            if scheduler is not None:
+                scheduler.step()
+            rec.train_time_s += row["step_time_s"]
+            rec.steps.append(
+                {"epoch": epoch, "step": step, **row, "instrumented": float(step == tracked_step)}
+            )
+            _check_finite(row, xhat, epoch, step)
+            epoch_end = step % n_batches == 0
+            if _evaluates(run, step, epoch_end, total_steps):
+                fidelity = run.train.grad_fidelity and (not rec.evals or step == total_steps)
+                _evaluation(s, rec, epoch, epoch_end, fidelity)
+
+
+def _evaluates(run: RunConfig, step: int, epoch_end: bool, total_steps: int) -> bool:
+    """Whether to evaluate after ``step``: every ``eval_every`` steps (or at each epoch's end
+    when it is 0), and always after the last step."""
+    every = run.train.eval_every
+    return step == total_steps or (step % every == 0 if every else epoch_end)
+
+
+def train(run: RunConfig, device: torch.device, progress: bool = False) -> dict:
+    """Train one run; return its tables (``runs``/``epochs``/``steps``), reconstructions and
+    final model weights.
+
+    Memory figures cover training steps only: the peak RSS and GPU memory are taken inside the
+    steps (evaluation, the gradient-fidelity reference and the Lipschitz estimate are outside),
+    and ``peak_step_bytes`` is the exact peak of live tensor bytes of one step.
+    """
+    started = time.perf_counter()
+    s = _Setup.build(run, device)
+    rec = _Record()
+    memory = PeakMemory(device)
+    try:
+        with memory.sampling():
+            _train_loop(s, rec, memory, device, progress)
+    except Diverged as err:
+        rec.status, rec.reason = "diverged", str(err)
+    tables = _tables(s, rec, memory, device, time.perf_counter() - started)
+    tables["model"] = {k: v.detach().cpu() for k, v in s.model.state_dict().items()}
+    return tables
+
+
+def _tables(s: _Setup, rec: _Record, memory: PeakMemory, device, run_wall_time_s: float) -> dict:
+    run, strategy = s.run, s.strategy
+    keys = {"run_id": run.run_id, "strategy": strategy.name, "seed": run.seed}
+    steps_df = pd.DataFrame([{**keys, **r} for r in rec.steps])
+    steps_df = steps_df.reindex(
+        columns=list(dict.fromkeys([*results.STEP_COLUMNS, *steps_df.columns]))
+    )
+    epochs_df = pd.DataFrame(
+        [{**keys, **e} for e in rec.evals], columns=list(results.EPOCH_COLUMNS)
+    )
+    last = rec.evals[-1] if rec.evals else {}
+    cos = epochs_df["grad_cosine"]
+    fid_rows = epochs_df[epochs_df["grad_reference_converged"].notna()]
+    timed = steps_df[steps_df["instrumented"] != 1] if len(steps_df) else steps_df
+    timed = timed if len(timed) else steps_df
+
+    def med(col):
+        return float(timed[col].median()) if len(timed) else math.nan
+
+    def mean(col):
+        return float(steps_df[col].mean()) if len(steps_df) and col in steps_df else math.nan
+
+    lip = epochs_df["layer_lipschitz"]
+    row = {
+        **_setting_columns(run, device, s.data),
         **keys,
         "strategy_label": run.strategy,
         "params": json.dumps(strategy.params, sort_keys=True),
         **{f"p_{k}": v for k, v in strategy.params.items()},
-        "status": status,
-        "status_reason": reason,
+        "status": rec.status,
+        "status_reason": rec.reason,
         "final_train_loss": last.get("train_loss", math.nan),
         "final_test_psnr": last.get("test_psnr", math.nan),
         "final_test_ssim": last.get("test_ssim", math.nan),
-        "blurred_test_psnr": last.get("blurred_test_psnr", math.nan),
-        "blurred_test_ssim": last.get("blurred_test_ssim", math.nan),
-        "total_wall_time_s": last.get("wall_time_s", float(steps_df["step_time_s"].sum())),
+        "blurred_test_psnr": s.data.blurred_psnr,
+        "blurred_test_ssim": s.data.blurred_ssim,
+        "total_wall_time_s": rec.train_time_s,
+        "run_wall_time_s": run_wall_time_s,
+        "eval_time_s": rec.eval_time_s,
+        "diagnostics_time_s": rec.diagnostics_time_s,
         "median_step_time_s": med("step_time_s"),
         "median_forward_time_s": med("forward_time_s"),
         "median_backward_time_s": med("backward_time_s"),
         "median_optimizer_time_s": med("optimizer_time_s"),
-        "saved_bytes": saved,
-        "peak_rss_bytes": memory.rss_bytes,
+        "saved_bytes": rec.saved_bytes,
+        "peak_step_bytes": rec.peak_step_bytes,
+        "peak_rss_bytes": memory.rss_bytes or math.nan,
         "peak_gpu_memory_bytes": memory.gpu_bytes if memory.gpu_bytes is not None else math.nan,
         "peak_gpu_device_memory_bytes": memory.gpu_device_bytes or math.nan,
-        "mean_forward_iters": float(steps_df["forward_iters"].mean())
-        if len(steps_df)
-        else math.nan,
-        "forward_converged_frac": float(steps_df["forward_converged"].mean())
-        if len(steps_df)
-        else math.nan,
-        "mean_backward_iters": float(steps_df["backward_iters"].mean())
-        if len(steps_df)
-        else math.nan,
-        "grad_cosine_first": float(cos.iloc[0]) if len(cos) else math.nan,
-        "grad_cosine_last": float(cos.iloc[-1]) if len(cos) else math.nan,
-        "lipschitz_estimate": lipschitz,
+        "mean_forward_iters": mean("forward_iters"),
+        "forward_converged_frac": mean("forward_converged"),
+        "mean_backward_iters": mean("backward_iters"),
+        "backward_converged_frac": mean("backward_converged"),
+        "skipped_steps": float(steps_df["skipped"].sum()) if len(steps_df) else 0.0,
+        "grad_cosine_first": float(cos[fid_rows.index[0]]) if len(fid_rows) else math.nan,
+        "grad_cosine_last": float(cos[fid_rows.index[-1]]) if len(fid_rows) else math.nan,
+        "lipschitz_estimate": float(lip.iloc[-1]) if len(lip) else math.nan,
+        "max_layer_lipschitz": float(lip.max()) if len(lip) else math.nan,
+        "certified_lipschitz_bound": s.model.contraction_bound(),
     }
     return {
         "runs": pd.DataFrame([row]),
         "epochs": epochs_df,
         "steps": steps_df,
-        "recon": None if recon is None else recon[: run.train.n_recon].float().cpu().numpy(),
+        "recon": None
+        if rec.recon is None
+        else rec.recon[: run.train.n_recon].float().cpu().numpy(),
     }
 
 
@@ -371,6 +499,7 @@ def _setting_columns(run: RunConfig, device, data: Problem | None) -> dict:
         "batch_size": run.train.batch_size,
         "epochs": run.train.epochs,
         "lr": run.train.lr,
+        "lr_schedule": run.train.lr_schedule,
         "blur_kernel_size": run.problem.kernel_size,
         "blur_sigma": run.problem.sigma,
         "noise_std": run.problem.noise_std,
@@ -379,11 +508,34 @@ def _setting_columns(run: RunConfig, device, data: Problem | None) -> dict:
         "solver_tol": run.solver.tol,
         "model_width": run.model.width,
         "model_depth": run.model.depth,
+        "model_form": run.model.form,
+        "lipschitz_control": run.model.lipschitz_control,
+        "model_lipschitz": run.model.lipschitz,
         "device": str(device),
         "device_name": device_name(device),
         "config_hash": run.config_hash,
+        "setting_hash": run.setting_hash,
         **_versions(),
     }
+
+
+def load_trained_model(run_dir: str | Path) -> torch.nn.Module:
+    """Rebuild a run's trained model from its folder (``results/<suite>/parts/<run_id>``).
+
+    Reads the run's ``config.json`` and ``model.pt`` (with ``weights_only=True``) and returns
+    the model in eval mode, in the run's dtype, on the CPU. Its layer for measurements ``d`` is
+    ``model.make_layer(d)``; a reconstruction is ``model(d, strategy, solver)``.
+    """
+    run_dir = Path(run_dir)
+    for name in ("config.json", "model.pt"):
+        if not (run_dir / name).is_file():
+            raise ValueError(f"{str(run_dir)!r} is not a finished run folder: no {name}")
+    run = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    data = prepare(run.data, run.problem)
+    model = build_model(run.model, data.problem.operator, data.train_x.shape[1])
+    state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.to(DTYPES[run.train.dtype]).eval()
 
 
 def _save_npz(path: Path, **arrays) -> None:
@@ -418,6 +570,14 @@ def execute(run: RunConfig, out: Path, progress: bool = False) -> str:
         }
         tables = {"runs": pd.DataFrame([row]).reindex(columns=results.RUN_COLUMNS)}
     recon = tables.pop("recon", None)
+    weights = tables.pop("model", None)
+    if weights is not None:  # before runs.csv, which marks the part complete
+        part = out / "parts" / run.run_id
+        buf = io.BytesIO()
+        torch.save(weights, buf)
+        results.atomic_write_bytes(part / "model.pt", buf.getvalue())
+        config = json.dumps(run.to_dict(), indent=1, sort_keys=True).encode()
+        results.atomic_write_bytes(part / "config.json", config)
     if recon is not None:
         _save_npz(out / "recons" / f"{run.run_id}.npz", x=recon)
     results.write_run(out, run.run_id, tables)

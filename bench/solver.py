@@ -7,6 +7,7 @@ autograd graph; ``info`` maps str to a Python number.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torchdeq.solver import get_solver as _torchdeq_solver
@@ -74,22 +75,36 @@ def make_solver(name: str = "anderson", **settings) -> FixedPointSolver:
     return FixedPointSolver(name, **settings)
 
 
-def lipschitz_estimate(f, z: torch.Tensor, iters: int = 20, seed: int = 0) -> float:
-    """Estimate ||df/dz||_2 at ``z`` (worst sample) by power iteration on J^T J via torch.func.
+class LipschitzEstimate(NamedTuple):
+    value: float  # ||df/dz||_2 at z, worst sample (a lower bound that converges to it)
+    iters: int
+    converged: bool  # relative change of every sample's estimate <= rtol at the last iteration
 
-    A value below 1 means f is locally contractive there, so the fixed point is unique nearby
-    and the Neumann series for (I - J)^{-1} converges.
+
+def lipschitz_estimate(
+    f, z: torch.Tensor, rtol: float = 1e-3, max_iter: int = 500, seed: int = 0
+) -> LipschitzEstimate:
+    """||df/dz||_2 at ``z`` (worst sample) by power iteration on J^T J, run to convergence.
+
+    J u by forward mode and J^T u by reverse mode (torch.func), each sample's own vector (J is
+    block diagonal over the batch). Stops when every sample's estimate changed by at most
+    ``rtol`` (relative) in one iteration, or after ``max_iter``. Power iteration approaches the
+    largest singular value from below; a value below 1 means f is locally contractive there.
     """
     g = torch.Generator().manual_seed(seed)
     u = torch.randn(z.shape, generator=g, dtype=torch.float64).to(z)
     z = z.detach()
     _, vjp_fn = torch.func.vjp(f, z)
-    dims = tuple(range(1, z.ndim))
-    sigma = torch.zeros(())
+    shape = (-1, *([1] * (z.ndim - 1)))
+    sigma = torch.zeros(z.shape[0], dtype=torch.float64)
     with torch.no_grad():
-        for _ in range(iters):
-            u = u / u.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, *([1] * len(dims)))
+        for it in range(1, max_iter + 1):
+            u = u / u.flatten(1).norm(dim=1).clamp_min(1e-30).view(shape)
             ju = torch.func.jvp(f, (z,), (u,))[1]
-            sigma = ju.flatten(1).norm(dim=1)
+            new = ju.flatten(1).norm(dim=1).double().cpu()
+            change = ((new - sigma).abs() / new.clamp_min(1e-30)).max().item()
+            sigma = new
+            if change <= rtol and it > 1:
+                return LipschitzEstimate(float(sigma.max()), it, True)
             u = vjp_fn(ju)[0]
-    return float(sigma.max())
+    return LipschitzEstimate(float(sigma.max()), max_iter, False)

@@ -13,12 +13,17 @@ class CG(Strategy):
     J is not symmetric, so CG runs on the normal equations of M v = g, M = (I - J)^T (CGLS:
     one J^T u and one J u product per iteration, residual of the original system tracked
     directly). Each sample's system is solved on its own, until ||g - M v|| <= tol * ||g||.
+    With ``skip_unconverged``, a step whose solve missed ``tol`` returns a zero gradient and asks
+    the harness (``info["skip_update"]``) to skip the parameter update.
     """
 
     name = "cg"
     parameters = {
         "tol": Param(1e-6, gt=0, doc="relative residual of (I - J)^T v = g"),
         "max_iter": Param(100, ge=1, doc="maximum CG iterations"),
+        "skip_unconverged": Param(
+            False, doc="no parameter update after an unconverged solve (the JFB paper's rule)"
+        ),
     }
 
     def __call__(self, f, z0, solver):
@@ -33,6 +38,9 @@ class CG(Strategy):
                 backward_residual=residual,
                 backward_converged=float(residual <= self.tol),
             )
+            if self.skip_unconverged and residual > self.tol:
+                info["skip_update"] = 1.0  # the harness then skips the optimizer step
+                return torch.zeros_like(v)
             return v
 
         return implicit_output(f, z_star, adjoint), info
