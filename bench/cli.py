@@ -1,13 +1,17 @@
 """Command line: ``implicit-bench run | report | strategies | suites``.
 
-A user's mistake (unknown strategy or suite, bad TOML key, wrong type, missing data folder,
-absent device) is one line on stderr and exit status 2, never a traceback. ``run`` exits 1 only
-when some run failed for a reason other than divergence.
+A user's mistake (unknown strategy or suite, bad TOML key, wrong type or range, missing data
+folder, absent device, a results folder that cannot be written) is one line on stderr and exit
+status 2, never a traceback. ``run`` exits 1 when some run failed for a reason other than
+divergence, or when writing results failed mid-sweep (one line, naming the file). SIGINT exits
+130 and SIGTERM 143, both saying that finished runs are kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 from pathlib import Path
 
@@ -86,9 +90,12 @@ def _run(args) -> int:
         counts = run_suite_submitit(suite, out, args)
     else:
         counts = run_suite(suite, out, force=args.force, progress=not args.quiet)
+    elsewhere = counts.get("elsewhere", 0)
     print(
         f"{suite.name}: {counts['ok']} ok, {counts['diverged']} diverged, "
-        f"{counts['failed']} failed, {counts['skipped']} already complete -> {out}"
+        f"{counts['failed']} failed, {counts['skipped']} already complete"
+        + (f", {elsewhere} running elsewhere" if elsewhere else "")
+        + f" -> {out}"
     )
     return 1 if counts["failed"] else 0
 
@@ -110,7 +117,7 @@ def _report(args) -> int:
 
 
 def _strategies() -> int:
-    from strategies import list_strategies, strategy_class
+    from strategies import broken_strategies, list_strategies, strategy_class
 
     for name in list_strategies():
         cls = strategy_class(name)
@@ -118,30 +125,64 @@ def _strategies() -> int:
         print(f"{name:<14} {cls.accepted()}")
         if doc:
             print(f"{'':<14} {doc}")
+    for source, problem in broken_strategies().items():
+        print(f"{'BROKEN':<14} {source}: {problem}")
     return 0
+
+
+class _Terminated(BaseException):
+    """SIGTERM, turned into an exception so that it ends the sweep like Ctrl-C does."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    saved = "finished runs are saved, rerun to resume"
     try:
-        if args.command == "run":
-            return _run(args)
-        if args.command == "report":
-            return _report(args)
-        if args.command == "strategies":
-            return _strategies()
-        from .config import list_suites
+        with _sigterm_raises():
+            if args.command == "run":
+                return _run(args)
+            if args.command == "report":
+                return _report(args)
+            if args.command == "strategies":
+                return _strategies()
+            from .config import list_suites
 
-        print("\n".join(list_suites()))
-        return 0
+            print("\n".join(list_suites()))
+            return 0
     except ValueError as err:
         print(f"implicit-bench: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except OSError as err:  # the disk filled up, the folder went away... mid-sweep
+        from .results import describe_os_error
+
         print(
-            "implicit-bench: interrupted; finished runs are saved, rerun to resume", file=sys.stderr
+            f"implicit-bench: error: cannot write results: {describe_os_error(err)}",
+            file=sys.stderr,
         )
+        return 1
+    except KeyboardInterrupt:
+        print(f"implicit-bench: interrupted; {saved}", file=sys.stderr)
         return 130
+    except _Terminated:
+        print(f"implicit-bench: terminated (SIGTERM); {saved}", file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":

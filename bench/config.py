@@ -1,7 +1,8 @@
 """Suite configuration: TOML files -> validated dataclasses -> one RunConfig per run.
 
 A suite file has the sections below; every key is optional (defaults are the dataclass fields)
-and an unknown key or a value of the wrong type is an error naming the file, section and key.
+and an unknown key, a value of the wrong type or out of its range (declared with the field, see
+``setting``) is an error naming the file, section and key.
 
     name = "quick"                      # defaults to the file name
     strategies = ["jfb", "cg:tol=1e-6", "neumann:k=10", "unrolled:k=10"]
@@ -22,6 +23,8 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -29,62 +32,131 @@ from typing import Any
 
 from strategies import parse_spec
 
+from .model import FORMS, LIPSCHITZ_CONTROLS
+from .solver import SOLVERS
+
 SUITES_DIR = Path(__file__).parent / "suites"
+# A suite's name becomes a folder name (results/<name>): no separators, no leading dot.
+SUITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MAX_RUN_ID = 120  # well under the 255-byte file-name limit, with room for suffixes
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a setting: bounds (``gt``/``ge``/``lt``/``le``), choices, oddness.
+
+    Floats must also be finite. Declared next to each field with :func:`setting`.
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple | None = None
+    odd: bool = False
+
+    def describe(self) -> str:
+        rules = [f"{op} {b:g}" for op, b in ((">=", self.ge), (">", self.gt), ("<", self.lt),
+                                              ("<=", self.le)) if b is not None]  # fmt: skip
+        if self.odd:
+            rules.append("odd")
+        if self.choices:
+            rules.append("one of " + ", ".join(map(str, self.choices)))
+        return " and ".join(rules)
+
+    def ok(self, value: Any) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if self.choices is not None:
+            return value in self.choices
+        return not (
+            (self.ge is not None and value < self.ge)
+            or (self.gt is not None and value <= self.gt)
+            or (self.le is not None and value > self.le)
+            or (self.lt is not None and value >= self.lt)
+            or (self.odd and value % 2 != 1)
+        )
+
+
+def setting(default: Any, **rule: Any) -> Any:
+    """A config field with its default and its valid range (see :class:`Range`)."""
+    return field(default=default, metadata={"range": Range(**rule)})
+
+
+def _check_ranges(obj: Any) -> None:
+    """ValueError naming the first field of ``obj`` (a config section) outside its range."""
+    for f in fields(obj):
+        rule = f.metadata.get("range")
+        value = getattr(obj, f.name)
+        if rule is not None and not rule.ok(value):
+            raise ValueError(f"{f.name} must be {rule.describe()}, got {value!r}")
 
 
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "faces"
     root: str = ""
-    image_size: int = 0  # 0: the data set's own size (faces: 25) or its default
-    n_images: int = 0  # 0: all
-    test_fraction: float = 0.2
-    patch_size: int = 32
-    channels: int = 0  # 0: the data set's own
+    image_size: int = setting(0, ge=0)  # 0: the data set's own size (faces: 25) or its default
+    n_images: int = setting(0, ge=0)  # 0: all
+    test_fraction: float = setting(0.2, gt=0, lt=1)
+    patch_size: int = setting(32, ge=1)
+    channels: int = setting(0, ge=0)  # 0: the data set's own
+
+    __post_init__ = _check_ranges
 
 
 @dataclass(frozen=True)
 class ProblemConfig:
-    kernel_size: int = 5
-    sigma: float = 1.0
-    noise_std: float = 0.01
+    kernel_size: int = setting(5, ge=1, odd=True)
+    sigma: float = setting(1.0, gt=0)
+    noise_std: float = setting(0.01, ge=0)
+
+    __post_init__ = _check_ranges
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    width: int = 32
-    depth: int = 3
-    eta: float = 0.3
-    alpha: float = 0.05
-    lipschitz: float = 0.9
+    width: int = setting(32, ge=1)
+    depth: int = setting(3, ge=1)
+    eta: float = setting(0.3, gt=0, lt=0.5)
+    alpha: float = setting(0.05, gt=0, lt=1.5)
+    lipschitz: float = setting(0.9, gt=0, lt=1)
     # "prox": T(x) = (A^T A + alpha I)^-1 (A^T d + alpha D(x)); "grad": the seed's gradient step.
-    form: str = "prox"
+    form: str = setting("prox", choices=FORMS)
     # "operator": each conv divided by its operator norm (a contraction by construction, see
     # bench/model.py); "aol": a cheaper certified rescaling; "kernel": torch's spectral_norm of
     # the reshaped kernel (the common practice, which bounds nothing).
-    lipschitz_control: str = "operator"
+    lipschitz_control: str = setting("operator", choices=LIPSCHITZ_CONTROLS)
+
+    __post_init__ = _check_ranges
 
 
 @dataclass(frozen=True)
 class SolverConfig:
-    name: str = "anderson"
-    max_iter: int = 50
-    tol: float = 1e-3
-    m: int = 5
-    lam: float = 1e-4
+    name: str = setting("anderson", choices=SOLVERS)
+    max_iter: int = setting(50, ge=1)
+    tol: float = setting(1e-3, gt=0)
+    m: int = setting(5, ge=1)
+    lam: float = setting(1e-4, ge=0)
+
+    __post_init__ = _check_ranges
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 5
-    batch_size: int = 16
-    lr: float = 1e-3
-    device: str = "auto"
-    dtype: str = "float32"
-    n_recon: int = 6  # test images kept for the reconstruction figure
+    epochs: int = setting(5, ge=1)
+    batch_size: int = setting(16, ge=1)
+    lr: float = setting(1e-3, gt=0)
+    device: str = "auto"  # checked against the machine by runner.resolve_device
+    dtype: str = setting("float32", choices=("float32", "float64"))
+    n_recon: int = setting(6, ge=0)  # test images kept for the reconstruction figure
     grad_fidelity: bool = True  # cosine to the exact gradient at the first and last epoch
-    eval_every: int = 0  # evaluate every N training steps too (0: at the end of each epoch only)
-    lr_schedule: str = "constant"  # "constant", "cosine" or "onecycle" (per step)
+    # evaluate every N training steps too (0: at the end of each epoch only)
+    eval_every: int = setting(0, ge=0)
+    # per step
+    lr_schedule: str = setting("constant", choices=("constant", "cosine", "onecycle"))
+
+    __post_init__ = _check_ranges
 
 
 SECTIONS = {
@@ -109,6 +181,9 @@ class RunConfig:
     model: ModelConfig
     solver: SolverConfig
     train: TrainConfig
+    # A hash of the images actually loaded (set by runner.plan): a folder whose files change
+    # is other data, though its path and settings are the same. Empty: not fingerprinted.
+    data_fingerprint: str = ""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -117,7 +192,10 @@ class RunConfig:
     def from_dict(cls, raw: dict) -> RunConfig:
         """The inverse of :meth:`to_dict` (e.g. for a run folder's ``config.json``)."""
         sections = {name: SECTIONS[name](**raw[name]) for name in SECTIONS}
-        return cls(raw["suite"], raw["strategy"], raw["seed"], **sections)
+        fingerprint = raw.get("data_fingerprint", "")
+        return cls(
+            raw["suite"], raw["strategy"], raw["seed"], **sections, data_fingerprint=fingerprint
+        )
 
     @property
     def config_hash(self) -> str:
@@ -126,6 +204,8 @@ class RunConfig:
         payload = self.to_dict()
         payload.pop("suite")
         payload["train"].pop("device")
+        if not payload["data_fingerprint"]:
+            payload.pop("data_fingerprint")  # hashes of unfingerprinted configs stay as before
         text = json.dumps(payload, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -136,13 +216,21 @@ class RunConfig:
         for key in ("suite", "strategy", "seed"):
             payload.pop(key)
         payload["train"].pop("device")
+        if not payload["data_fingerprint"]:
+            payload.pop("data_fingerprint")  # other images (a fingerprint) are another setting
         text = json.dumps(payload, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     @property
     def run_id(self) -> str:
+        """``<label>-s<seed>-<config hash>`` with the label made file-name safe; at most
+        ``MAX_RUN_ID`` characters (a long label keeps a readable prefix and a hash of itself)."""
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.strategy)
-        return f"{safe}-s{self.seed}-{self.config_hash}"
+        tail = f"-s{self.seed}-{self.config_hash}"
+        if len(safe) + len(tail) > MAX_RUN_ID:
+            digest = hashlib.sha256(self.strategy.encode()).hexdigest()[:10]
+            safe = f"{safe[: MAX_RUN_ID - len(tail) - len(digest) - 1]}_{digest}"
+        return f"{safe}{tail}"
 
 
 @dataclass(frozen=True)
@@ -204,7 +292,11 @@ def _section(cls, raw: Any, where: str):
         raise ValueError(
             f"{where}: unknown key(s) {', '.join(unknown)}; accepted: {', '.join(defaults)}"
         )
-    return cls(**{k: _check_value(where, k, v, defaults[k]) for k, v in raw.items()})
+    values = {k: _check_value(where, k, v, defaults[k]) for k, v in raw.items()}
+    try:
+        return cls(**values)
+    except ValueError as err:  # a value out of its declared range
+        raise ValueError(f"{where}: {err}") from None
 
 
 def _seeds(value: Any, where: str) -> tuple[int, ...]:
@@ -215,8 +307,18 @@ def _seeds(value: Any, where: str) -> tuple[int, ...]:
         and value
         and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)
     ):
+        _no_duplicates(value, f"{where}: seeds")
         return tuple(value)
     raise ValueError(f"{where}: seeds must be an int >= 1 or a list of ints >= 0, got {value!r}")
+
+
+def _no_duplicates(values, what: str) -> None:
+    repeated = sorted({repr(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(
+            f"{what} lists {', '.join(repeated)} more than once: the same run would be "
+            "trained and counted twice"
+        )
 
 
 def _strategies(value: Any, where: str) -> tuple[str, ...]:
@@ -244,7 +346,14 @@ def _sweep(raw: Any, where: str, sections: dict) -> tuple[tuple[str, tuple], ...
         if not isinstance(values, list) or not values:
             raise ValueError(f"{where}: [sweep] {key} must be a non-empty list")
         default = getattr(sections[section], attr)
-        out.append((key, tuple(_check_value(f"{where} [sweep]", key, v, default) for v in values)))
+        checked = [_check_value(f"{where} [sweep]", key, v, default) for v in values]
+        _no_duplicates(checked, f"{where}: [sweep] {key}")
+        for value in checked:
+            try:
+                dataclasses.replace(sections[section], **{attr: value})
+            except ValueError as err:
+                raise ValueError(f"{where}: [sweep] {section}.{err}") from None
+        out.append((key, tuple(checked)))
     return tuple(out)
 
 
@@ -261,6 +370,11 @@ def suite_from_dict(raw: dict, name: str, where: str) -> Suite:
         if not isinstance(raw["name"], str) or not raw["name"]:
             raise ValueError(f"{where}: name must be a non-empty string")
         name = raw["name"]
+    if not SUITE_NAME.match(name):
+        raise ValueError(
+            f"{where}: suite name {name!r} must be a plain file name (letters, digits, '.', '_', "
+            "'-', at most 64 characters, not starting with '.' or '-'): it names the results folder"
+        )
     if "strategies" in raw:
         kwargs["strategies"] = _strategies(raw["strategies"], where)
     if "seeds" in raw:
@@ -316,8 +430,11 @@ def with_overrides(suite: Suite, **overrides: Any) -> Suite:
             target["root" if key == "data_root" else key] = overrides[key]
     if overrides.get("device") is not None:
         train["device"] = overrides["device"]
-    if data:
-        changes["data"] = dataclasses.replace(suite.data, **data)
-    if train:
-        changes["train"] = dataclasses.replace(suite.train, **train)
+    try:
+        if data:
+            changes["data"] = dataclasses.replace(suite.data, **data)
+        if train:
+            changes["train"] = dataclasses.replace(suite.train, **train)
+    except ValueError as err:  # a value out of its declared range
+        raise ValueError(f"{where}: {err}") from None
     return dataclasses.replace(suite, **changes)

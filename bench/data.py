@@ -310,6 +310,27 @@ def _folder_files(root: Path) -> list[Path]:
     return files
 
 
+def _float_image(img: Image.Image) -> np.ndarray:
+    """A floating-point (mode "F") image, whose values are used as they are when in [0, 1].
+
+    PIL's convert() would cast them to 8 bits (an all-black image). Values outside [0, 1] are
+    refused rather than rescaled: their scale is the file's own convention (HDR radiance,
+    physical units...), and stretching each image to its own range would make the noise level
+    and PSNR mean something different for every image.
+    """
+    arr = np.asarray(img, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise ValueError("floating-point image with NaN or inf values")
+    low, high = float(arr.min()), float(arr.max())
+    if low < 0.0 or high > 1.0:
+        raise ValueError(
+            f"floating-point image with values in "
+            f"[{low:g}, {high:g}]; only [0, 1] is accepted (convert it to 8 or 16 bits, or "
+            "rescale it to [0, 1])"
+        )
+    return arr
+
+
 def _load_square_images(paths: list[Path], size: int, mode: str) -> torch.Tensor:
     """Read images, centre-crop each to its largest square and resize to (size, size)."""
     channels = 1 if mode == "L" else 3
@@ -317,14 +338,20 @@ def _load_square_images(paths: list[Path], size: int, mode: str) -> torch.Tensor
     for i, path in enumerate(paths):
         try:
             with Image.open(path) as img:
-                if img.mode.startswith("I;16"):
-                    # 16-bit grayscale: PIL's convert("L") would clip instead of rescaling
-                    arr = np.asarray(img, dtype=np.float32) / 65535.0
+                if img.mode.startswith("I;16") or img.mode == "F":
+                    # 16-bit or float grayscale: PIL's convert("L") would clip, not rescale
+                    arr = (
+                        _float_image(img)
+                        if img.mode == "F"
+                        else np.asarray(img, dtype=np.float32) / 65535.0
+                    )
                     t = torch.from_numpy(arr).unsqueeze(0).expand(channels, -1, -1)
                 else:
                     arr = np.asarray(img.convert(mode))
                     t = torch.from_numpy(arr.copy()).to(torch.float32) / 255.0
                     t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+        except Image.DecompressionBombError as e:  # a header declaring absurd dimensions
+            raise ValueError(f"cannot read image {path}: {e}") from None
         except (OSError, ValueError) as e:
             raise ValueError(f"cannot read image {path}: {e}") from e
         h, w = t.shape[-2:]

@@ -8,6 +8,7 @@ rerun skips the runs already complete. The launcher waits for the jobs, then mer
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 from . import results
@@ -15,9 +16,13 @@ from .config import RunConfig, Suite
 from .runner import execute, plan, run_baselines
 
 
-def _job(run: RunConfig, out: str) -> str:
-    """The function each array task runs: one training run, written to ``out``."""
-    return execute(run, Path(out))
+def _job(run: RunConfig, out: str, started: float | None = None) -> str:
+    """The function each array task runs: one training run, written to ``out``.
+
+    The task claims its run as a local sweep does, so a local process working on the same
+    folder (or a resubmitted array) does not train it twice.
+    """
+    return execute(run, Path(out), started=started)
 
 
 def run_suite_submitit(suite: Suite, out: Path, args) -> dict[str, int]:
@@ -36,8 +41,9 @@ def run_suite_submitit(suite: Suite, out: Path, args) -> dict[str, int]:
             "--executor submitit: SLURM not found (no sbatch on PATH); "
             "use --submitit-cluster local to run the jobs as local processes"
         )
+    started = time.time()
     todo, counts = plan(suite, out, args.force)
-    run_baselines(suite, out)  # cheap, once per data setting: done here, not in a job
+    run_baselines(suite, out, args.force)  # cheap, once per data setting: done here, not in a job
     if todo:
         executor = submitit.AutoExecutor(
             folder=args.submitit_folder or out / "submitit", cluster=args.submitit_cluster
@@ -47,7 +53,8 @@ def run_suite_submitit(suite: Suite, out: Path, args) -> dict[str, int]:
         if args.slurm_partition:
             params["slurm_partition"] = args.slurm_partition
         executor.update_parameters(name=f"implicit-bench-{suite.name}", **params)
-        jobs = executor.map_array(_job, todo, [str(out)] * len(todo))
+        since = [started if args.force else None] * len(todo)
+        jobs = executor.map_array(_job, todo, [str(out)] * len(todo), since)
         print(f"submitted {len(jobs)} job(s) to {executor.cluster}: {jobs[0].job_id.split('_')[0]}")
         for run, job in zip(todo, jobs, strict=True):
             try:

@@ -7,16 +7,27 @@ A results folder holds ``runs.csv`` (one row per run), ``epochs.csv`` (run x epo
 Each finished run is first written to ``parts/<run_id>/`` (temporary file + rename, so a killed
 sweep loses at most the run in progress); the top-level tables are the concatenation of the parts,
 rebuilt atomically after every run. Several processes (e.g. SLURM array jobs) can therefore write
-into one folder: each owns its run's part files, and the merge is idempotent.
+into one folder: a process claims a run (``claim``, a lock file per run) before training it, and
+part writes and merges happen under one folder-wide lock (``folder_lock``), so no row is lost.
+
+A part is trusted only after it is validated against the schema (``read_part``); a broken one is
+named in a warning, moved to ``parts/.broken/`` and its run redone.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import math
 import os
+import sys
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
+from filelock import FileLock, Timeout
 
 TABLES = ("runs", "epochs", "steps")
 _UMASK = os.umask(0)
@@ -55,6 +66,14 @@ STEP_COLUMNS = (
     "backward_iters", "backward_residual",
 )  # fmt: skip
 COLUMNS = {"runs": RUN_COLUMNS, "epochs": EPOCH_COLUMNS, "steps": STEP_COLUMNS}
+STATUSES = ("ok", "diverged", "failed")
+COMPLETE = ("ok", "diverged")  # results: skipped on resume (a failed run is retried)
+# Cells a complete row must fill: a runs.csv cut off mid-row parses, with these left empty.
+REQUIRED_CELLS = ("run_id", "status", "config_hash")
+REQUIRED_OK_METRICS = ("final_test_psnr", "final_test_ssim")
+LOCK_NAME = ".results.lock"
+BROKEN_DIR = ".broken"
+CLAIMS_DIR = ".claims"
 # Identifiers and text are always read as strings: pandas would otherwise turn an all-digit hash
 # or commit into an int (or "1e5..." into a float) in one part and not in another.
 TEXT_COLUMNS = (
@@ -90,9 +109,93 @@ def atomic_write_csv(path: Path, frame: pd.DataFrame) -> None:
     atomic_write_bytes(path, frame.to_csv(index=False).encode())
 
 
+def warn(message: str) -> None:
+    """One warning line on stderr (the sweep goes on)."""
+    print(f"implicit-bench: warning: {message}", file=sys.stderr, flush=True)
+
+
+def folder_lock(out: Path) -> FileLock:
+    """The lock that serialises part writes, merges and quarantines in one results folder.
+
+    A file lock (fcntl on POSIX), so it holds across processes and SLURM tasks sharing the folder.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    # One reentrant instance per path in a process: merge() scans parts under the same lock.
+    return FileLock(out / LOCK_NAME, is_singleton=True)
+
+
+@contextlib.contextmanager
+def claim(out: Path, run_id: str) -> Iterator[bool]:
+    """Try to claim ``run_id`` for this process (non-blocking); yields whether it was claimed.
+
+    The claim is a lock held on ``parts/.claims/<run_id>.lock`` until the block ends, and the
+    operating system drops it if the process dies, so a killed run never blocks a rerun.
+    """
+    folder = Path(out) / "parts" / CLAIMS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder / f"{run_id}.lock")
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
+def check_writable(out: Path) -> None:
+    """Create ``out`` and write and remove a probe file there; ValueError naming why not.
+
+    Called before any training, so a bad results folder never costs a trained run.
+    """
+    out = Path(out)
+    probe = out / f".write-probe-{os.getpid()}"  # per process: concurrent sweeps probe too
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(probe, b"probe")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(
+            f"results folder {str(out)!r} is not writable: {describe_os_error(err)}"
+        ) from None
+
+
+def describe_os_error(err: OSError) -> str:
+    """A one-line account of an OSError: what failed, on which path."""
+    what = err.strerror or (errno.errorcode.get(err.errno, "") if err.errno else "") or str(err)
+    where = f" ({err.filename})" if err.filename else ""
+    return f"{what}{where}"
+
+
+def remove_stale_temporaries(out: Path, before: float) -> list[Path]:
+    """Delete hidden ``.*.tmp`` files under ``out`` last modified before ``before`` (a time).
+
+    They are what a process killed during an atomic write leaves; a live writer's temporary
+    file is newer than this process's start, so it is left alone.
+    """
+    removed = []
+    for path in Path(out).rglob(".*.tmp"):
+        try:
+            if path.is_file() and path.stat().st_mtime < before:
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:  # another process finished (or cleaned) it meanwhile
+            continue
+    return removed
+
+
 def write_run(out: Path, run_id: str, tables: dict[str, pd.DataFrame]) -> None:
-    """Write one finished run's rows to ``out/parts/<run_id>/`` (runs.csv last: it marks completion)."""
+    """Write one finished run's rows to ``out/parts/<run_id>/`` (runs.csv last: it marks completion).
+
+    Each file is replaced atomically and only now, so a run redone with ``--force`` keeps its old
+    part until the new one is written; the folder lock keeps a concurrent merge from seeing a
+    part half replaced.
+    """
     part = Path(out) / "parts" / run_id
+    frames = {}
     for name in ("epochs", "steps", "runs"):
         frame = tables.get(name)
         if frame is None:
@@ -102,41 +205,155 @@ def write_run(out: Path, run_id: str, tables: dict[str, pd.DataFrame]) -> None:
             raise RuntimeError(
                 f"{name} rows for run {run_id} lack columns {missing}"
             )  # a bug, not bad input
-        atomic_write_csv(part / f"{name}.csv", frame)
+        frames[name] = frame
+    with folder_lock(out):
+        for name, frame in frames.items():
+            atomic_write_csv(part / f"{name}.csv", frame)
+
+
+class BrokenPart(ValueError):
+    """A part folder whose files do not hold one valid run (its message says why)."""
+
+
+def _read_checked(path: Path, name: str) -> pd.DataFrame:
+    try:
+        frame = read_table(path)
+    except (ValueError, UnicodeDecodeError) as err:  # pandas' parser errors are ValueErrors
+        raise BrokenPart(f"{path.name} is unreadable ({str(err).splitlines()[0]})") from None
+    except OSError as err:
+        raise BrokenPart(f"{path.name} cannot be read ({describe_os_error(err)})") from None
+    missing = [c for c in COLUMNS[name] if c not in frame.columns]
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise BrokenPart(f"{path.name} lacks the column(s) {shown}")
+    return frame
+
+
+def read_part(part: Path) -> dict[str, pd.DataFrame]:
+    """The tables of one part folder, validated: one row in runs.csv with a known status, its
+    required cells filled, and every file holding its table's columns. BrokenPart otherwise."""
+    part = Path(part)
+    runs = _read_checked(part / "runs.csv", "runs")
+    if len(runs) != 1:
+        raise BrokenPart(f"runs.csv has {len(runs)} rows, expected 1")
+    row = runs.iloc[0]
+    empty = [c for c in REQUIRED_CELLS if pd.isna(row[c]) or str(row[c]) == ""]
+    if empty:
+        raise BrokenPart(f"runs.csv is incomplete (no {', '.join(empty)})")
+    if row["run_id"] != part.name:
+        raise BrokenPart(f"runs.csv is for run {row['run_id']!r}, not {part.name!r}")
+    if row["status"] not in STATUSES:
+        raise BrokenPart(f"runs.csv has status {row['status']!r}, not one of {STATUSES}")
+    if row["status"] == "ok":
+        blank = [c for c in REQUIRED_OK_METRICS if _is_blank(row[c])]
+        if blank:
+            raise BrokenPart(f"runs.csv is incomplete: an ok run without {', '.join(blank)}")
+    tables = {"runs": runs}
+    for name in ("epochs", "steps"):
+        path = part / f"{name}.csv"
+        tables[name] = (
+            _read_checked(path, name) if path.exists() else pd.DataFrame(columns=COLUMNS[name])
+        )
+    return tables
+
+
+def _is_blank(value) -> bool:
+    try:
+        return not math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return True
+
+
+def _part_folders(out: Path) -> list[Path]:
+    """Part folders that claim to be complete (hold runs.csv); hidden ones are bookkeeping."""
+    return sorted(
+        p.parent
+        for p in (Path(out) / "parts").glob("*/runs.csv")
+        if not p.parent.name.startswith(".")
+    )
+
+
+def quarantine(out: Path, part: Path, reason: str) -> Path | None:
+    """Move a broken part to ``parts/.broken/<id>-<timestamp>/`` and say so; returns where."""
+    stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+    target = Path(out) / "parts" / BROKEN_DIR / f"{part.name}-{stamp}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        part.rename(target)
+    except FileNotFoundError:  # another process set it aside first
+        return None
+    warn(
+        f"broken part {part.relative_to(out)}: {reason}; moved to {target.relative_to(out)}, "
+        "its run will be redone"
+    )
+    return target
+
+
+def scan_parts(out: Path) -> dict[str, dict[str, pd.DataFrame]]:
+    """Every valid part of ``out`` (run_id -> its tables); broken parts are set aside."""
+    out = Path(out)
+    valid = {}
+    with folder_lock(out):
+        for part in _part_folders(out):
+            try:
+                valid[part.name] = read_part(part)
+            except BrokenPart as err:
+                quarantine(out, part, str(err))
+    return valid
 
 
 def completed_runs(out: Path) -> dict[str, str]:
-    """run_id -> status of every run whose part is complete (its runs.csv exists)."""
-    done = {}
-    for path in sorted((Path(out) / "parts").glob("*/runs.csv")):
-        frame = read_table(path)
-        if len(frame):
-            done[path.parent.name] = str(frame["status"].iloc[0])
-    return done
+    """run_id -> status of every run whose part is complete and valid (broken ones set aside)."""
+    return {run_id: str(t["runs"]["status"].iloc[0]) for run_id, t in scan_parts(out).items()}
+
+
+def part_status(out: Path, run_id: str, written_after: float | None = None) -> str | None:
+    """The status in ``parts/<run_id>`` if it is valid (and written after the given time)."""
+    path = Path(out) / "parts" / run_id / "runs.csv"
+    try:
+        if written_after is not None and path.stat().st_mtime < written_after:
+            return None
+        return str(read_part(path.parent)["runs"]["status"].iloc[0])
+    except (FileNotFoundError, BrokenPart):
+        return None
 
 
 def merge(out: Path) -> dict[str, pd.DataFrame]:
-    """Concatenate all complete parts into ``out/{runs,epochs,steps}.csv`` (and .parquet)."""
-    out = Path(out)
-    parts = sorted(p.parent for p in (out / "parts").glob("*/runs.csv"))
-    tables = {}
-    for name in TABLES:
-        frames = [read_table(p / f"{name}.csv") for p in parts if (p / f"{name}.csv").exists()]
-        frames = [f for f in frames if len(f)]
-        frame = (
-            pd.concat(frames, ignore_index=True)
-            if frames
-            else pd.DataFrame(columns=list(COLUMNS[name]))
-        )
-        atomic_write_csv(out / f"{name}.csv", frame)
-        if _has_pyarrow():
-            import io
+    """Concatenate all valid parts into ``out/{runs,epochs,steps}.csv`` (and .parquet).
 
+    Runs under the folder lock, so concurrent processes cannot overwrite each other's merge
+    with a stale one. The CSVs are written first; the Parquet copies are a convenience, and a
+    failure there (pyarrow missing memory, say) is a warning, never a lost CSV.
+    """
+    out = Path(out)
+    with folder_lock(out):
+        parts = scan_parts(out)
+        tables = {}
+        for name in TABLES:
+            frames = [t[name] for t in parts.values() if len(t[name])]
+            frame = (
+                pd.concat(frames, ignore_index=True)
+                if frames
+                else pd.DataFrame(columns=list(COLUMNS[name]))
+            )
+            atomic_write_csv(out / f"{name}.csv", frame)
+            tables[name] = frame
+        _write_parquet(out, tables)
+    return tables
+
+
+def _write_parquet(out: Path, tables: dict[str, pd.DataFrame]) -> None:
+    import io
+
+    try:
+        if not _has_pyarrow():
+            return
+        for name, frame in tables.items():
             buf = io.BytesIO()
             frame.to_parquet(buf, index=False)
             atomic_write_bytes(out / f"{name}.parquet", buf.getvalue())
-        tables[name] = frame
-    return tables
+    except Exception as err:  # MemoryError included: the CSVs above are the results
+        warn(f"Parquet copies not written ({type(err).__name__}: {err}); the CSV tables are")
 
 
 def _has_pyarrow() -> bool:

@@ -1,13 +1,17 @@
 """Train the implicit network once per run and record everything, the same way for every strategy.
 
 ``run_suite`` walks a suite's runs, skips those already complete in the results folder (same
-config hash), trains the rest one at a time and writes each run's rows atomically when it ends.
+config hash, which covers a fingerprint of the data loaded), trains the rest one at a time and
+writes each run's rows atomically when it ends. A run is claimed (a per-run file lock) before it
+is trained, so concurrent processes on one folder share the work instead of repeating it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -78,6 +82,7 @@ class Problem:
     test_d: torch.Tensor
     blurred_psnr: float  # of the clamped measurements: the reference every run is compared to
     blurred_ssim: float
+    fingerprint: str = ""  # of the images loaded: part of each run's identity (see plan)
 
 
 @cache
@@ -103,7 +108,17 @@ def prepare(data: DataConfig, problem: ProblemConfig) -> Problem:
         test_d,
         psnr(blurred, test_x).mean().item(),
         ssim(blurred, test_x).mean().item(),
+        _fingerprint(images.train, images.test),
     )
+
+
+def _fingerprint(*tensors: torch.Tensor) -> str:
+    """A content hash of the loaded images (shapes and values): the data a run really saw."""
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(repr(tuple(t.shape)).encode())
+        digest.update(t.contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()[:12]
 
 
 @cache  # a subprocess per run otherwise; versions cannot change within a process
@@ -544,19 +559,35 @@ def _save_npz(path: Path, **arrays) -> None:
     results.atomic_write_bytes(path, buf.getvalue())
 
 
-def execute(run: RunConfig, out: Path, progress: bool = False) -> str:
-    """Train one run and write its part of the tables; a failure is recorded, not raised.
+def execute(
+    run: RunConfig, out: Path, progress: bool = False, *, started: float | None = None
+) -> str:
+    """Claim, train and write one run; a failure is recorded, not raised.
 
-    Returns the run's status. KeyboardInterrupt propagates: the run in progress is simply lost.
+    Returns the run's status, or ``"elsewhere"`` when another process holds the run's claim or
+    completed it meanwhile (with ``started``, the sweep's start time: a part written since then
+    counts as done elsewhere whatever its status, which is what lets forced and concurrent
+    sweeps share one folder). KeyboardInterrupt propagates: the run in progress is simply lost
+    and its old part, if any, is untouched.
     """
     out = Path(out)
+    with results.claim(out, run.run_id) as claimed:
+        if not claimed:
+            return "elsewhere"
+        status = results.part_status(out, run.run_id, written_after=started)
+        if status is not None and (started is not None or status in results.COMPLETE):
+            return "elsewhere"
+        return _train_and_write(run, out, progress)
+
+
+def _train_and_write(run: RunConfig, out: Path, progress: bool) -> str:
     device = resolve_device(run.train.device)
+    part = out / "parts" / run.run_id
     try:
         tables = train(run, device, progress)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as err:  # anything but divergence: record it, keep the sweep going
-        part = out / "parts" / run.run_id
         results.atomic_write_bytes(part / "error.log", traceback.format_exc().encode())
         row = {
             **_setting_columns(run, device, None),
@@ -581,92 +612,129 @@ def execute(run: RunConfig, out: Path, progress: bool = False) -> str:
     if recon is not None:
         _save_npz(out / "recons" / f"{run.run_id}.npz", x=recon)
     results.write_run(out, run.run_id, tables)
-    return str(tables["runs"]["status"].iloc[0])
+    status = str(tables["runs"]["status"].iloc[0])
+    if status != "failed":  # an earlier attempt's traceback no longer describes this run
+        (part / "error.log").unlink(missing_ok=True)
+    return status
 
 
-def run_baselines(suite: Suite, out: Path) -> None:
-    """Fit the suite's classical baselines on each data setting's training set (once, resumable)."""
-    from .baselines import fit_all
+def run_baselines(suite: Suite, out: Path, force: bool = False) -> None:
+    """Fit the suite's classical baselines on each data setting's training set (once, resumable).
 
+    Whatever is missing is rebuilt: a baseline's part, or the reference reconstructions
+    (``recons/reference.npz``) the report's figure needs.
+    """
     if not suite.baselines:
         return
-    done = results.completed_runs(out)
+    out = Path(out)
+    done = {} if force else results.completed_runs(out)
     for index, (data_cfg, problem_cfg, train_cfg) in enumerate(suite.data_settings()):
-        run = RunConfig(
-            suite.name, "baseline", 0, data_cfg, problem_cfg, suite.model, suite.solver, train_cfg
-        )
-        ids = {name: f"baseline-{name}-{run.config_hash}" for name in suite.baselines}
-        if all(i in done for i in ids.values()):
-            continue
         data = prepare(data_cfg, problem_cfg)
-        op = data.problem.operator
-        train_d = data.problem.measure(
-            data.train_x, torch.Generator().manual_seed(TEST_NOISE_SEED + 1)
-        )
-        fitted = fit_all(op, data.train_x, train_d, names=suite.baselines)
-        reference = {"original": data.test_x, "blurred": data.test_d.clamp(0, 1)}
-        for baseline in fitted:
-            xhat = baseline.reconstruct(op, data.test_d)
-            reference[f"baseline_{baseline.name}"] = xhat
-            row = {
-                **_setting_columns(run, torch.device("cpu"), data),
-                "run_id": ids[baseline.name],
-                "strategy": f"baseline:{baseline.name}",
-                "strategy_label": f"baseline:{baseline.name}",
-                "params": json.dumps({"lam": baseline.lam}),
-                "p_lam": baseline.lam,
-                "seed": 0,
-                "status": "ok",
-                "status_reason": "",
-                "final_test_psnr": psnr(xhat, data.test_x).mean().item(),
-                "final_test_ssim": ssim(xhat, data.test_x).mean().item(),
-                "blurred_test_psnr": data.blurred_psnr,
-                "blurred_test_ssim": data.blurred_ssim,
-            }
-            frame = pd.DataFrame([row]).reindex(columns=[*results.RUN_COLUMNS, "p_lam"])
-            results.write_run(out, ids[baseline.name], {"runs": frame})
-        if index == 0:  # the report's reconstruction grid uses the first setting's test images
-            n = suite.train.n_recon
-            _save_npz(
-                out / "recons" / "reference.npz",
-                **{k: v[:n].float().numpy() for k, v in reference.items()},
-            )
+        run = RunConfig(
+            suite.name, "baseline", 0, data_cfg, problem_cfg, suite.model, suite.solver,
+            train_cfg, data_fingerprint=data.fingerprint,
+        )  # fmt: skip
+        ids = {name: f"baseline-{name}-{run.config_hash}" for name in suite.baselines}
+        reference_path = out / "recons" / "reference.npz"
+        needs_reference = index == 0 and (force or not reference_path.exists())
+        if all(i in done for i in ids.values()) and not needs_reference:
+            continue
+        with results.claim(out, f"baseline-{run.config_hash}") as claimed:
+            if not claimed:  # another process is fitting this setting's baselines
+                continue
+            _fit_baselines(suite, out, run, data, ids, reference_path if index == 0 else None)
+
+
+def _fit_baselines(suite, out: Path, run: RunConfig, data: Problem, ids: dict, reference_path):
+    from .baselines import fit_all
+
+    op = data.problem.operator
+    train_d = data.problem.measure(data.train_x, torch.Generator().manual_seed(TEST_NOISE_SEED + 1))
+    fitted = fit_all(op, data.train_x, train_d, names=suite.baselines)
+    reference = {"original": data.test_x, "blurred": data.test_d.clamp(0, 1)}
+    for baseline in fitted:
+        xhat = baseline.reconstruct(op, data.test_d)
+        reference[f"baseline_{baseline.name}"] = xhat
+        row = {
+            **_setting_columns(run, torch.device("cpu"), data),
+            "run_id": ids[baseline.name],
+            "strategy": f"baseline:{baseline.name}",
+            "strategy_label": f"baseline:{baseline.name}",
+            "params": json.dumps({"lam": baseline.lam}),
+            "p_lam": baseline.lam,
+            "seed": 0,
+            "status": "ok",
+            "status_reason": "",
+            "final_test_psnr": psnr(xhat, data.test_x).mean().item(),
+            "final_test_ssim": ssim(xhat, data.test_x).mean().item(),
+            "blurred_test_psnr": data.blurred_psnr,
+            "blurred_test_ssim": data.blurred_ssim,
+        }
+        frame = pd.DataFrame([row]).reindex(columns=[*results.RUN_COLUMNS, "p_lam"])
+        results.write_run(out, ids[baseline.name], {"runs": frame})
+    if reference_path is not None:  # the report's grid uses the first setting's test images
+        n = suite.train.n_recon
+        _save_npz(reference_path, **{k: v[:n].float().numpy() for k, v in reference.items()})
 
 
 def plan(suite: Suite, out: Path, force: bool = False) -> tuple[list[RunConfig], dict[str, int]]:
     """The runs still to do in ``out``, and status counts starting with the skipped ones.
 
-    ok and diverged runs are results and are skipped; a failed run is retried. With ``force``
-    everything is redone and the old parts of the runs to redo are removed first.
+    Checks first that ``out`` is writable (ValueError otherwise), removes the temporary files a
+    killed process left there, fingerprints each data setting's images (part of every run's
+    identity) and sets broken parts aside. ok and diverged runs are results and are skipped; a
+    failed run is retried. With ``force`` everything is redone, but nothing is deleted here: a
+    run's old part stays until its new result replaces it.
     """
-    import shutil
-
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    runs = suite.runs()
-    done = {} if force else results.completed_runs(out)
-    todo = [r for r in runs if done.get(r.run_id) not in ("ok", "diverged")]
+    results.check_writable(out)
+    results.remove_stale_temporaries(out, before=_process_start())
+    runs = fingerprinted_runs(suite)
+    done = results.completed_runs(out)  # validates (and sets aside broken parts) either way
     if force:
-        for run in todo:
-            shutil.rmtree(out / "parts" / run.run_id, ignore_errors=True)
-    return todo, {"skipped": len(runs) - len(todo), "ok": 0, "diverged": 0, "failed": 0}
+        done = {}
+    todo = [r for r in runs if done.get(r.run_id) not in results.COMPLETE]
+    counts = {"skipped": len(runs) - len(todo), "ok": 0, "diverged": 0, "failed": 0}
+    return todo, counts | {"elsewhere": 0}
+
+
+def fingerprinted_runs(suite: Suite) -> list[RunConfig]:
+    """The suite's runs, each carrying the fingerprint of the images its data setting loads."""
+    return [
+        dataclasses.replace(run, data_fingerprint=prepare(run.data, run.problem).fingerprint)
+        for run in suite.runs()
+    ]
+
+
+@cache
+def _process_start() -> float:
+    import psutil
+
+    return psutil.Process().create_time()
 
 
 def run_suite(
     suite: Suite, out: Path, force: bool = False, progress: bool = True
 ) -> dict[str, int]:
-    """Run (or resume) every run of ``suite`` into ``out``; return counts of statuses."""
+    """Run (or resume) every run of ``suite`` into ``out``; return counts of statuses.
+
+    ``elsewhere`` counts the runs another process was training (or finished) meanwhile.
+    """
     out = Path(out)
+    started = time.time()
     for run in suite.runs():  # fail fast on settings, before any training
         resolve_device(run.train.device)
     todo, counts = plan(suite, out, force)
-    run_baselines(suite, out)
+    run_baselines(suite, out, force)
     bar = tqdm(todo, desc=f"{suite.name}", unit="run", disable=not progress)
     for run in bar:
         bar.set_postfix_str(run.strategy)
         t0 = time.perf_counter()
-        status = execute(run, out, progress=progress)
+        status = execute(run, out, progress=progress, started=started if force else None)
         counts[status] += 1
+        if status == "elsewhere":
+            bar.write(f"{run.run_id}: running elsewhere (claimed or finished by another process)")
+            continue
         row = results.read_table(out / "parts" / run.run_id / "runs.csv").iloc[0]
         bar.write(
             f"{run.run_id}: {status}"

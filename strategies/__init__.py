@@ -5,13 +5,18 @@
     z, info = strategy(f, z0, solver)
 
 Every module in this folder (not starting with ``_``) is imported on first use, and installed
-packages add strategies through the entry-point group ``implicit_bench.strategies``.
+packages add strategies through the entry-point group ``implicit_bench.strategies``. A module or
+plugin that fails to load is reported (a warning on stderr, and ``broken_strategies()``) with its
+file and error while the others load; a name claimed by two classes is an error naming both
+files, and neither class is used.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
+import sys
 from importlib.metadata import entry_points
 
 from ._base import Info, Param, Strategy
@@ -20,6 +25,7 @@ __all__ = [
     "Info",
     "Param",
     "Strategy",
+    "broken_strategies",
     "get_strategy",
     "list_strategies",
     "parse_spec",
@@ -29,7 +35,24 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "implicit_bench.strategies"
 _REGISTRY: dict[str, type[Strategy]] = {}
+_BROKEN: dict[str, str] = {}  # module file or plugin -> why it did not load
+_CONFLICTS: dict[str, str] = {}  # strategy name claimed twice -> the message naming both files
 _discovered = False
+
+
+class NameClash(ValueError):
+    """Two different strategy classes claim one name."""
+
+    def __init__(self, name: str, message: str):
+        super().__init__(message)
+        self.name = name
+
+
+def _source(cls: type) -> str:
+    try:
+        return inspect.getsourcefile(cls) or cls.__module__
+    except TypeError:  # defined in a string (exec), not a file
+        return cls.__module__
 
 
 def register(cls: type[Strategy]) -> type[Strategy]:
@@ -42,31 +65,63 @@ def register(cls: type[Strategy]) -> type[Strategy]:
     if bad:
         raise TypeError(f"strategy {cls.name!r}: parameters {bad} must be declared as Param(...)")
     other = _REGISTRY.get(cls.name)
-    if other is not None and other.__qualname__ != cls.__qualname__:
-        raise ValueError(
-            f"strategy name {cls.name!r} is taken by {other.__module__}.{other.__qualname__}"
+    # The same class defined again (a module re-executed) replaces itself; any other class
+    # claiming a taken name is an error, so a stray copy of a file never silently wins.
+    same = other is not None and (other.__module__, other.__qualname__) == (
+        cls.__module__,
+        cls.__qualname__,
+    )
+    if other is not None and not same:
+        raise NameClash(
+            cls.name,
+            f"strategy name {cls.name!r} is claimed twice: by {other.__qualname__} in "
+            f"{_source(other)} and by {cls.__qualname__} in {_source(cls)}",
         )
     _REGISTRY[cls.name] = cls
     return cls
+
+
+def _broken(source: str, err: BaseException) -> None:
+    problem = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    _BROKEN[source] = problem
+    if isinstance(err, NameClash):
+        _REGISTRY.pop(err.name, None)  # ambiguous: neither class is used
+        _CONFLICTS[err.name] = str(err)
+    print(
+        f"implicit-bench: warning: strategy {source} could not be loaded: {problem}",
+        file=sys.stderr,
+    )
 
 
 def _discover() -> None:
     global _discovered
     if _discovered:
         return
-    _discovered = True
+    _discovered = True  # set first: a module importing ``strategies`` must not recurse here
     for mod in pkgutil.iter_modules(__path__):
         if not mod.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{mod.name}")
+            try:
+                importlib.import_module(f"{__name__}.{mod.name}")
+            except Exception as err:  # one broken file must not take the others down
+                _broken(_module_file(mod), err)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             obj = ep.load()
+            if isinstance(obj, type) and issubclass(obj, Strategy):
+                register(obj)
         except Exception as err:  # a broken plugin must not pass silently
-            raise RuntimeError(
-                f"could not load strategy plugin {ep.name!r} ({ep.value}): {err}"
-            ) from err
-        if isinstance(obj, type) and issubclass(obj, Strategy):
-            register(obj)
+            _broken(f"plugin {ep.name!r} ({ep.value})", err)
+
+
+def _module_file(mod: pkgutil.ModuleInfo) -> str:
+    path = getattr(mod.module_finder, "path", "")
+    return f"{path}/{mod.name}.py" if path else mod.name
+
+
+def broken_strategies() -> dict[str, str]:
+    """Strategy modules and plugins that failed to load: their file (or plugin) -> the error."""
+    _discover()
+    return dict(_BROKEN)
 
 
 def list_strategies() -> list[str]:
@@ -78,9 +133,13 @@ def list_strategies() -> list[str]:
 def strategy_class(name: str) -> type[Strategy]:
     """The registered class for ``name``; ValueError listing the known names otherwise."""
     _discover()
+    if name in _CONFLICTS:
+        raise ValueError(f"{_CONFLICTS[name]}; remove one of them")
     if name not in _REGISTRY:
+        broken = "; ".join(f"{source}: {problem}" for source, problem in _BROKEN.items())
         raise ValueError(
             f"unknown strategy {name!r}; accepted: {', '.join(sorted(_REGISTRY)) or 'none'}"
+            + (f" (failed to load: {broken})" if broken else "")
         )
     return _REGISTRY[name]
 
@@ -103,6 +162,8 @@ def parse_spec(spec: str) -> Strategy:
             raise ValueError(
                 f"strategy {name!r}: unknown parameter {key!r}; accepted: {cls.accepted()}"
             )
+        if key in params:
+            raise ValueError(f"strategy spec {spec!r}: parameter {key!r} is given twice")
         try:
             params[key] = cls.parameters[key].parse(text)
         except ValueError as err:

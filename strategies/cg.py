@@ -20,7 +20,7 @@ class CG(Strategy):
     name = "cg"
     parameters = {
         "tol": Param(1e-6, gt=0, doc="relative residual of (I - J)^T v = g"),
-        "max_iter": Param(100, ge=1, doc="maximum CG iterations"),
+        "max_iter": Param(100, ge=1, le=10000, doc="maximum CG iterations"),
         "skip_unconverged": Param(
             False, doc="no parameter update after an unconverged solve (the JFB paper's rule)"
         ),

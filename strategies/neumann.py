@@ -14,7 +14,7 @@ class Neumann(Strategy):
     """
 
     name = "neumann"
-    parameters = {"k": Param(10, ge=0, doc="number of J^T products")}
+    parameters = {"k": Param(10, ge=0, le=1000, doc="number of J^T products")}
 
     def __call__(self, f, z0, solver):
         with torch.no_grad():

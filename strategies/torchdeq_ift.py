@@ -27,7 +27,7 @@ class TorchDEQIFT(Strategy):
         "tol": Param(1e-6, gt=0, doc="relative residual of v = J^T v + g"),
         # torchdeq's anderson iterates from step 3: at max_iter <= 2 it returns v = 0 (recorded
         # as not converged, residual 1e8), a zero gradient.
-        "max_iter": Param(100, ge=1, doc="maximum backward solver iterations"),
+        "max_iter": Param(100, ge=1, le=10000, doc="maximum backward solver iterations"),
     }
 
     def __call__(self, f, z0, solver):

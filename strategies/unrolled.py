@@ -11,7 +11,7 @@ class Unrolled(Strategy):
     """Backprop through k iterations of f; no solver, memory grows linearly with k."""
 
     name = "unrolled"
-    parameters = {"k": Param(10, ge=1, doc="number of unrolled layers")}
+    parameters = {"k": Param(10, ge=1, le=1000, doc="number of unrolled layers")}
 
     def __call__(self, f, z0, solver):
         z_prev = z = z0
