@@ -318,7 +318,7 @@ def _float_image(img: Image.Image) -> np.ndarray:
     physical units...), and stretching each image to its own range would make the noise level
     and PSNR mean something different for every image.
     """
-    arr = np.asarray(img, dtype=np.float32)
+    arr = np.array(img, dtype=np.float32)  # a writable copy, as torch.from_numpy wants
     if not np.isfinite(arr).all():
         raise ValueError("floating-point image with NaN or inf values")
     low, high = float(arr.min()), float(arr.max())

@@ -444,7 +444,11 @@ import sys
 import strategies
 strategies.__path__.append(sys.argv[1])  # as if the files were dropped into strategies/
 from bench.cli import main
-sys.exit(main(sys.argv[2:]))
+suite, out = sys.argv[2], sys.argv[3]
+for args in (["strategies"], ["run", suite, "--strategies", "boom", "--out", out],
+             ["run", suite, "--strategies", "jfb", "--out", suite]):
+    print("=====", file=sys.stderr, flush=True)
+    print("=====", "exit", main(args), flush=True)
 """
 
 
@@ -475,26 +479,28 @@ def test_a_broken_strategy_file_is_reported_and_the_others_still_run(tmp_path):
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "boom.py").write_text("raise RuntimeError('boom at import')\n")
-    run = lambda *args: subprocess.run(  # noqa: E731
-        [sys.executable, "-c", REGISTRY_DRIVER, plugins, *map(str, args)],
+    suite = tiny_suite(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", REGISTRY_DRIVER, plugins, suite, tmp_path / "out"],
         cwd=tmp_path,
         env=_env(),
         capture_output=True,
         text=True,
         timeout=300,
     )
-    listing = run("strategies")
-    assert listing.returncode == 0 and "Traceback" not in listing.stderr
-    assert "jfb" in listing.stdout and "cg" in listing.stdout
-    assert "BROKEN" in listing.stdout and "boom.py: RuntimeError: boom at import" in listing.stdout
-    assert "boom.py" in listing.stderr  # and a warning
-    suite = tiny_suite(tmp_path, TINY.replace("seeds = 3", "seeds = 1"))
-    uses_it = run("run", suite, "--strategies", "boom", "--out", tmp_path / "a", "--quiet")
-    assert uses_it.returncode == 2
-    error = [line for line in uses_it.stderr.splitlines() if "error" in line]
-    assert len(error) == 1 and "boom.py" in error[0] and "Traceback" not in uses_it.stderr
-    others = run("run", suite, "--out", tmp_path / "b", "--quiet")
-    assert others.returncode == 0 and "1 ok" in others.stdout, others.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    outs = proc.stdout.split("=====")
+    errs = proc.stderr.split("=====")
+    assert len(outs) == 4 and len(errs) == 4, proc.stdout + proc.stderr
+    listing = outs[0] + outs[1]
+    assert "exit 0" in outs[1] and "jfb" in listing and "cg" in listing
+    assert "BROKEN" in listing and "boom.py: RuntimeError: boom at import" in listing
+    assert "boom.py" in errs[0] + errs[1]  # and a warning
+    # a suite using it: refused, one line naming the file
+    assert "exit 2" in outs[2]
+    assert len(errs[2].strip().splitlines()) == 1 and "boom.py" in errs[2], errs[2]
+    # a suite not using it gets past the strategies (here, to the bad --out), nothing trained
+    assert "exit 2" in outs[3] and "boom" not in errs[3] and "not writable" in errs[3], errs[3]
 
 
 # ---- 13, 14. duplicates and the suite name ----------------------------------------------------
