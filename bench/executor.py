@@ -16,13 +16,13 @@ from .config import RunConfig, Suite
 from .runner import execute, plan, run_baselines
 
 
-def _job(run: RunConfig, out: str, started: float | None = None) -> str:
+def _job(run: RunConfig, out: str, started: float | None = None, force: bool = False) -> str:
     """The function each array task runs: one training run, written to ``out``.
 
     The task claims its run as a local sweep does, so a local process working on the same
     folder (or a resubmitted array) does not train it twice.
     """
-    return execute(run, Path(out), started=started)
+    return execute(run, Path(out), started=started, force=force)
 
 
 def run_suite_submitit(suite: Suite, out: Path, args) -> dict[str, int]:
@@ -53,8 +53,8 @@ def run_suite_submitit(suite: Suite, out: Path, args) -> dict[str, int]:
         if args.slurm_partition:
             params["slurm_partition"] = args.slurm_partition
         executor.update_parameters(name=f"implicit-bench-{suite.name}", **params)
-        since = [started if args.force else None] * len(todo)
-        jobs = executor.map_array(_job, todo, [str(out)] * len(todo), since)
+        n = len(todo)
+        jobs = executor.map_array(_job, todo, [str(out)] * n, [started] * n, [args.force] * n)
         print(f"submitted {len(jobs)} job(s) to {executor.cluster}: {jobs[0].job_id.split('_')[0]}")
         for run, job in zip(todo, jobs, strict=True):
             try:

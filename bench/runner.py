@@ -560,22 +560,28 @@ def _save_npz(path: Path, **arrays) -> None:
 
 
 def execute(
-    run: RunConfig, out: Path, progress: bool = False, *, started: float | None = None
+    run: RunConfig,
+    out: Path,
+    progress: bool = False,
+    *,
+    started: float | None = None,
+    force: bool = False,
 ) -> str:
     """Claim, train and write one run; a failure is recorded, not raised.
 
     Returns the run's status, or ``"elsewhere"`` when another process holds the run's claim or
-    completed it meanwhile (with ``started``, the sweep's start time: a part written since then
-    counts as done elsewhere whatever its status, which is what lets forced and concurrent
-    sweeps share one folder). KeyboardInterrupt propagates: the run in progress is simply lost
-    and its old part, if any, is untouched.
+    did the run meanwhile: a part written since ``started`` (the sweep's start time), or, unless
+    ``force``, any complete part. That is what lets concurrent (and forced) sweeps share one
+    folder without training a run twice. KeyboardInterrupt propagates: the run in progress is
+    simply lost and its old part, if any, is untouched.
     """
     out = Path(out)
     with results.claim(out, run.run_id) as claimed:
         if not claimed:
             return "elsewhere"
-        status = results.part_status(out, run.run_id, written_after=started)
-        if status is not None and (started is not None or status in results.COMPLETE):
+        if started is not None and results.part_status(out, run.run_id, written_after=started):
+            return "elsewhere"
+        if not force and results.part_status(out, run.run_id) in results.COMPLETE:
             return "elsewhere"
         return _train_and_write(run, out, progress)
 
@@ -730,7 +736,7 @@ def run_suite(
     for run in bar:
         bar.set_postfix_str(run.strategy)
         t0 = time.perf_counter()
-        status = execute(run, out, progress=progress, started=started if force else None)
+        status = execute(run, out, progress=progress, started=started, force=force)
         counts[status] += 1
         if status == "elsewhere":
             bar.write(f"{run.run_id}: running elsewhere (claimed or finished by another process)")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 from PIL import Image
 
@@ -401,7 +402,7 @@ def test_two_concurrent_sweeps_share_the_runs_and_lose_no_row(tmp_path):
 def test_a_claimed_run_is_left_to_its_owner(tmp_path, fake_train):
     suite = load(tiny_suite(tmp_path))
     out = tmp_path / "out"
-    run = runner.fingerprinted_runs(suite)[0]
+    run = suite.runs()[0]
     with results.claim(out, run.run_id) as mine:
         assert mine
         with results.claim(out, run.run_id) as again:
@@ -607,7 +608,7 @@ def test_stale_temporaries_are_cleaned_but_live_ones_kept(tmp_path, fake_train):
     stale.parent.mkdir(parents=True)
     stale.write_text("half")
     live.write_text("being written")
-    old = runner._process_start() - 60
+    old = psutil.Process().create_time() - 60  # before this process started
     os.utime(stale, (old, old))
     runner.plan(suite, out)
     assert not stale.exists() and live.exists()
