@@ -609,7 +609,6 @@ def _train_and_write(run: RunConfig, out: Path, progress: bool) -> str:
     recon = tables.pop("recon", None)
     weights = tables.pop("model", None)
     if weights is not None:  # before runs.csv, which marks the part complete
-        part = out / "parts" / run.run_id
         buf = io.BytesIO()
         torch.save(weights, buf)
         results.atomic_write_bytes(part / "model.pt", buf.getvalue())
