@@ -12,7 +12,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from bench.config import load_suite
 from bench.measure import StepClock
-from bench.model import DeblurDEQ
+from bench.model import build_model
 from bench.runner import prepare, train_step
 from bench.solver import make_solver
 from strategies import parse_spec
@@ -28,8 +28,7 @@ def main():
     x = data.train_x[: run.train.batch_size].float()
     d = data.problem.measure(x, torch.Generator().manual_seed(0))
     torch.manual_seed(0)
-    m = run.model
-    model = DeblurDEQ(data.problem.operator, 1, m.width, m.depth, m.eta, m.alpha, m.lipschitz)
+    model = build_model(run.model, data.problem.operator, 1)
     s = run.solver
     solver = make_solver(s.name, max_iter=s.max_iter, tol=s.tol, m=s.m, lam=s.lam)
     optimizer = torch.optim.Adam(model.parameters(), lr=run.train.lr)
