@@ -86,25 +86,26 @@ def lipschitz_estimate(
 ) -> LipschitzEstimate:
     """||df/dz||_2 at ``z`` (worst sample) by power iteration on J^T J, run to convergence.
 
-    J u by forward mode and J^T u by reverse mode (torch.func), each sample's own vector (J is
-    block diagonal over the batch). Stops when every sample's estimate changed by at most
+    J u and J^T u through one recorded evaluation of f (:class:`strategies.Jacobian`), each
+    sample's own vector (J is block diagonal over the batch). Stops when every sample's estimate changed by at most
     ``rtol`` (relative) in one iteration, or after ``max_iter``. Power iteration approaches the
     largest singular value from below; a value below 1 means f is locally contractive there.
     """
     g = torch.Generator().manual_seed(seed)
     u = torch.randn(z.shape, generator=g, dtype=torch.float64).to(z)
-    z = z.detach()
-    _, vjp_fn = torch.func.vjp(f, z)
+    from strategies import Jacobian  # a shared tool of the strategies; imported late (cycle)
+
+    jac = Jacobian(f, z.detach())
     shape = (-1, *([1] * (z.ndim - 1)))
     sigma = torch.zeros(z.shape[0], dtype=torch.float64)
     with torch.no_grad():
         for it in range(1, max_iter + 1):
             u = u / u.flatten(1).norm(dim=1).clamp_min(1e-30).view(shape)
-            ju = torch.func.jvp(f, (z,), (u,))[1]
+            ju = jac(u)
             new = ju.flatten(1).norm(dim=1).double().cpu()
             change = ((new - sigma).abs() / new.clamp_min(1e-30)).max().item()
             sigma = new
             if change <= rtol and it > 1:
                 return LipschitzEstimate(float(sigma.max()), it, True)
-            u = vjp_fn(ju)[0]
+            u = jac.T(ju)
     return LipschitzEstimate(float(sigma.max()), max_iter, False)

@@ -20,11 +20,15 @@ import sys
 from importlib.metadata import entry_points
 
 from ._base import Info, Param, Strategy
+from ._implicit import Jacobian, batch_dot, implicit_output
 
 __all__ = [
     "Info",
+    "Jacobian",
     "Param",
     "Strategy",
+    "batch_dot",
+    "implicit_output",
     "broken_strategies",
     "get_strategy",
     "list_strategies",
