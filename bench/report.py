@@ -212,10 +212,12 @@ def _read_table(results_dir: Path, name: str, notes: list[str]) -> pd.DataFrame:
         notes.append(f"`{name}.csv` cannot be read ({_one_line(error)}); treated as empty")
         return pd.DataFrame(columns=columns)
     check_schema(frame, name, path)
-    absent = [c for c in COLUMNS[name] if c not in frame.columns]
+    # The newer columns are named apart (whether or not bench.results declares them by now): an
+    # older table lacking them is expected, a table lacking older ones is damaged.
+    absent = [c for c in COLUMNS[name] if c not in frame.columns and c not in NEW_COLUMNS[name]]
     if absent:
         notes.append(f"`{name}.csv` lacks columns {', '.join(absent)} (treated as not measured)")
-    newer = [c for c in NEW_COLUMNS[name] if c not in frame.columns and c not in absent]
+    newer = [c for c in NEW_COLUMNS[name] if c not in frame.columns]
     if newer:
         notes.append(
             f"`{name}.csv` was written before the columns {', '.join(newer)} existed: those "
@@ -463,12 +465,11 @@ def setting_keys(runs: pd.DataFrame, notes: list[str]) -> pd.Series:
     rest = learned[hashes.isna()]
     if rest.empty:
         return keys
+    columns = [c for c in SETTING_COLUMNS if c in runs.columns and runs[c].notna().any()]
     notes.append(
         f"{len(rest)} run(s) have no `setting_hash` (results written before it existed): "
-        "settings are told apart by the columns "
-        + ", ".join(c for c in SETTING_COLUMNS if c in runs.columns)
+        "settings are told apart by the columns " + ", ".join(columns)
     )
-    columns = [c for c in SETTING_COLUMNS if c in runs.columns and runs[c].notna().any()]
     described = _described(rest, columns)
     rows = {
         i: tuple(row)
