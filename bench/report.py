@@ -46,13 +46,14 @@ from bench.results import COLUMNS, TEXT_COLUMNS, atomic_write_bytes
 TEXT_RUN_COLUMNS = {
     "run_id", "suite", "strategy", "strategy_label", "params", "status", "status_reason",
     "dataset", "solver", "device", "device_name", "torch_version", "torchdeq_version",
-    "git_commit", "config_hash", "setting_hash", "model_form", "lipschitz_control",
+    "git_commit", "config_hash", "setting_hash", "model_form", "lipschitz_control", "lr_schedule",
 }  # fmt: skip
 # Columns of the newer schema (bench/results.py may or may not declare them yet): read when
 # present; an older table lacking them is reported as "not measured", never an error.
 NEW_COLUMNS = {
     "runs": (
-        "setting_hash", "model_form", "lipschitz_control", "max_layer_lipschitz",
+        "setting_hash", "model_form", "lipschitz_control", "lr_schedule", "model_lipschitz",
+        "certified_lipschitz_bound", "max_layer_lipschitz",
         "backward_converged_frac", "skipped_steps", "peak_step_bytes", "eval_time_s",
         "diagnostics_time_s", "run_wall_time_s",
     ),
@@ -71,14 +72,18 @@ REQUIRED_COLUMNS = {
 }
 # ... nor one holding fewer than this share of its declared columns.
 MIN_KNOWN_COLUMN_SHARE = 0.5
-TABLE_TEXT_COLUMNS = {"runs": TEXT_RUN_COLUMNS, "epochs": {"run_id", "strategy"},
-                      "steps": {"run_id", "strategy"}}  # fmt: skip
+TABLE_TEXT_COLUMNS = {
+    "runs": TEXT_RUN_COLUMNS | set(TEXT_COLUMNS),
+    "epochs": {"run_id", "strategy"},
+    "steps": {"run_id", "strategy"},
+}
 # What makes two runs "the same configuration" in results folders written before runs.csv had
 # `setting_hash` (seed, strategy, suite name and device excluded, as in the hash).
 SETTING_COLUMNS = (
     "dataset", "image_size", "channels", "n_train", "batch_size", "epochs", "lr",
     "blur_kernel_size", "blur_sigma", "noise_std", "solver", "solver_max_iter", "solver_tol",
-    "model_width", "model_depth", "model_form", "lipschitz_control",
+    "model_width", "model_depth", "model_form", "lipschitz_control", "lr_schedule",
+    "model_lipschitz",
 )  # fmt: skip
 # Classical baselines depend on the data and the blur only: they belong to every setting that
 # shares these (e.g. all points of a sweep over the solver's max_iter).
@@ -118,9 +123,12 @@ SETUP_FIELDS = (
     ("suite", "suite"), ("dataset", "data set"), ("image_size", "image size (pixels)"),
     ("channels", "channels"), ("n_train", "training images"), ("n_test", "test images"),
     ("batch_size", "batch size"), ("epochs", "epochs"), ("lr", "learning rate"),
+    ("lr_schedule", "learning-rate schedule"),
     ("blur_kernel_size", "blur kernel size"), ("blur_sigma", "blur sigma"),
     ("noise_std", "noise std"), ("model_width", "model width"), ("model_depth", "model depth"),
     ("model_form", "model form"), ("lipschitz_control", "Lipschitz control"),
+    ("model_lipschitz", "model Lipschitz target"),
+    ("certified_lipschitz_bound", "certified ||dT/dx|| bound"),
     ("solver", "forward solver"), ("solver_max_iter", "solver max_iter"),
     ("solver_tol", "solver tol"), ("device", "device"), ("device_name", "device name"),
     ("torch_version", "torch"), ("torchdeq_version", "torchdeq"), ("git_commit", "git commit"),
