@@ -1429,15 +1429,22 @@ def _memory_observations(ok: pd.DataFrame) -> list[str]:
         reference = jfb.idxmin() if len(jfb) else values.idxmin()
         ratios = (values / values[reference]).drop(reference).sort_values(ascending=False)
         big = ratios[ratios >= 1.5]
+        small = ratios[ratios <= 1 / 1.5]
         verb = "saves" if column == "saved_bytes" else "needs"
         object_ = "the bytes" if column == "saved_bytes" else noun
+        detail = " for backward" if column == "saved_bytes" else ""
         for label, ratio in big.head(4).items():
             found.append(
                 f"{label} {verb} {ratio:.1f}× {object_} of {reference} "
-                f"({_fmt_bytes(values[label])} vs {_fmt_bytes(values[reference])}"
-                f"{' for backward' if column == 'saved_bytes' else ''})."
+                f"({_fmt_bytes(values[label])} vs {_fmt_bytes(values[reference])}{detail})."
             )
-        if len(ratios) and not len(big):
+        for label, ratio in small.sort_values().head(4).items():
+            found.append(
+                f"{label} {verb} {1 / ratio:.1f}× less than {reference} in "
+                f"{noun.removeprefix('the ')} ({_fmt_bytes(values[label])} vs "
+                f"{_fmt_bytes(values[reference])}{detail})."
+            )
+        if len(ratios) and not len(big) and not len(small):
             found.append(f"All strategies need within 1.5× {noun} of {reference}.")
     return found
 

@@ -427,6 +427,7 @@ def test_peak_step_memory_is_the_main_memory_figure(tmp_path, monkeypatch):
     for seed in (0, 1):
         folder.learned("jfb", seed, 25.0, 8.0, peak_step_bytes=(3 + seed) * MIB)
         folder.learned("unrolled:k=10", seed, 25.0, 8.0, peak_step_bytes=(30 + seed) * MIB)
+        folder.learned("phantom", seed, 25.0, 8.0, peak_step_bytes=0.5 * MIB)
     out = build_report(folder.write(tmp_path / "res"), tmp_path / "out").parent
     markdown = (out / "report.md").read_text()
     assert _cells(markdown, "jfb", "peak step memory") == ["3.5 MiB"]
@@ -438,6 +439,9 @@ def test_peak_step_memory_is_the_main_memory_figure(tmp_path, monkeypatch):
         f"unrolled:k=10 needs {ratio:.1f}× the peak tensor memory of a training step of jfb"
         in markdown
     )
+    # Far less than jfb is said too, not hidden under "within 1.5×".
+    assert "phantom needs 7.0× less than jfb in peak tensor memory of a training step" in markdown
+    assert "within 1.5× the peak tensor memory" not in markdown
     svg = (out / "memory.svg").read_text()
     assert svg.index("peak tensor memory of a training step") < svg.index("peak process RSS")
 
