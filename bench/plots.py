@@ -55,7 +55,9 @@ class ReportData:
     ``runs`` holds every row of runs.csv with a ``label`` (strategy_label, or strategy) and
     ``is_baseline``; ``learned_ok`` the learned runs with status ok; ``baselines`` the ok rows of
     classical baselines with ``baseline_name``; ``epochs`` / ``steps`` the rows of ok learned runs
-    with ``label`` joined in.
+    with ``label`` joined in. epochs.csv holds one row per evaluation: with ``[train] eval_every``
+    several per epoch (see :meth:`end_of_epoch`). ``scaling_runs``: the ok learned runs of every
+    setting, for the scaling figures (which compare settings); None means ``learned_ok``.
     """
 
     runs: pd.DataFrame
@@ -70,11 +72,33 @@ class ReportData:
     blurred_ssim: float | None = None
     target_psnr: float | None = None
     notes: list[str] = field(default_factory=list)  # missing pieces found while plotting
+    scaling_runs: pd.DataFrame | None = None
 
     def plotted_labels(self, frame: pd.DataFrame) -> list[str]:
         """The labels present in ``frame``, in display order."""
         present = set(frame["label"])
         return [label for label in self.labels if label in present]
+
+    def end_of_epoch(self) -> pd.DataFrame:
+        """The end-of-epoch evaluation of each run and epoch (for figures against the epoch).
+
+        Rows flagged ``epoch_end == 1``; for a run that does not record the flag (older results),
+        the last row of each epoch.
+        """
+        epochs = self.epochs
+        if epochs.empty:
+            return epochs
+        if "epoch_end" in epochs.columns:
+            flag = pd.to_numeric(epochs["epoch_end"], errors="coerce")
+        else:
+            flag = pd.Series(np.nan, index=epochs.index)
+        flagged = flag.notna().groupby(epochs["run_id"]).transform("any")
+        last = ~epochs.duplicated(["run_id", "epoch"], keep="last")
+        return epochs[np.where(flagged, flag == 1, last)]
+
+    def scaling_source(self) -> pd.DataFrame:
+        """The runs the scaling figures compare: every setting's ok learned runs."""
+        return self.learned_ok if self.scaling_runs is None else self.scaling_runs
 
 
 @dataclass
@@ -179,7 +203,7 @@ def _legend(fig: Figure, handles: list) -> None:
 
 def plot_loss(data: ReportData) -> Figure:
     """Training loss vs epoch, mean over seeds with a ±1 sd band, one line per strategy label."""
-    epochs = finite_rows(data.epochs, "train_loss")
+    epochs = finite_rows(data.end_of_epoch(), "train_loss")
     if epochs.empty:
         raise PlotSkipped("epochs.csv has no finite train_loss for an ok learned run")
     labels = data.plotted_labels(epochs)
@@ -204,7 +228,7 @@ def plot_loss(data: ReportData) -> Figure:
 
 def plot_quality_vs_epoch(data: ReportData) -> Figure:
     """Test PSNR and SSIM vs epoch (mean ± sd over seeds), baselines as horizontal lines."""
-    epochs = data.epochs
+    epochs = data.end_of_epoch()
     if finite_rows(epochs, "test_psnr").empty and finite_rows(epochs, "test_ssim").empty:
         raise PlotSkipped("epochs.csv has no test PSNR/SSIM for an ok learned run")
     labels = data.plotted_labels(epochs)
@@ -230,14 +254,25 @@ def plot_quality_vs_epoch(data: ReportData) -> Figure:
     return fig
 
 
+def evaluation_index(epochs: pd.DataFrame) -> pd.Series:
+    """Which evaluation of its run each epochs.csv row is: the global step where recorded (several
+    evaluations per epoch with ``eval_every``), else the epoch. Seeds of one label share them."""
+    step = pd.to_numeric(epochs["step"], errors="coerce") if "step" in epochs else None
+    epoch = pd.to_numeric(epochs["epoch"], errors="coerce")
+    if step is None or step.isna().all():
+        return epoch
+    return step.where(step.notna(), epoch)
+
+
 def _mean_curves(epochs: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per label and epoch: mean wall-clock time, mean and sd of ``metric`` over seeds."""
+    """Per label and evaluation: mean wall-clock time, mean and sd of ``metric`` over seeds."""
     rows = finite_rows(finite_rows(epochs, metric), "wall_time_s")
+    rows = rows.assign(evaluation=evaluation_index(rows))
     return (
-        rows.groupby(["label", "epoch"])
+        rows.groupby(["label", "evaluation"])
         .agg(time=("wall_time_s", "mean"), mean=(metric, "mean"), sd=(metric, "std"))
         .reset_index()
-        .sort_values(["label", "epoch"])
+        .sort_values(["label", "evaluation"])
     )
 
 
@@ -349,21 +384,41 @@ def plot_step_time(data: ReportData) -> Figure:
 # 4. Memory, and memory / time vs k or solver iterations
 
 
+# The exact peak of live tensor bytes in a training step is the main figure (device-independent,
+# measured on the CPU too); process RSS includes the Python/torch baseline, so it comes last.
 MEMORY_METRICS = (
-    ("peak_gpu_memory_bytes", "peak GPU memory (MiB)"),
+    ("peak_step_bytes", "peak tensor memory of a training step (MiB)"),
+    ("peak_gpu_memory_bytes", "peak GPU memory over training steps (MiB)"),
     ("saved_bytes", "bytes saved for backward (MiB)"),
-    ("peak_rss_bytes", "peak process RSS (MiB)"),
+    ("peak_rss_bytes", "peak process RSS over training steps (MiB)"),
+)
+# Preference order of the memory figure used where only one fits (Pareto markers, scaling).
+MEMORY_PREFERENCE = (
+    ("peak_step_bytes", "peak step memory"),
+    ("peak_gpu_memory_bytes", "peak GPU memory"),
+    ("saved_bytes", "saved bytes"),
 )
 
 
+def memory_column(runs: pd.DataFrame) -> tuple[str, str]:
+    """The preferred memory column measured in ``runs`` and its name (saved bytes when none)."""
+    for column, name in MEMORY_PREFERENCE:
+        if not finite_rows(runs, column).empty:
+            return column, name
+    return MEMORY_PREFERENCE[-1]
+
+
 def plot_memory(data: ReportData) -> Figure:
-    """Bar charts per label: peak GPU memory where measured, saved-for-backward bytes, peak RSS."""
+    """Bar charts per label: peak tensor memory of a training step, peak GPU memory where
+    measured, saved-for-backward bytes, peak RSS over training steps."""
     runs = data.learned_ok
     metrics = [(col, name) for col, name in MEMORY_METRICS if not finite_rows(runs, col).empty]
     if not metrics:
-        raise PlotSkipped("no memory measurement (peak GPU, saved bytes, peak RSS) in runs.csv")
+        raise PlotSkipped(
+            "no memory measurement (peak step memory, peak GPU, saved bytes, peak RSS) in runs.csv"
+        )
     labels = data.plotted_labels(runs)
-    fig, axes = _figure(1, len(metrics), width=4.0, height=max(2.4, 0.4 * len(labels) + 1.3))
+    fig, axes = _figure(1, len(metrics), width=4.0, height=max(2.6, 0.4 * len(labels) + 1.5))
     for ax, (col, name) in zip(axes[0], metrics, strict=True):
         rows = finite_rows(runs, col).assign(mib=lambda f, c=col: f[c].astype(float) / MIB)
         order = data.plotted_labels(rows)
@@ -374,15 +429,16 @@ def plot_memory(data: ReportData) -> Figure:
         sns.stripplot(
             data=rows, y="label", x="mib", order=order, color="black", size=3, ax=ax
         )  # one dot per seed
-        ax.set(xlabel=name, ylabel="", title=name.split(" (")[0])
+        ax.set(xlabel=name, ylabel="", title=name.split(" (")[0].replace(" over", "\nover"))
     for ax in axes[0][1:]:
         ax.tick_params(labelleft=False)  # same label order in every panel
     return fig
 
 
 def scaling_rows(data: ReportData, variable: str) -> pd.DataFrame:
-    """Ok learned runs, each strategy held at its most common value of the other scaling knobs."""
-    runs = data.learned_ok
+    """Ok learned runs (of every setting), each strategy held at its most common value of the other
+    scaling knobs."""
+    runs = data.scaling_source()
     others = [v for v in SCALING_VARIABLES if v != variable and v in runs.columns]
     kept = []
     for _, group in runs.groupby("strategy"):
@@ -399,7 +455,7 @@ def scaling_rows(data: ReportData, variable: str) -> pd.DataFrame:
 def scaling_variables(data: ReportData) -> list[str]:
     """The scaling knobs (k, solver max_iter, image size) that take 2+ values within a strategy."""
     found = []
-    runs = data.learned_ok
+    runs = data.scaling_source()
     for variable in SCALING_VARIABLES:
         if variable not in runs.columns or runs.empty:
             continue
@@ -418,9 +474,8 @@ def plot_scaling(data: ReportData, variable: str) -> Figure:
     """
     rows = scaling_rows(data, variable)
     rows = rows.assign(**{variable: pd.to_numeric(rows[variable], errors="coerce")})
-    gpu = finite_rows(rows, "peak_gpu_memory_bytes")
-    memory_col = "peak_gpu_memory_bytes" if not gpu.empty else "saved_bytes"
-    memory_name = "peak GPU memory (MiB)" if not gpu.empty else "bytes saved for backward (MiB)"
+    memory_col, memory_name = memory_column(rows)
+    memory_name += " (MiB)"
     panels = [(memory_col, memory_name, 1 / MIB), ("median_step_time_s", "median step time (s)", 1)]
     panels = [p for p in panels if not finite_rows(rows, p[0]).empty]
     if not panels:
@@ -622,8 +677,7 @@ def pareto_table(data: ReportData) -> pd.DataFrame:
     """Per label: mean final PSNR, median step time, memory (bytes) and whether it is on the front."""
     medians = step_phase_medians(data)["step_time_s"]
     runs = data.learned_ok
-    gpu_measured = not finite_rows(runs, "peak_gpu_memory_bytes").empty
-    memory_col = "peak_gpu_memory_bytes" if gpu_measured else "saved_bytes"
+    memory_col, memory_name = memory_column(runs)
     table = pd.DataFrame(
         {
             "psnr": finite_rows(runs, "final_test_psnr").groupby("label")["final_test_psnr"].mean(),
@@ -632,7 +686,7 @@ def pareto_table(data: ReportData) -> pd.DataFrame:
         }
     ).reindex(data.labels)
     table = table.dropna(subset=["psnr", "step_time"])
-    table.attrs["memory_name"] = "peak GPU memory" if gpu_measured else "saved bytes"
+    table.attrs["memory_name"] = memory_name
     # A label is on the front if no other label is at least as fast and strictly better.
     best_so_far = -math.inf
     on_front = {}
@@ -712,18 +766,22 @@ def plot_specs(data: ReportData) -> list[PlotSpec]:
         PlotSpec("loss_vs_epoch", "Training loss", plot_loss,
                  "Training loss per epoch, mean over seeds of the ok runs, band ±1 sd."),
         PlotSpec("quality_vs_epoch", "Test quality vs epoch", plot_quality_vs_epoch,
-                 "Test PSNR and SSIM per epoch (mean ± sd over seeds); gray lines: classical "
+                 "Test PSNR and SSIM at the end of each epoch (mean ± sd over seeds); gray lines: "
+                 "classical "
                  "baselines (those worse than the blurred input only named in the legend), "
                  "dotted: blurred input, red: target PSNR."),
         PlotSpec("quality_vs_time", "Test quality vs wall-clock time", plot_quality_vs_time,
-                 "Test PSNR and SSIM against cumulative training time: the first curve to cross "
-                 "the red target line reaches that quality first."),
+                 "Test PSNR and SSIM at every evaluation against cumulative training-step time "
+                 "(mean over seeds): the first curve to cross the red target line reaches that "
+                 "quality first."),
         PlotSpec("step_time", "Time per training step", plot_step_time,
                  "Medians over all steps of the ok runs of each phase (forward solve, backward, "
                  "optimizer), stacked; the black tick is the median whole step."),
         PlotSpec("memory", "Memory per strategy", plot_memory,
-                 "Peak GPU memory (where measured), bytes the autograd graph saved for backward, "
-                 "and peak RSS of the process (includes the Python/torch baseline); bars are means "
+                 "The main figure: the exact peak of live tensor bytes during one training step "
+                 "(device-independent); then peak GPU memory over training steps (where measured), "
+                 "bytes the autograd graph saved for backward, and, secondary, the process's peak "
+                 "RSS over training steps (includes the Python/torch baseline); bars are means "
                  "over seeds, dots single runs."),
     ]  # fmt: skip
     for variable in scaling_variables(data):
@@ -740,7 +798,8 @@ def plot_specs(data: ReportData) -> list[PlotSpec]:
     specs += [
         PlotSpec("grad_cosine", "Gradient fidelity", plot_grad_cosine,
                  "Cosine similarity of each strategy's parameter gradient with the exact implicit "
-                 "gradient, at the first and the last epoch (mean ± sd over seeds)."),
+                 "gradient, at the first and the last evaluation (mean ± sd over seeds); runs "
+                 "whose reference did not converge there are left out (n/a)."),
         PlotSpec("reconstructions", "Reconstructions", plot_reconstructions,
                  "The same test images for every method, last epoch of one run per strategy label "
                  "(lowest seed); PSNR of each tile against the original below it."),

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from scipy import stats
 
 from bench import plots
 from bench.report import Table, build_report
@@ -165,13 +166,41 @@ def only_figures(monkeypatch):
     return restrict
 
 
-def _table_row(markdown: str, first_cell: str) -> list[str]:
-    """The cells of the Markdown table row whose first cell is ``first_cell``."""
-    for line in markdown.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and cells[0] == first_cell:
-            return cells
-    raise AssertionError(f"no table row {first_cell!r} in report.md")
+def _tables(markdown: str) -> list[list[list[str]]]:
+    """Every Markdown table of the report as rows of cells (header first, rule dropped)."""
+    tables, current = [], []
+    for line in markdown.splitlines() + [""]:
+        if line.startswith("|"):
+            if not set(line) <= set("|- "):
+                current.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def _cell(markdown: str, first_cell: str, header: str, table: int | None = None) -> str:
+    """The cell in column ``header`` of the row ``first_cell`` (of the ``table``-th table having
+    that row and column, or the only one)."""
+    found = [
+        rows[0] and row[rows[0].index(header)]
+        for rows in _tables(markdown)
+        if header in rows[0]
+        for row in rows[1:]
+        if row[0] == first_cell
+    ]
+    assert found, f"no cell ({first_cell!r}, {header!r}) in report.md"
+    if table is None:
+        assert len(found) == 1, f"({first_cell!r}, {header!r}) is in {len(found)} tables"
+        return found[0]
+    return found[table]
+
+
+def _half_width(values) -> float:
+    """Half-width of the 95 % Student-t interval of the mean, computed independently."""
+    values = np.asarray(values, dtype=float)
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
+    return (high - low) / 2
 
 
 def test_report_files_exist_and_figures_are_valid_images(built):
@@ -192,21 +221,21 @@ def test_report_files_exist_and_figures_are_valid_images(built):
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))  # atomic writes
 
 
-def test_summary_table_has_the_mean_and_sd_over_seeds(built):
+def test_summary_table_has_the_mean_and_confidence_interval_over_seeds(built):
+    # Was "mean ± sd"; issue 8 §6 asks for 95 % Student-t intervals over seeds instead.
     _, _, markdown, _ = built
     for label in ("jfb", "unrolled:k=5"):
         finals = np.array([psnrs[-1] for lab, *_, psnrs, _ in LEARNED if lab == label])
-        expected = f"{finals.mean():.2f} ± {finals.std(ddof=1):.2f}"
-        row = _table_row(markdown, label)
-        assert row[2] == expected, (row, expected)
-        assert row[1] == "2 ok"
-    assert _table_row(markdown, "neumann:k=10")[1] == "1 diverged"
-    assert _table_row(markdown, "baseline: tikhonov")[2] == "24.00"
-    assert _table_row(markdown, "blurred input")[2] == f"{BLURRED_PSNR:.2f}"
+        expected = f"{finals.mean():.2f} ± {_half_width(finals):.2f}"
+        assert _cell(markdown, label, "PSNR (dB)") == expected
+        assert _cell(markdown, label, "runs") == "2 ok"
+    assert _cell(markdown, "neumann:k=10", "runs") == "1 diverged"
+    assert _cell(markdown, "baseline: tikhonov", "PSNR (dB)") == "24.00"
+    assert _cell(markdown, "blurred input", "PSNR (dB)") == f"{BLURRED_PSNR:.2f}"
     # Median step time of jfb, recomputed from steps.csv (runs.csv left it empty).
     steps = pd.read_csv(built[0] / "steps.csv")
     median = steps[steps["strategy"] == "jfb"]["step_time_s"].median()
-    assert _table_row(markdown, "jfb")[4] == f"{median:.3g} s"
+    assert _cell(markdown, "jfb", "median step") == f"{median:.3g} s"
 
 
 def test_default_target_is_the_best_baseline_and_fastest_strategy_is_named(built):
@@ -221,7 +250,7 @@ def test_default_target_is_the_best_baseline_and_fastest_strategy_is_named(built
     assert jfb < unrolled
     assert f"jfb reached 24.00 dB first ({jfb:.3g} s, mean over seeds)" in markdown
     assert f"then unrolled:k=5 ({unrolled:.3g} s)" in markdown
-    assert _table_row(markdown, "jfb")[6] == f"{jfb:.3g} s"
+    assert _cell(markdown, "jfb", "time to 24.00 dB") == f"{jfb:.3g} s"
 
 
 def test_observations_flag_the_iteration_cap_memory_and_failures(built):
@@ -264,7 +293,7 @@ def test_only_failed_runs_and_empty_tables_still_build(tmp_path):
     results = fabricate(tmp_path / "failed", learned=learned, with_recons=False)
     (results / "epochs.csv").write_text(",".join(EPOCH_COLUMNS) + "\n")
     markdown = (build_report(results, tmp_path / "out").parent / "report.md").read_text()
-    assert _table_row(markdown, "cg")[1] == "1 failed"
+    assert _cell(markdown, "cg", "runs") == "1 failed"
     assert "Best classical baseline: tikhonov with 24.00 dB" in markdown
     assert "no learned run finished ok" in markdown
     assert "Skipped: epochs.csv has no finite train_loss" in markdown
@@ -278,7 +307,7 @@ def test_target_override_and_seeds_that_miss_it(tmp_path, only_figures):
     ).read_text()
     assert "Target PSNR: **26.20 dB** — given by the caller" in markdown
     assert "jfb reached 26.20 dB first (3.15 s, mean over seeds)" in markdown
-    assert _table_row(markdown, "unrolled:k=5")[6] == "12.6 s (1/2 seeds)"
+    assert _cell(markdown, "unrolled:k=5", "time to 26.20 dB") == "12.6 s (1/2 seeds)"
     with pytest.raises(ValueError, match="target_psnr"):
         build_report(results, tmp_path / "out", target_psnr=float("nan"))
 

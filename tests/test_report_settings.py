@@ -1,0 +1,504 @@
+"""The report on results folders of the newer schema: several settings, statistics over seeds,
+equal-time comparison, validity flags, peak step memory, and schema checks on foreign tables.
+
+Every folder is fabricated; expected numbers are computed here, independently of bench.report
+(scipy.stats' paired / one-sample t tests, or by hand).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from bench import plots
+from bench.report import build_report, prepare
+from bench.results import EPOCH_COLUMNS, RUN_COLUMNS, STEP_COLUMNS
+
+MIB = 2**20
+SETTING = dict(
+    dataset="faces", image_size=25, channels=1, n_train=80, n_test=20, batch_size=16, epochs=2,
+    lr=5e-3, blur_kernel_size=5, blur_sigma=1.0, noise_std=0.01, solver="anderson",
+    solver_max_iter=50, solver_tol=1e-3, model_width=16, model_depth=3, model_form="prox",
+    lipschitz_control="operator",
+)  # fmt: skip
+NEW_RUN_COLUMNS = {
+    "setting_hash": np.nan, "model_form": np.nan, "lipschitz_control": np.nan,
+    "max_layer_lipschitz": 0.8, "backward_converged_frac": np.nan, "skipped_steps": 0,
+    "peak_step_bytes": 2 * MIB, "eval_time_s": 1.0, "diagnostics_time_s": 1.0,
+    "run_wall_time_s": 10.0,
+}  # fmt: skip
+NEW_EPOCH_COLUMNS = (
+    "step", "epoch_end", "layer_lipschitz", "layer_lipschitz_converged",
+    "grad_reference_converged", "grad_reference_forward_residual",
+    "grad_reference_backward_residual",
+)  # fmt: skip
+
+
+def _hash(setting: dict) -> str:
+    return "h" + str(abs(hash(json.dumps(setting, sort_keys=True))) % 10**10)
+
+
+class Folder:
+    """Builds runs/epochs/steps tables of the newer schema, then writes them."""
+
+    def __init__(self):
+        self.runs, self.epochs, self.steps = [], [], []
+
+    def learned(self, label, seed, psnr, wall, setting=None, ssim=None, evaluations=None, **run):
+        """One ok run; ``evaluations``: [(epoch, step, epoch_end, wall_time_s, psnr)], by default
+        two epochs with two evaluations each, ending at (wall, psnr)."""
+        setting = {**SETTING, **(setting or {})}
+        strategy = label.split(":")[0]
+        run_id = f"{label.replace(':', '_').replace('=', '')}-s{seed}-{_hash(setting)}"
+        ssim = 0.7 + psnr / 1000 if ssim is None else ssim
+        if evaluations is None:
+            evaluations = [
+                (1, 2, 0.0, wall / 4, psnr - 3), (1, 4, 1.0, wall / 2, psnr - 2),
+                (2, 6, 0.0, 3 * wall / 4, psnr - 1), (2, 8, 1.0, wall, psnr),
+            ]  # fmt: skip
+        row = dict.fromkeys(RUN_COLUMNS, np.nan) | NEW_RUN_COLUMNS | setting
+        row.update(
+            run_id=run_id, suite="fab", strategy=strategy, strategy_label=label, params="{}",
+            seed=seed, status="ok", status_reason="", device="cpu", config_hash="c" + run_id,
+            setting_hash=_hash(setting), final_test_psnr=psnr, final_test_ssim=ssim,
+            total_wall_time_s=wall, forward_converged_frac=1.0, mean_forward_iters=10,
+            saved_bytes=MIB, peak_rss_bytes=500 * MIB, blurred_test_psnr=20.0,
+            blurred_test_ssim=0.5, grad_cosine_first=0.99, grad_cosine_last=0.98,
+            lipschitz_estimate=0.8,
+        )  # fmt: skip
+        row.update(run)
+        self.runs.append(row)
+        for epoch, step, end, time, value in evaluations:
+            self.epochs.append(
+                dict.fromkeys(EPOCH_COLUMNS, np.nan)
+                | dict.fromkeys(NEW_EPOCH_COLUMNS, np.nan)
+                | dict(
+                    run_id=run_id, strategy=strategy, seed=seed, epoch=epoch, step=step,
+                    epoch_end=end, train_loss=1.0 / step, test_psnr=value,
+                    test_ssim=ssim, wall_time_s=time, layer_lipschitz=0.8,
+                    layer_lipschitz_converged=1.0,
+                )
+            )  # fmt: skip
+        self.steps.append(
+            dict.fromkeys(STEP_COLUMNS, np.nan)
+            | dict(run_id=run_id, strategy=strategy, seed=seed, epoch=1, step=0,
+                   step_time_s=0.01, forward_time_s=0.005, backward_time_s=0.004,
+                   optimizer_time_s=0.001, forward_iters=10, forward_converged=1.0)
+        )  # fmt: skip
+        return run_id
+
+    def baseline(self, name, psnr, setting=None, ssim=0.8):
+        setting = {**SETTING, **(setting or {})}
+        row = dict.fromkeys(RUN_COLUMNS, np.nan) | NEW_RUN_COLUMNS | setting
+        row.update(
+            run_id=f"baseline-{name}-{_hash(setting)}", suite="fab",
+            strategy=f"baseline:{name}", strategy_label=f"baseline:{name}", params="{}", seed=0,
+            status="ok", status_reason="", final_test_psnr=psnr, final_test_ssim=ssim,
+            # The runner hashes the baseline's own config: it need not match a learned setting.
+            setting_hash="baseline-" + _hash(setting), blurred_test_psnr=20.0,
+            peak_step_bytes=np.nan,
+        )  # fmt: skip
+        self.runs.append(row)
+
+    def write(self, folder: Path, drop: tuple[str, ...] = ()) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, rows in (("runs", self.runs), ("epochs", self.epochs), ("steps", self.steps)):
+            frame = pd.DataFrame(rows)
+            dropped = [
+                c for c in drop if c in frame.columns and not (name == "steps" and c == "step")
+            ]
+            frame.drop(columns=dropped).to_csv(folder / f"{name}.csv", index=False)
+        return folder
+
+
+@pytest.fixture
+def no_figures(monkeypatch):
+    """Text-only builds (figures cost seconds each); the memory test draws its one figure."""
+    monkeypatch.setattr(plots, "plot_specs", lambda data: [])
+
+
+def _tables(markdown: str) -> list[list[list[str]]]:
+    tables, current = [], []
+    for line in markdown.splitlines() + [""]:
+        if line.startswith("|"):
+            if not set(line) <= set("|- "):
+                current.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def _cells(markdown: str, first_cell: str, header: str) -> list[str]:
+    """The cells of column ``header`` in rows ``first_cell``, in the order the tables appear."""
+    return [
+        row[rows[0].index(header)]
+        for rows in _tables(markdown)
+        if header in rows[0]
+        for row in rows[1:]
+        if row[0] == first_cell
+    ]
+
+
+def _build(folder: Path, tmp_path: Path, **kwargs) -> str:
+    html = build_report(folder, tmp_path / "out", **kwargs)
+    return (html.parent / "report.md").read_text()
+
+
+def _half(values) -> float:
+    values = np.asarray(values, dtype=float)
+    low, high = stats.ttest_1samp(values, 0.0).confidence_interval(0.95)
+    return (high - low) / 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 9 item 2: settings are never pooled as seeds
+
+
+NOISE_PSNR = {  # noise_std -> label -> PSNR per seed 0, 1, 2
+    0.01: {"jfb": [27.0, 27.4, 27.2], "cg": [27.5, 27.9, 27.6]},
+    0.2: {"jfb": [19.0, 19.5, 18.8], "cg": [19.2, 19.1, 19.3]},
+}
+NOISE_BASELINE = {0.01: 26.0, 0.2: 18.0}
+
+
+def _noise_sweep() -> Folder:
+    folder = Folder()
+    for noise, per_label in NOISE_PSNR.items():
+        for label, values in per_label.items():
+            for seed, psnr in enumerate(values):
+                folder.learned(label, seed, psnr, 8.0, setting={"noise_std": noise})
+        folder.baseline("tv", NOISE_BASELINE[noise], setting={"noise_std": noise})
+    return folder
+
+
+def test_a_noise_sweep_is_summarised_per_setting_never_pooled(tmp_path, no_figures):
+    markdown = _build(_noise_sweep().write(tmp_path / "res"), tmp_path)
+    assert "### Setting: noise_std = 0.01" in markdown
+    assert "### Setting: noise_std = 0.2" in markdown
+    assert markdown.index("noise_std = 0.01") < markdown.index("noise_std = 0.2")
+    for label in ("jfb", "cg"):
+        expected = [
+            f"{np.mean(NOISE_PSNR[noise][label]):.2f} ± {_half(NOISE_PSNR[noise][label]):.2f}"
+            for noise in (0.01, 0.2)
+        ]
+        assert _cells(markdown, label, "PSNR (dB)") == expected
+        assert _cells(markdown, label, "runs") == ["3 ok", "3 ok"]  # pooled would say 6
+    # Each setting's table shows its own baseline (matched by data, not by the baseline's hash).
+    assert _cells(markdown, "baseline: tv", "PSNR (dB)") == ["26.00", "18.00"]
+    assert "Best final test PSNR: cg with 27.67 dB (mean over 3 seed(s)); best classical " in (
+        markdown
+    )
+    assert "best classical baseline tv: 18.00 dB" in markdown
+
+
+def test_older_tables_without_setting_hash_are_split_by_their_setting_columns(tmp_path, no_figures):
+    folder = _noise_sweep()
+    # A failed run records no data sizes: it must join its setting, not form a third one.
+    failed = dict.fromkeys(RUN_COLUMNS, np.nan) | {**SETTING, "n_train": np.nan, "channels": np.nan}
+    failed.update(run_id="cg-s3-x", strategy="cg", strategy_label="cg", seed=3, status="failed",
+                  status_reason="RuntimeError: boom", noise_std=0.2)  # fmt: skip
+    folder.runs.append(failed)
+    drop = tuple(NEW_RUN_COLUMNS) + NEW_EPOCH_COLUMNS
+    markdown = _build(folder.write(tmp_path / "old", drop=drop), tmp_path)
+    assert markdown.count("### Setting: ") == 2 * 2  # summary and observations, two settings
+    assert _cells(markdown, "cg", "runs") == ["3 ok", "3 ok, 1 failed"]
+    assert "have no `setting_hash`" in markdown
+    assert "were written before the columns" not in markdown  # notes, not crashes:
+    assert "`runs.csv` was written before the columns setting_hash" in markdown
+
+
+def test_a_scaling_shaped_folder_keeps_settings_apart_and_scaling_figures_compare_them(
+    tmp_path, monkeypatch
+):
+    every = plots.plot_specs
+    monkeypatch.setattr(
+        plots, "plot_specs", lambda d: [s for s in every(d) if s.name.startswith("scaling")]
+    )
+    folder = Folder()
+    for max_iter in (10, 30, 100):
+        for label in ("jfb", "unrolled:k=5"):
+            folder.learned(label, 0, 25.0, 5.0, setting={"solver_max_iter": max_iter},
+                           saved_bytes=max_iter * MIB, peak_step_bytes=max_iter * MIB)  # fmt: skip
+    out = build_report(folder.write(tmp_path / "scaling"), tmp_path / "out").parent
+    markdown = (out / "report.md").read_text()
+    for max_iter in (10, 30, 100):
+        assert f"### Setting: solver_max_iter = {max_iter}" in markdown
+    assert _cells(markdown, "jfb", "runs") == ["1 ok"] * 3
+    assert _cells(markdown, "jfb", "PSNR (dB)") == ["25.00 (1 seed: no CI)"] * 3
+    assert (out / "scaling_solver_max_iter.png").exists()
+    assert "show the first setting only (**solver_max_iter = 10**) of 3" in markdown
+    assert "jfb: peak step memory ×10.00 from solver_max_iter=10 to solver_max_iter=100" in (
+        markdown
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 8 §6: statistics
+
+
+def test_paired_differences_to_jfb_and_the_best_baseline_with_t_intervals(tmp_path, no_figures):
+    jfb = [25.0, 26.0, 27.5]
+    cg = [25.5, 26.1, 28.4]  # differences 0.5, 0.1, 0.9: interval contains 0
+    neumann = [26.0, 27.1, 28.4, 30.0]  # seed 3 has no jfb run: paired over seeds 0-2 only
+    folder = Folder()
+    for label, values in (("jfb", jfb), ("cg", cg), ("neumann:k=10", neumann)):
+        for seed, psnr in enumerate(values):
+            folder.learned(label, seed, psnr, 8.0, ssim=0.7 + psnr / 100)
+    folder.baseline("tv", 26.0)
+    markdown = _build(folder.write(tmp_path / "res"), tmp_path)
+
+    def interval(low, high):
+        return f"[{low:+.2f}, {high:+.2f}]"
+
+    ci = stats.ttest_rel(cg, jfb).confidence_interval(0.95)
+    assert ci.low < 0 < ci.high
+    expected = f"no significant difference ({np.mean(cg) - np.mean(jfb):+.2f} {interval(*ci)})"
+    assert _cells(markdown, "cg", "Δ PSNR vs jfb (95% CI)") == [expected]
+    assert _cells(markdown, "cg − jfb", "PSNR") == ["no significant difference"]
+
+    paired = np.array(neumann[:3]) - np.array(jfb)
+    ci = stats.ttest_rel(neumann[:3], jfb).confidence_interval(0.95)
+    assert ci.low > 0
+    assert _cells(markdown, "neumann:k=10", "Δ PSNR vs jfb (95% CI)") == [
+        f"{paired.mean():+.2f} {interval(*ci)}"
+    ]
+    assert _cells(markdown, "neumann:k=10 − jfb", "seeds") == ["3"]
+    assert _cells(markdown, "neumann:k=10 − jfb", "PSNR") == ["significant"]
+    assert _cells(markdown, "jfb", "Δ PSNR vs jfb (95% CI)") == ["reference"]
+    # SSIM difference, paired the same way (SSIM = 0.7 + PSNR / 100 here).
+    ssim_ci = stats.ttest_rel(np.array(neumann[:3]) / 100, np.array(jfb) / 100).confidence_interval(
+        0.95
+    )
+    assert _cells(markdown, "neumann:k=10 − jfb", "Δ SSIM [95% CI]") == [
+        f"{paired.mean() / 100:+.4f} [{ssim_ci.low:+.4f}, {ssim_ci.high:+.4f}]"
+    ]
+
+    # Best learned (neumann, 27.875 dB) vs the deterministic tv baseline: its t interval, shifted.
+    ci = stats.ttest_1samp(np.array(neumann) - 26.0, 0.0).confidence_interval(0.95)
+    name = "best learned (neumann:k=10) − best baseline (tv)"
+    assert ci.low < 0 < ci.high  # four seeds spread too widely to tell
+    assert _cells(markdown, name, "Δ PSNR (dB) [95% CI]") == [
+        f"no significant difference ({np.mean(neumann) - 26:+.2f} {interval(*ci)})"
+    ]
+    assert _cells(markdown, name, "PSNR") == ["no significant difference"]
+    assert f"95% CI {interval(*ci)} over 4 seeds" in markdown
+    # The mean ± half-width of each label's own interval.
+    assert _cells(markdown, "neumann:k=10", "PSNR (dB)") == [
+        f"{np.mean(neumann):.2f} ± {_half(neumann):.2f}"
+    ]
+
+
+def test_one_seed_says_the_interval_is_not_available(tmp_path, no_figures):
+    folder = Folder()
+    folder.learned("jfb", 0, 25.0, 8.0)
+    folder.learned("cg", 0, 25.4, 8.0)
+    folder.baseline("tv", 26.0)
+    markdown = _build(folder.write(tmp_path / "res"), tmp_path)
+    assert _cells(markdown, "cg", "PSNR (dB)") == ["25.40 (1 seed: no CI)"]
+    assert _cells(markdown, "cg", "Δ PSNR vs jfb (95% CI)") == ["+0.40 (1 seed: CI not available)"]
+    assert _cells(markdown, "cg − jfb", "PSNR") == ["CI not available (1 seed)"]
+    assert "-0.60 dB from one seed: no confidence interval available" in markdown
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 8 §6: equal-time comparison; epochs.csv with several evaluations per epoch
+
+
+def test_psnr_at_a_common_training_time_budget(tmp_path, no_figures):
+    # (epoch, step, epoch_end, wall_time_s, psnr): three evaluations per epoch.
+    fast = {
+        0: [(1, 2, 0, 1.0, 20.0), (1, 4, 0, 2.0, 21.0), (1, 6, 1, 3.0, 22.0),
+            (2, 8, 0, 4.0, 22.5), (2, 10, 0, 5.0, 23.0), (2, 12, 1, 6.0, 23.5)],
+        1: [(1, 2, 0, 1.2, 20.5), (1, 4, 0, 2.4, 21.5), (1, 6, 1, 3.6, 22.5),
+            (2, 8, 0, 4.8, 23.0), (2, 10, 0, 6.0, 23.2), (2, 12, 1, 7.2, 24.0)],
+    }  # fmt: skip
+    slow = {
+        seed: [(e, s, end, 2.5 * t, p + 1.0) for e, s, end, t, p in rows]
+        for seed, rows in fast.items()
+    }
+    folder = Folder()
+    for seed in (0, 1):
+        folder.learned("jfb", seed, fast[seed][-1][4], fast[seed][-1][3], evaluations=fast[seed])
+        folder.learned("cg", seed, slow[seed][-1][4], slow[seed][-1][3], evaluations=slow[seed])
+    markdown = _build(folder.write(tmp_path / "res"), tmp_path)
+    # By hand: final times jfb 6.0, 7.2 (median 6.6); cg 15, 18 (median 16.5) -> budget 6.6 s.
+    budget = min(np.median([6.0, 7.2]), np.median([15.0, 18.0]))
+    assert budget == pytest.approx(6.6)
+    assert "Equal-time budget: **6.6 s** of training" in markdown
+    at_budget = {
+        label: [max((t, p) for _, _, _, t, p in runs[seed] if t <= budget)[1] for seed in (0, 1)]
+        for label, runs in (("jfb", fast), ("cg", slow))
+    }
+    assert at_budget == {"jfb": [23.5, 23.2], "cg": [22.0, 22.5]}  # cg at 5.0 s and 6.0 s
+    for label, values in at_budget.items():
+        expected = f"{np.mean(values):.2f} ± {_half(values):.2f}"
+        assert _cells(markdown, label, "PSNR at 6.6 s") == [expected]
+    # Time to target stays, at evaluation (not epoch) granularity: target = 23.0 dB given.
+    markdown = _build(tmp_path / "res", tmp_path, target_psnr=23.0)
+    first = np.mean([5.0, 4.8])  # jfb's first evaluations at >= 23 dB
+    assert _cells(markdown, "jfb", "time to 23.00 dB") == [f"{first:.3g} s"]
+
+
+def test_figures_against_the_epoch_use_end_of_epoch_rows(tmp_path):
+    folder = Folder()
+    folder.learned("jfb", 0, 25.0, 8.0)  # epoch_end flags on steps 4 and 8
+    rows = [(1, 2, 9.0), (1, 4, 10.0), (2, 6, 11.0), (2, 8, 12.0)]  # no flag column: last per epoch
+    folder.learned("cg", 0, 12.0, 8.0, evaluations=[(e, s, np.nan, s, p) for e, s, p in rows])
+    data, _ = prepare(folder.write(tmp_path / "res"))
+    ends = data.end_of_epoch().set_index(["label", "epoch"])["step"]
+    assert ends.to_dict() == {("cg", 1): 4, ("cg", 2): 8, ("jfb", 1): 4, ("jfb", 2): 8}
+    # Against time, every evaluation is a point of the curve.
+    curve = plots._mean_curves(data.epochs, "test_psnr")
+    assert list(curve[curve["label"] == "cg"]["mean"]) == [9.0, 10.0, 11.0, 12.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 8 §2-4: validity flags and memory
+
+
+def test_runs_on_broken_assumptions_are_flagged_and_named(tmp_path, no_figures):
+    folder = Folder()
+    for seed in (0, 1):
+        folder.learned("jfb", seed, 25.0 + seed, 8.0)
+    cg_bad = folder.learned("cg", 0, 25.2, 8.0, max_layer_lipschitz=1.031,
+                            backward_converged_frac=0.5)  # fmt: skip
+    folder.learned("cg", 1, 25.9, 8.0, backward_converged_frac=1.0)
+    neumann_bad = folder.learned("neumann:k=10", 0, 25.1, 8.0, forward_converged_frac=0.9)
+    folder.learned("neumann:k=10", 1, 25.5, 8.0)
+    # Contractive by runs.csv, but one evaluation in epochs.csv says otherwise.
+    folder.epochs[-1]["layer_lipschitz"] = 1.004
+    neumann_lip = folder.runs[-1]["run_id"]
+    # The gradient-fidelity reference did not converge at the last evaluation of jfb seed 1;
+    # the runs row carries a (wrong) number that must never be shown.
+    jfb_ref = folder.runs[1]["run_id"]
+    folder.runs[1]["grad_cosine_last"] = 0.4242
+    for row in folder.epochs:
+        row["grad_reference_converged"] = 1.0
+        if row["run_id"] == jfb_ref and row["step"] == 8:
+            row["grad_reference_converged"] = 0.0
+            row["grad_cosine"] = 0.4242
+    markdown = _build(folder.write(tmp_path / "res"), tmp_path)
+    assert _cells(markdown, "cg", "validity flags") == [
+        "⚠ not contractive 1/2; bwd conv. < 95% 1/2"
+    ]
+    assert _cells(markdown, "neumann:k=10", "validity flags") == [
+        "⚠ not contractive 1/2; fwd conv. < 95% 1/2"
+    ]
+    assert _cells(markdown, "jfb", "validity flags") == ["⚠ grad ref. unconverged 1/2"]
+    assert _cells(markdown, "cg", "max ‖∂T/∂x‖") == ["1.031"]
+    assert f"`{cg_bad}` (max 1.031). The implicit-function gradient assumes" in markdown
+    assert "its gradients are not the exact gradient" in markdown
+    assert f"`{neumann_lip}` (max 1.004). The Neumann series assumes" in markdown
+    assert f"`{neumann_bad}` (90%). An unconverged forward solve means the loss is not " in markdown
+    assert f"`{cg_bad}` (50%). Its gradients are then not the implicit gradient" in markdown
+    assert f"`{jfb_ref}` (1 unconverged). Those cosines are n/a" in markdown
+    assert "0.424" not in markdown
+    assert _cells(markdown, "jfb", "grad cos last") == ["0.980 (1/2 n/a)"]
+
+
+def test_contractive_converged_runs_say_so_and_older_tables_still_flag(tmp_path, no_figures):
+    folder = Folder()
+    for seed in (0, 1):
+        folder.learned("jfb", seed, 25.0, 8.0)
+    markdown = _build(folder.write(tmp_path / "res"), tmp_path)
+    assert _cells(markdown, "jfb", "validity flags") == ["none"]
+    assert "Every run's layer was a contraction at every measured evaluation" in markdown
+    # Older results: no per-evaluation Lipschitz, only runs.csv lipschitz_estimate (>= 1 here).
+    folder.runs[1]["lipschitz_estimate"] = 1.05
+    old = folder.write(tmp_path / "old", drop=(*NEW_RUN_COLUMNS, *NEW_EPOCH_COLUMNS))
+    markdown = _build(old, tmp_path)
+    assert _cells(markdown, "jfb", "validity flags") == ["⚠ not contractive 1/2"]
+    assert f"`{folder.runs[1]['run_id']}` (max 1.050)" in markdown
+    assert "measurements are not reported" in markdown
+
+
+def test_peak_step_memory_is_the_main_memory_figure(tmp_path, monkeypatch):
+    every = plots.plot_specs
+    monkeypatch.setattr(plots, "plot_specs", lambda d: [s for s in every(d) if s.name == "memory"])
+    folder = Folder()
+    for seed in (0, 1):
+        folder.learned("jfb", seed, 25.0, 8.0, peak_step_bytes=(3 + seed) * MIB)
+        folder.learned("unrolled:k=10", seed, 25.0, 8.0, peak_step_bytes=(30 + seed) * MIB)
+        folder.learned("phantom", seed, 25.0, 8.0, peak_step_bytes=0.5 * MIB)
+    out = build_report(folder.write(tmp_path / "res"), tmp_path / "out").parent
+    markdown = (out / "report.md").read_text()
+    assert _cells(markdown, "jfb", "peak step memory") == ["3.5 MiB"]
+    assert _cells(markdown, "unrolled:k=10", "peak RSS (train steps)") == ["500.0 MiB"]
+    header = _tables(markdown.split("## Summary")[1])[0][0]
+    assert header.index("peak step memory") < header.index("peak RSS (train steps)")
+    ratio = 30.5 / 3.5
+    assert (
+        f"unrolled:k=10 needs {ratio:.1f}× the peak tensor memory of a training step of jfb"
+        in markdown
+    )
+    # Far less than jfb is said too, not hidden under "within 1.5×".
+    assert "phantom needs 7.0× less than jfb in peak tensor memory of a training step" in markdown
+    assert "within 1.5× the peak tensor memory" not in markdown
+    svg = (out / "memory.svg").read_text()
+    assert svg.index("peak tensor memory of a training step") < svg.index("peak process RSS")
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 9 item 10: foreign tables
+
+
+def _cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "bench.cli", "report", *map(str, args)],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=120,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("table", "content", "message"),
+    [
+        ("runs", "name,value\nfoo,1\n", r"runs\.csv is not an implicit-bench runs table: it "
+                                        r"lacks the required column\(s\) run_id, strategy, status"),
+        ("runs", "run_id,strategy,status\nx,jfb,ok\n", r"runs\.csv .* only 3 of the"),
+        ("runs", b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", r"runs\.csv"),
+        ("steps", "a,b,c\n1,2,3\n", r"steps\.csv is not an implicit-bench steps table"),
+        ("epochs", "time,value\n1,2\n", r"epochs\.csv is not an implicit-bench epochs table"),
+    ],
+)  # fmt: skip
+def test_foreign_tables_are_one_clear_error(tmp_path, no_figures, table, content, message):
+    results = Folder()
+    results.learned("jfb", 0, 25.0, 8.0)
+    folder = results.write(tmp_path / "res")
+    path = folder / f"{table}.csv"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ValueError, match=message):
+        build_report(folder, tmp_path / "out")
+
+
+def test_a_foreign_number_column_names_file_and_column(tmp_path, no_figures):
+    results = Folder()
+    results.learned("jfb", 0, 25.0, 8.0)
+    folder = results.write(tmp_path / "res")
+    epochs = pd.read_csv(folder / "epochs.csv")
+    epochs["test_psnr"] = epochs["test_psnr"].astype(object)
+    epochs.loc[2, "test_psnr"] = "high"
+    epochs.to_csv(folder / "epochs.csv", index=False)
+    with pytest.raises(ValueError, match=r"epochs\.csv .* column 'test_psnr' holds a non-number "
+                                         r"\('high' on line 4\)"):  # fmt: skip
+        build_report(folder, tmp_path / "out")
+
+
+def test_cli_exits_2_with_one_line_on_a_foreign_runs_csv(tmp_path):
+    folder = tmp_path / "res"
+    folder.mkdir()
+    (folder / "runs.csv").write_text("name,value\nfoo,1\n")
+    result = _cli(folder, "--out", tmp_path / "out")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("implicit-bench: error: ")
+    assert "runs.csv" in lines[0] and "run_id" in lines[0]
+    assert not (tmp_path / "out" / "report.html").exists()
