@@ -337,7 +337,9 @@ def merge(out: Path) -> dict[str, pd.DataFrame]:
                 else pd.DataFrame(columns=list(COLUMNS[name]))
             )
             atomic_write_csv(out / f"{name}.csv", frame)
-            tables[name] = frame
+            # the table as the CSV reads back: mixed columns (a bool parameter that baselines
+            # lack) then hold the same values in both copies
+            tables[name] = read_table(out / f"{name}.csv") if len(frame) else frame
         _write_parquet(out, tables)
     return tables
 
