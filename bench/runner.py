@@ -370,9 +370,9 @@ def _train_loop(s: _Setup, rec: _Record, memory: PeakMemory, device, progress: b
     total_steps = run.train.epochs * n_batches
     scheduler = _schedule(s.optimizer, run, total_steps)
     clock = StepClock(device)
-    # Peak live bytes are measured on one step after the first (Adam's state then exists), or
-    # the first when there is only one; that step is marked and left out of the timing medians
-    # (the tracker slows it down).
+    # Peak live bytes are measured on a replay of one step after the first (Adam's state then
+    # exists; the first when there is only one), whose effects are undone: the tracker slows the
+    # step down, and the timed steps and the training itself must not see it.
     tracked_step = 2 if total_steps > 1 else 1
     bar = tqdm(range(1, run.train.epochs + 1), desc=run.strategy, unit="epoch", leave=False,
                disable=not progress)  # fmt: skip
@@ -381,27 +381,36 @@ def _train_loop(s: _Setup, rec: _Record, memory: PeakMemory, device, progress: b
             x = s.train_x[idx]
             d = s.data.problem.measure(x, s.generator)
             step = len(rec.steps) + 1
+            if step == tracked_step:
+                rec.peak_step_bytes = _peak_step_bytes(s, x, d, clock)
             counter = SavedBytes() if step == 1 else None  # one step suffices: exact
-            tracker = PeakLiveBytes() if step == tracked_step else contextlib.nullcontext()
-            with memory, tracker:
+            with memory:
                 row, xhat = train_step(
                     s.model, s.strategy, s.solver, s.optimizer, x, d, clock, counter
                 )
             if counter:
                 rec.saved_bytes = counter.total
-            if step == tracked_step:
-                rec.peak_step_bytes = tracker.peak_bytes
             if scheduler is not None:
                 scheduler.step()
             rec.train_time_s += row["step_time_s"]
-            rec.steps.append(
-                {"epoch": epoch, "step": step, **row, "instrumented": float(step == tracked_step)}
-            )
+            rec.steps.append({"epoch": epoch, "step": step, **row})
             _check_finite(row, xhat, epoch, step)
             epoch_end = step % n_batches == 0
             if _evaluates(run, step, epoch_end, total_steps):
                 fidelity = run.train.grad_fidelity and (not rec.evals or step == total_steps)
                 _evaluation(s, rec, epoch, epoch_end, fidelity)
+
+
+def _peak_step_bytes(s: _Setup, x, d, clock: StepClock) -> int:
+    """Peak live tensor bytes of a training step on (x, d), replayed and then undone."""
+    model_state = copy.deepcopy(s.model.state_dict())
+    optimizer_state = copy.deepcopy(s.optimizer.state_dict())
+    with PeakLiveBytes() as tracker:
+        train_step(s.model, s.strategy, s.solver, s.optimizer, x, d, clock)
+    s.model.load_state_dict(model_state)
+    s.optimizer.load_state_dict(optimizer_state)
+    s.optimizer.zero_grad(set_to_none=True)
+    return tracker.peak_bytes
 
 
 def _evaluates(run: RunConfig, step: int, epoch_end: bool, total_steps: int) -> bool:
@@ -446,11 +455,9 @@ def _tables(s: _Setup, rec: _Record, memory: PeakMemory, device, run_wall_time_s
     last = rec.evals[-1] if rec.evals else {}
     cos = epochs_df["grad_cosine"]
     fid_rows = epochs_df[epochs_df["grad_reference_converged"].notna()]
-    timed = steps_df[steps_df["instrumented"] != 1] if len(steps_df) else steps_df
-    timed = timed if len(timed) else steps_df
 
     def med(col):
-        return float(timed[col].median()) if len(timed) else math.nan
+        return float(steps_df[col].median()) if len(steps_df) else math.nan
 
     def mean(col):
         return float(steps_df[col].mean()) if len(steps_df) and col in steps_df else math.nan

@@ -158,3 +158,14 @@ def test_the_trained_model_is_saved_and_rebuilds(tmp_path):
     torch.testing.assert_close(xhat.clamp(0, 1), torch.from_numpy(saved), rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="not a finished run"):
         load_trained_model(tmp_path)
+
+
+def test_the_peak_memory_replay_leaves_training_unchanged(monkeypatch):
+    measured = train(_run("cg:tol=1e-6:max_iter=50", grad_fidelity=False), CPU)
+    monkeypatch.setattr(runner, "_peak_step_bytes", lambda *args: 0)
+    plain = train(_run("cg:tol=1e-6:max_iter=50", grad_fidelity=False), CPU)
+    assert measured["runs"].iloc[0]["peak_step_bytes"] > 0
+    for name, value in plain["model"].items():
+        torch.testing.assert_close(measured["model"][name], value, rtol=0, atol=0)
+    cols = ["loss", "forward_iters", "backward_iters"]
+    assert measured["steps"][cols].equals(plain["steps"][cols])
