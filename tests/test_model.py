@@ -179,7 +179,10 @@ def test_layer_stays_a_contraction_after_training_at_a_high_learning_rate(strate
     # the run's own record of ||dT/dx|| (float32, power iteration) agrees with the dense value
     assert runs["lipschitz_estimate"] == pytest.approx(dense, rel=1e-2)
     assert runs["max_layer_lipschitz"] < 1
-    assert runs["forward_converged_frac"] >= 0.95
+    if strategy.startswith("unrolled"):  # no forward solve: k steps from x0
+        assert math.isnan(runs["forward_converged_frac"])
+    else:
+        assert runs["forward_converged_frac"] >= 0.95
 
 
 @pytest.mark.slow
