@@ -12,6 +12,8 @@ from typing import NamedTuple
 import torch
 from torchdeq.solver import get_solver as _torchdeq_solver
 
+from strategies import Jacobian
+
 SOLVERS = ("anderson", "fixed_point_iter", "broyden")
 
 
@@ -93,8 +95,6 @@ def lipschitz_estimate(
     """
     g = torch.Generator().manual_seed(seed)
     u = torch.randn(z.shape, generator=g, dtype=torch.float64).to(z)
-    from strategies import Jacobian  # a shared tool of the strategies; imported late (cycle)
-
     jac = Jacobian(f, z.detach())
     shape = (-1, *([1] * (z.ndim - 1)))
     sigma = torch.zeros(z.shape[0], dtype=torch.float64)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import markdown_tables
 from PIL import Image
 from scipy import stats
 
@@ -166,25 +167,12 @@ def only_figures(monkeypatch):
     return restrict
 
 
-def _tables(markdown: str) -> list[list[list[str]]]:
-    """Every Markdown table of the report as rows of cells (header first, rule dropped)."""
-    tables, current = [], []
-    for line in markdown.splitlines() + [""]:
-        if line.startswith("|"):
-            if not set(line) <= set("|- "):
-                current.append([c.strip() for c in line.strip().strip("|").split("|")])
-        elif current:
-            tables.append(current)
-            current = []
-    return tables
-
-
 def _cell(markdown: str, first_cell: str, header: str, table: int | None = None) -> str:
     """The cell in column ``header`` of the row ``first_cell`` (of the ``table``-th table having
     that row and column, or the only one)."""
     found = [
         rows[0] and row[rows[0].index(header)]
-        for rows in _tables(markdown)
+        for rows in markdown_tables(markdown)
         if header in rows[0]
         for row in rows[1:]
         if row[0] == first_cell

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import markdown_tables
 from scipy import stats
 
 from bench import plots
@@ -124,23 +125,11 @@ def no_figures(monkeypatch):
     monkeypatch.setattr(plots, "plot_specs", lambda data: [])
 
 
-def _tables(markdown: str) -> list[list[list[str]]]:
-    tables, current = [], []
-    for line in markdown.splitlines() + [""]:
-        if line.startswith("|"):
-            if not set(line) <= set("|- "):
-                current.append([c.strip() for c in line.strip().strip("|").split("|")])
-        elif current:
-            tables.append(current)
-            current = []
-    return tables
-
-
 def _cells(markdown: str, first_cell: str, header: str) -> list[str]:
     """The cells of column ``header`` in rows ``first_cell``, in the order the tables appear."""
     return [
         row[rows[0].index(header)]
-        for rows in _tables(markdown)
+        for rows in markdown_tables(markdown)
         if header in rows[0]
         for row in rows[1:]
         if row[0] == first_cell
@@ -432,7 +421,7 @@ def test_peak_step_memory_is_the_main_memory_figure(tmp_path, monkeypatch):
     markdown = (out / "report.md").read_text()
     assert _cells(markdown, "jfb", "peak step memory") == ["3.5 MiB"]
     assert _cells(markdown, "unrolled:k=10", "peak RSS (train steps)") == ["500.0 MiB"]
-    header = _tables(markdown.split("## Summary")[1])[0][0]
+    header = markdown_tables(markdown.split("## Summary")[1])[0][0]
     assert header.index("peak step memory") < header.index("peak RSS (train steps)")
     ratio = 30.5 / 3.5
     assert (
