@@ -68,6 +68,13 @@ def register(cls: type[Strategy]) -> type[Strategy]:
     bad = [k for k, p in cls.parameters.items() if not isinstance(p, Param)]
     if bad:
         raise TypeError(f"strategy {cls.name!r}: parameters {bad} must be declared as Param(...)")
+    unknown = [k for k in cls.cost_params if k not in cls.parameters]
+    if unknown or not isinstance(cls.exact, bool):
+        raise TypeError(
+            f"strategy {cls.name!r}: cost_params {unknown} are not declared parameters"
+            if unknown
+            else f"strategy {cls.name!r}: exact must be True or False, got {cls.exact!r}"
+        )
     other = _REGISTRY.get(cls.name)
     # The same class defined again (a module re-executed) replaces itself; any other class
     # claiming a taken name is an error, so a stray copy of a file never silently wins.

@@ -89,10 +89,20 @@ class Strategy:
     strategies with a backward solve complete during ``backward()``.
 
     Validated parameter values are available as attributes (``self.k``) and in ``self.params``.
+
+    Two optional declarations let the harness treat a strategy correctly:
+
+    - ``exact = True``: the gradient is the implicit-function-theorem gradient up to the
+      strategy's own tolerance; the conformance tests then hold it to the dense-Jacobian
+      gradient (1e-6 relative at a tight tolerance), not just to a descent direction.
+    - ``cost_params = ("k",)``: the parameters that set the cost of a step; the report draws a
+      scaling figure (time, memory, quality against the value) for each.
     """
 
     name: ClassVar[str] = ""
     parameters: ClassVar[dict[str, Param]] = {}
+    exact: ClassVar[bool] = False
+    cost_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **params: Any):
         unknown = sorted(set(params) - set(self.parameters))
@@ -121,8 +131,19 @@ class Strategy:
 
     @property
     def label(self) -> str:
-        """``name:key=value:...`` — the form the command line accepts."""
+        """``name:key=value:...`` — the form the command line accepts (every parameter)."""
         return ":".join([self.name] + [f"{k}={v}" for k, v in self.params.items()])
+
+    @property
+    def short_label(self) -> str:
+        """``name:key=value`` with only the parameters that differ from their defaults: the
+        label of figures and tables, short enough for a legend."""
+        changed = [
+            f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in self.params.items()
+            if v != self.parameters[k].default
+        ]
+        return ":".join([self.name, *changed])
 
     def __call__(self, f, z0: torch.Tensor, solver) -> tuple[torch.Tensor, Info]:
         raise NotImplementedError

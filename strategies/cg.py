@@ -18,6 +18,7 @@ class CG(Strategy):
     """
 
     name = "cg"
+    exact = True
     parameters = {
         "tol": Param(1e-6, gt=0, doc="relative residual of (I - J)^T v = g"),
         "max_iter": Param(100, ge=1, le=10000, doc="maximum CG iterations"),

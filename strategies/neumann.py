@@ -14,6 +14,7 @@ class Neumann(Strategy):
     """
 
     name = "neumann"
+    cost_params = ("k",)
     parameters = {"k": Param(10, ge=0, le=1000, doc="number of J^T products")}
 
     def __call__(self, f, z0, solver):

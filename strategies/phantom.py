@@ -16,6 +16,7 @@ class Phantom(Strategy):
     """
 
     name = "phantom"
+    cost_params = ("k",)
     parameters = {
         "k": Param(5, ge=1, le=1000, doc="differentiable damped steps"),
         "tau": Param(0.5, gt=0, le=1, doc="damping factor"),

@@ -18,6 +18,7 @@ class TorchDEQIFT(Strategy):
     """
 
     name = "torchdeq-ift"
+    exact = True
     parameters = {
         "b_solver": Param(
             "fixed_point_iter",

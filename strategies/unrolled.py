@@ -11,6 +11,7 @@ class Unrolled(Strategy):
     """Backprop through k iterations of f; no solver, memory grows linearly with k."""
 
     name = "unrolled"
+    cost_params = ("k",)
     parameters = {"k": Param(10, ge=1, le=1000, doc="number of unrolled layers")}
 
     def __call__(self, f, z0, solver):
