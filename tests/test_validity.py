@@ -169,3 +169,34 @@ def test_the_peak_memory_replay_leaves_training_unchanged(monkeypatch):
         torch.testing.assert_close(measured["model"][name], value, rtol=0, atol=0)
     cols = ["loss", "forward_iters", "backward_iters"]
     assert measured["steps"][cols].equals(plain["steps"][cols])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")
+def test_float32_gradient_on_cuda_matches_float64_once_tf32_is_off():
+    """With cuDNN's default TF32 convolutions, cg's float32 gradient stayed 1.6e-4 from the
+    float64 one (H100, tol 1e-7); the harness turns TF32 off so float32 means float32."""
+    from bench.model import DeblurDEQ
+    from bench.problem import DeblurProblem, GaussianBlur
+    from bench.solver import FixedPointSolver
+    from strategies import get_strategy
+
+    device = torch.device("cuda")
+    runner.strict_fp32(device)
+    torch.manual_seed(0)
+    model = DeblurDEQ(GaussianBlur(5, 1.0), channels=1, width=8, depth=2)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 1, 24, 24, generator=g, dtype=torch.float64)
+    d = DeblurProblem(model.operator).measure(x, g)
+    grads = {}
+    for dtype in (torch.float64, torch.float32):
+        m = model.to(device=device, dtype=dtype)
+        m.zero_grad(set_to_none=True)
+        solver = FixedPointSolver(
+            "fixed_point_iter", max_iter=2000, tol=1e-7 if dtype == torch.float32 else 1e-12
+        )
+        z, _ = m(d.to(device, dtype), get_strategy("cg", tol=1e-7, max_iter=500), solver)
+        torch.nn.functional.mse_loss(z, x.to(device, dtype)).backward()
+        grads[dtype] = torch.cat([p.grad.flatten().double() for p in m.parameters()])
+    err = (grads[torch.float32] - grads[torch.float64]).norm() / grads[torch.float64].norm()
+    assert err < 2e-5, f"float32 gradient error {err:.2e}"
