@@ -37,7 +37,24 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--data-root", help="folder holding the data (celeba, folder)")
     run.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     run.add_argument("--out", type=Path, help="results folder (default results/<suite>)")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a suite setting, dotted as in [sweep]: --set train.epochs=3 "
+        "--set solver.tol=1e-4 (repeatable)",
+    )
     run.add_argument("--force", action="store_true", help="rerun runs already complete")
+    stale = run.add_mutually_exclusive_group()
+    stale.add_argument(
+        "--rerun-stale",
+        action="store_true",
+        help="rerun completed runs whose strategy code, parameters or defaults changed",
+    )
+    stale.add_argument(
+        "--keep-stale", action="store_true", help="keep such stale runs (they are listed)"
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--executor", choices=("local", "submitit"), default="local")
     run.add_argument("--slurm-partition", help="SLURM partition (submitit executor)")
@@ -66,14 +83,9 @@ def _run(args) -> int:
     from .config import load_suite, with_overrides
     from .runner import run_suite
 
-    if args.seeds is not None and args.seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
-    if args.epochs is not None and args.epochs < 1:
-        raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
-    if args.lr is not None and not args.lr > 0:
-        raise ValueError(f"--lr must be > 0, got {args.lr}")
     suite = with_overrides(
         load_suite(args.suite),
+        args.set,
         strategies=args.strategies,
         seeds=args.seeds,
         epochs=args.epochs,
@@ -89,7 +101,9 @@ def _run(args) -> int:
 
         counts = run_suite_submitit(suite, out, args)
     else:
-        counts = run_suite(suite, out, force=args.force, progress=not args.quiet)
+        counts = run_suite(
+            suite, out, force=args.force, progress=not args.quiet, stale=_stale_choice(args)
+        )
     elsewhere = counts.get("elsewhere", 0)
     print(
         f"{suite.name}: {counts['ok']} ok, {counts['diverged']} diverged, "
@@ -98,6 +112,10 @@ def _run(args) -> int:
         + f" -> {out}"
     )
     return 1 if counts["failed"] else 0
+
+
+def _stale_choice(args) -> str:
+    return "rerun" if args.rerun_stale else "keep" if args.keep_stale else "error"
 
 
 def _check_data(suite) -> None:

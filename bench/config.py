@@ -26,6 +26,7 @@ import json
 import math
 import re
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,16 @@ SECTIONS = {
 TOP_KEYS = ("name", "strategies", "seeds", "baselines", "sweep", *SECTIONS)
 
 
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def _digest(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that determines one training run; its hash identifies the run for resuming."""
@@ -197,29 +208,39 @@ class RunConfig:
             raw["suite"], raw["strategy"], raw["seed"], **sections, data_fingerprint=fingerprint
         )
 
+    def identity(self) -> dict:
+        """What makes this run this experiment: the settings that differ from their defaults.
+
+        Only non-default values enter, so a field added later with a default leaves every
+        existing run id unchanged. A changed default, by contrast, would keep an id but change
+        the experiment: ``bench.provenance`` compares each completed run's full stored config
+        with the current one and reports such runs as stale. The device is where a run happens,
+        not what it is (a CPU and a GPU run of one config are one experiment): it stays out.
+        """
+        payload: dict[str, Any] = {"strategy": self.strategy, "seed": self.seed}
+        for name, cls in SECTIONS.items():
+            section = getattr(self, name)
+            changed = {
+                f.name: getattr(section, f.name)
+                for f in fields(cls)
+                if f.name != "device" and getattr(section, f.name) != _default(f)
+            }
+            if changed:
+                payload[name] = changed
+        if self.data_fingerprint:  # other images are another experiment
+            payload["data_fingerprint"] = self.data_fingerprint
+        return payload
+
     @property
     def config_hash(self) -> str:
-        # The device is where a run happens, not what it is: a CPU and a GPU run of the same
-        # config are the same experiment, so it stays out of the hash (and is recorded per run).
-        payload = self.to_dict()
-        payload.pop("suite")
-        payload["train"].pop("device")
-        if not payload["data_fingerprint"]:
-            payload.pop("data_fingerprint")  # hashes of unfingerprinted configs stay as before
-        text = json.dumps(payload, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        return _digest(self.identity())
 
     @property
     def setting_hash(self) -> str:
         """Identifies the setting shared by all strategies and seeds (for grouping results)."""
-        payload = self.to_dict()
-        for key in ("suite", "strategy", "seed"):
-            payload.pop(key)
-        payload["train"].pop("device")
-        if not payload["data_fingerprint"]:
-            payload.pop("data_fingerprint")  # other images (a fingerprint) are another setting
-        text = json.dumps(payload, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        payload = self.identity()
+        del payload["strategy"], payload["seed"]
+        return _digest(payload)
 
     @property
     def run_id(self) -> str:
@@ -329,7 +350,9 @@ def _strategies(value: Any, where: str) -> tuple[str, ...]:
     labels = []
     for spec in value:
         try:
-            labels.append(parse_spec(spec).label)
+            # Only the parameters that differ from their defaults: a strategy gaining a new
+            # parameter (with a default) keeps its runs' labels and ids.
+            labels.append(parse_spec(spec).short_label)
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
     return tuple(dict.fromkeys(labels))  # canonical labels, duplicates dropped
@@ -416,25 +439,77 @@ def load_suite(name_or_path: str) -> Suite:
     return suite_from_dict(raw, path.stem, str(path))
 
 
-def with_overrides(suite: Suite, **overrides: Any) -> Suite:
-    """Apply command-line overrides (None means 'not given')."""
-    where = "command line"
-    changes: dict[str, Any] = {}
-    if overrides.get("strategies") is not None:
-        changes["strategies"] = _strategies(overrides["strategies"], where)
-    if overrides.get("seeds") is not None:
-        changes["seeds"] = _seeds(overrides["seeds"], where)
-    data, train = {}, {}
-    for key, target in (("dataset", data), ("data_root", data), ("epochs", train), ("lr", train)):
-        if overrides.get(key) is not None:
-            target["root" if key == "data_root" else key] = overrides[key]
-    if overrides.get("device") is not None:
-        train["device"] = overrides["device"]
+def suite_to_dict(suite: Suite) -> dict:
+    """The suite as the TOML document that would load it (the inverse of ``suite_from_dict``)."""
+    raw: dict[str, Any] = {
+        "name": suite.name,
+        "strategies": list(suite.strategies),
+        "seeds": list(suite.seeds),
+        "baselines": list(suite.baselines),
+        **{name: dataclasses.asdict(getattr(suite, name)) for name in SECTIONS},
+    }
+    if suite.sweep:
+        raw["sweep"] = {key: list(values) for key, values in suite.sweep}
+    return raw
+
+
+def _parse_value(text: str) -> Any:
+    """A command-line value as TOML reads it (``3``, ``1e-3``, ``true``, ``[1, 2]``); anything
+    that is no TOML value (``cuda``, ``jfb,cg``) is a string."""
     try:
-        if data:
-            changes["data"] = dataclasses.replace(suite.data, **data)
-        if train:
-            changes["train"] = dataclasses.replace(suite.train, **train)
-    except ValueError as err:  # a value out of its declared range
-        raise ValueError(f"{where}: {err}") from None
-    return dataclasses.replace(suite, **changes)
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def with_overrides(suite: Suite, sets: Sequence[str] = (), **shortcuts: Any) -> Suite:
+    """The suite with command-line overrides applied and validated like the suite file.
+
+    ``sets`` holds ``--set`` items, ``KEY=VALUE`` with the dotted keys of ``[sweep]``
+    (``train.epochs=3``, ``solver.tol=1e-4``) or a top-level key (``seeds=3``,
+    ``strategies=jfb,cg``). ``shortcuts`` are the CLI's named options (``epochs``, ``lr``,
+    ``seeds``, ``strategies``, ``dataset``, ``data_root``, ``device``; None means not given),
+    each the same as its ``--set`` item. All go through ``suite_from_dict``: one set of checks.
+    """
+    raw = suite_to_dict(suite)
+    items: list[tuple[str, Any, str]] = [
+        (SHORTCUTS[key], value, "--" + key.replace("_", "-"))
+        for key, value in shortcuts.items()
+        if value is not None
+    ]
+    for item in sets:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=3")
+        items.append((key.strip(), _parse_value(text.strip()), f"--set {item}"))
+    for key, value, where in items:
+        section, dot, attr = key.partition(".")
+        if not dot:
+            if key not in ("strategies", "seeds", "baselines"):
+                raise ValueError(
+                    f"--set {key}: unknown key; accepted: strategies, seeds, baselines or "
+                    f"SECTION.KEY with SECTION one of {', '.join(SECTIONS)}"
+                )
+            raw[key] = value
+        elif section not in SECTIONS or attr not in {f.name for f in fields(SECTIONS[section])}:
+            accepted = ", ".join(f.name for f in fields(SECTIONS.get(section, DataConfig)))
+            raise ValueError(
+                f"--set {key}: unknown key"
+                + (f"; [{section}] accepts: {accepted}" if section in SECTIONS else "")
+            )
+        else:
+            raw[section][attr] = value
+        suite_from_dict(raw, suite.name, where)  # each item checked on its own: errors name it
+    return suite_from_dict(raw, suite.name, "command line")
+
+
+# The CLI's named options, each a --set shortcut.
+SHORTCUTS = {
+    "strategies": "strategies",
+    "seeds": "seeds",
+    "epochs": "train.epochs",
+    "lr": "train.lr",
+    "device": "train.device",
+    "dataset": "data.dataset",
+    "data_root": "data.root",
+}

@@ -42,7 +42,8 @@ def run_suite_submitit(suite: Suite, out: Path, args) -> dict[str, int]:
             "use --submitit-cluster local to run the jobs as local processes"
         )
     started = time.time()
-    todo, counts = plan(suite, out, args.force)
+    stale = "rerun" if args.rerun_stale else "keep" if args.keep_stale else "error"
+    todo, counts = plan(suite, out, args.force, stale)
     run_baselines(suite, out, args.force)  # cheap, once per data setting: done here, not in a job
     if todo:
         executor = submitit.AutoExecutor(

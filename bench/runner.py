@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import math
-import subprocess
 import time
 import traceback
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from tqdm.auto import tqdm
 
 from strategies import get_strategy, parse_spec
 
-from . import results
+from . import provenance, results
 from .config import DataConfig, ProblemConfig, RunConfig, Suite
 from .data import load_dataset
 from .measure import PeakLiveBytes, PeakMemory, SavedBytes, StepClock, device_name
@@ -135,24 +134,13 @@ def _fingerprint(*tensors: torch.Tensor) -> str:
     return digest.hexdigest()[:12]
 
 
-@cache  # a subprocess per run otherwise; versions cannot change within a process
 def _versions() -> dict:
     from importlib.metadata import version
 
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
     return {
         "torch_version": torch.__version__,
         "torchdeq_version": version("torchdeq"),
-        "git_commit": commit or "unknown",
+        "git_commit": provenance.harness_commit()[:12] or "unknown",
     }
 
 
@@ -603,7 +591,11 @@ def execute(
             return "elsewhere"
         if started is not None and results.part_status(out, run.run_id, written_after=started):
             return "elsewhere"
-        if not force and results.part_status(out, run.run_id) in results.COMPLETE:
+        if (
+            not force
+            and results.part_status(out, run.run_id) in results.COMPLETE
+            and not provenance.stale_reasons(out, run)  # stale: planned for a rerun
+        ):
             return "elsewhere"
         return _train_and_write(run, out, progress)
 
@@ -638,6 +630,7 @@ def _train_and_write(run: RunConfig, out: Path, progress: bool) -> str:
         results.atomic_write_bytes(part / "config.json", config)
     if recon is not None:
         _save_npz(out / "recons" / f"{run.run_id}.npz", x=recon)
+    provenance.write(out, run)  # before runs.csv, which marks the part complete
     results.write_run(out, run.run_id, tables)
     status = str(tables["runs"]["status"].iloc[0])
     if status != "failed":  # an earlier attempt's traceback no longer describes this run
@@ -704,7 +697,16 @@ def _fit_baselines(suite, out: Path, run: RunConfig, data: Problem, ids: dict, r
         _save_npz(reference_path, **{k: v[:n].float().numpy() for k, v in reference.items()})
 
 
-def plan(suite: Suite, out: Path, force: bool = False) -> tuple[list[RunConfig], dict[str, int]]:
+class StaleResults(ValueError):
+    """Completed runs whose strategy code or defaults changed, with no --rerun/--keep choice."""
+
+
+STALE_CHOICES = ("error", "rerun", "keep")
+
+
+def plan(
+    suite: Suite, out: Path, force: bool = False, stale: str = "error"
+) -> tuple[list[RunConfig], dict[str, int]]:
     """The runs still to do in ``out``, and status counts starting with the skipped ones.
 
     Checks first that ``out`` is writable (ValueError otherwise), removes the temporary files a
@@ -712,7 +714,14 @@ def plan(suite: Suite, out: Path, force: bool = False) -> tuple[list[RunConfig],
     identity) and sets broken parts aside. ok and diverged runs are results and are skipped; a
     failed run is retried. With ``force`` everything is redone, but nothing is deleted here: a
     run's old part stays until its new result replaces it.
+
+    A completed run whose provenance no longer matches (``bench.provenance``: its strategy's
+    code, parameters or a default setting changed) is never reused silently: with ``stale``
+    "error" it raises :class:`StaleResults` naming them, "rerun" plans them again, "keep" keeps
+    them (and says so). Runs made at another harness commit are only reported.
     """
+    if stale not in STALE_CHOICES:
+        raise ValueError(f"stale={stale!r}; accepted: {', '.join(STALE_CHOICES)}")
     out = Path(out)
     results.check_writable(out)
     results.remove_stale_temporaries(out, before=_process_start())
@@ -720,7 +729,22 @@ def plan(suite: Suite, out: Path, force: bool = False) -> tuple[list[RunConfig],
     done = results.completed_runs(out)  # validates (and sets aside broken parts) either way
     if force:
         done = {}
-    todo = [r for r in runs if done.get(r.run_id) not in results.COMPLETE]
+    old = provenance.stale_runs(out, runs, done)
+    if old and stale == "error":
+        first_id, reasons = next(iter(old.items()))
+        raise StaleResults(
+            f"{len(old)} completed run(s) in {out} are stale (e.g. {first_id}: {reasons[0]}); "
+            "rerun them with --rerun-stale or keep them with --keep-stale"
+        )
+    if old:
+        verb = "rerunning" if stale == "rerun" else "keeping (--keep-stale)"
+        results.warn(f"{verb} {len(old)} stale run(s): {', '.join(old)}")
+    commits = provenance.other_commits(out, runs, done)
+    if commits:
+        made = ", ".join(f"{n} at {c[:10]}" for c, n in commits.items())
+        print(f"note: completed runs made at other harness commits are kept: {made}")
+    redo = set(old) if stale == "rerun" else set()
+    todo = [r for r in runs if done.get(r.run_id) not in results.COMPLETE or r.run_id in redo]
     counts = {"skipped": len(runs) - len(todo), "ok": 0, "diverged": 0, "failed": 0}
     return todo, counts | {"elsewhere": 0}
 
@@ -741,7 +765,7 @@ def _process_start() -> float:
 
 
 def run_suite(
-    suite: Suite, out: Path, force: bool = False, progress: bool = True
+    suite: Suite, out: Path, force: bool = False, progress: bool = True, stale: str = "error"
 ) -> dict[str, int]:
     """Run (or resume) every run of ``suite`` into ``out``; return counts of statuses.
 
@@ -751,7 +775,7 @@ def run_suite(
     started = time.time()
     for run in suite.runs():  # fail fast on settings, before any training
         resolve_device(run.train.device)
-    todo, counts = plan(suite, out, force)
+    todo, counts = plan(suite, out, force, stale)
     run_baselines(suite, out, force)
     bar = tqdm(todo, desc=f"{suite.name}", unit="run", disable=not progress)
     for run in bar:

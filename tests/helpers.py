@@ -3,6 +3,36 @@ another)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A suite small enough to train in seconds, with one run per built-in strategy kind.
+TINY = """
+strategies = ["jfb", "cg:tol=1e-6:max_iter=300", "neumann:k=3", "unrolled:k=3"]
+seeds = 1
+baselines = ["tikhonov"]
+[data]
+dataset = "faces"
+n_images = 30
+[model]
+width = 4
+depth = 2
+alpha = 0.05
+[solver]
+name = "broyden"  # converges where torchdeq's Anderson stalls on this weak contraction
+max_iter = 300
+tol = 1e-5
+[train]
+epochs = 2
+batch_size = 8
+lr = 5e-3
+n_recon = 3
+"""
+
 
 def markdown_tables(markdown: str) -> list[list[list[str]]]:
     """Every Markdown table of a report as rows of cells (header first, rule dropped)."""
@@ -15,3 +45,22 @@ def markdown_tables(markdown: str) -> list[list[list[str]]]:
             tables.append(current)
             current = []
     return tables
+
+
+def subprocess_env(extra_path: Path | None = None) -> dict:
+    env = dict(os.environ)
+    paths = [str(ROOT)] + ([str(extra_path)] if extra_path else [])
+    env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")])
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def cli(*args, cwd: Path, extra_path: Path | None = None, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "bench.cli", *map(str, args)],
+        cwd=cwd,
+        env=subprocess_env(extra_path),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from test_harness import TINY, cli
+from helpers import TINY, cli
 
 from bench import results
 from bench.cli import main

@@ -2,44 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import TINY, cli, subprocess_env
 
 from bench import results
 from bench.cli import main
 from bench.config import RunConfig, load_suite, suite_from_dict, with_overrides
-
-ROOT = Path(__file__).resolve().parents[1]
-
-TINY = """
-strategies = ["jfb", "cg:tol=1e-6:max_iter=300", "neumann:k=3", "unrolled:k=3"]
-seeds = 1
-baselines = ["tikhonov"]
-[data]
-dataset = "faces"
-n_images = 30
-[model]
-width = 4
-depth = 2
-alpha = 0.05
-[solver]
-name = "broyden"  # converges where torchdeq's Anderson stalls on this weak contraction
-max_iter = 300
-tol = 1e-5
-[train]
-epochs = 2
-batch_size = 8
-lr = 5e-3
-n_recon = 3
-"""
 
 TIMING = ["forward_time_s", "backward_time_s", "optimizer_time_s", "step_time_s", "wall_time_s"]
 
@@ -59,25 +34,6 @@ class Broken(Strategy):
     def __call__(self, f, z0, solver):
         raise RuntimeError("boom")
 '''
-
-
-def _env(extra_path: Path | None = None) -> dict:
-    env = dict(os.environ)
-    paths = [str(ROOT)] + ([str(extra_path)] if extra_path else [])
-    env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")])
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def cli(*args, cwd: Path, extra_path: Path | None = None, timeout=600):
-    return subprocess.run(
-        [sys.executable, "-m", "bench.cli", *map(str, args)],
-        cwd=cwd,
-        env=_env(extra_path),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +128,7 @@ def test_interrupted_sweep_loses_only_the_run_in_progress(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.cli", "run", str(suite), "--out", str(out), "--quiet"],
         cwd=tmp_path,
-        env=_env(),
+        env=subprocess_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
