@@ -257,8 +257,11 @@ def test_spec_parsing():
             parse_spec(bad)
 
 
-def test_readme_example_is_registered():
+def test_readme_examples_are_registered():
+    from strategies import strategy_class
+
     assert "damped" in list_strategies()
+    assert strategy_class("adjoint-iteration").exact  # the README's exact example
 
 
 def _run_python(code, pythonpath):
