@@ -135,16 +135,27 @@ def _report(args) -> int:
 
 
 def _strategies() -> int:
-    from strategies import broken_strategies, list_strategies, strategy_class
+    from strategies import (
+        broken_strategies,
+        list_strategies,
+        strategy_class,
+        unregistered_strategies,
+    )
 
     for name in list_strategies():
         cls = strategy_class(name)
-        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        print(f"{name:<14} {cls.accepted()}")
-        if doc:
-            print(f"{'':<14} {doc}")
+        kind = "exact" if cls.exact else "approximate"
+        cost = f"; cost set by {', '.join(cls.cost_params)}" if cls.cost_params else ""
+        print(f"{name}  ({kind} gradient{cost})")
+        for line in (cls.__doc__ or "").strip().splitlines():
+            print(f"    {line.strip()}".rstrip())
+        for key, param in cls.parameters.items():
+            print(f"    {key}: {param.describe()}" + (f" — {param.doc}" if param.doc else ""))
+        print()
     for source, problem in broken_strategies().items():
-        print(f"{'BROKEN':<14} {source}: {problem}")
+        print(f"BROKEN  {source}: {problem}")
+    for source, cls_name in unregistered_strategies().items():
+        print(f"NOT REGISTERED  {source}: class {cls_name} (add @register)")
     return 0
 
 

@@ -35,11 +35,13 @@ __all__ = [
     "parse_spec",
     "register",
     "strategy_class",
+    "unregistered_strategies",
 ]
 
 ENTRY_POINT_GROUP = "implicit_bench.strategies"
 _REGISTRY: dict[str, type[Strategy]] = {}
 _BROKEN: dict[str, str] = {}  # module file or plugin -> why it did not load
+_UNREGISTERED: dict[str, str] = {}  # strategy file -> a named Strategy class it did not register
 _CONFLICTS: dict[str, str] = {}  # strategy name claimed twice -> the message naming both files
 _discovered = False
 
@@ -112,9 +114,11 @@ def _discover() -> None:
     for mod in pkgutil.iter_modules(__path__):
         if not mod.name.startswith("_"):
             try:
-                importlib.import_module(f"{__name__}.{mod.name}")
+                module = importlib.import_module(f"{__name__}.{mod.name}")
             except Exception as err:  # one broken file must not take the others down
                 _broken(_module_file(mod), err)
+            else:
+                _warn_unregistered(module, _module_file(mod))
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             obj = ep.load()
@@ -122,6 +126,32 @@ def _discover() -> None:
                 register(obj)
         except Exception as err:  # a broken plugin must not pass silently
             _broken(f"plugin {ep.name!r} ({ep.value})", err)
+
+
+def _warn_unregistered(module, source: str) -> None:
+    """A Strategy subclass defined in a strategies file but never registered is almost always a
+    forgotten ``@register``: say so, instead of the strategy silently not existing."""
+    registered = set(_REGISTRY.values())
+    for obj in vars(module).values():
+        if (
+            isinstance(obj, type)
+            and issubclass(obj, Strategy)
+            and obj.__module__ == module.__name__
+            and obj.name
+            and obj not in registered
+        ):
+            _UNREGISTERED[source] = obj.__qualname__
+            print(
+                f"implicit-bench: warning: {source} defines strategy class {obj.__qualname__} "
+                f"({obj.name!r}) but does not register it: add @register",
+                file=sys.stderr,
+            )
+
+
+def unregistered_strategies() -> dict[str, str]:
+    """Strategy files defining a named Strategy subclass without ``@register``: file -> class."""
+    _discover()
+    return dict(_UNREGISTERED)
 
 
 def _module_file(mod: pkgutil.ModuleInfo) -> str:

@@ -138,11 +138,7 @@ class Strategy:
     def short_label(self) -> str:
         """``name:key=value`` with only the parameters that differ from their defaults: the
         label of figures and tables, short enough for a legend."""
-        changed = [
-            f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-            for k, v in self.params.items()
-            if v != self.parameters[k].default
-        ]
+        changed = [f"{k}={v}" for k, v in self.params.items() if v != self.parameters[k].default]
         return ":".join([self.name, *changed])
 
     def __call__(self, f, z0: torch.Tensor, solver) -> tuple[torch.Tensor, Info]:

@@ -301,6 +301,28 @@ def test_a_new_file_in_the_strategies_folder_is_discovered(tmp_path):
     assert "'halfstep'" in out and "'jfb'" in out
 
 
+def test_a_strategy_file_that_forgets_register_is_reported(tmp_path):
+    import shutil
+
+    shutil.copytree(ROOT / "strategies", tmp_path / "strategies")
+    (tmp_path / "strategies" / "forgot.py").write_text(
+        "from strategies import Strategy\n"
+        "class Forgot(Strategy):\n"
+        "    name = 'forgot'\n"
+        "    def __call__(self, f, z0, solver):\n"
+        "        return f(z0), {}\n"
+    )
+    env = {"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    code = "import strategies; print(strategies.list_strategies(), strategies.unregistered_strategies())"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "'forgot'" not in proc.stdout.split("]")[0]  # not registered ...
+    assert "forgot.py" in proc.stdout and "Forgot" in proc.stdout  # ... but reported
+    assert "does not register it: add @register" in proc.stderr
+
+
 def test_installed_packages_add_strategies_through_entry_points(tmp_path):
     (tmp_path / "myplugin.py").write_text(
         "from strategies import Strategy, register\n"
