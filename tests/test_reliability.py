@@ -334,7 +334,7 @@ def test_in_range_settings_are_accepted():
 
 
 def test_bad_range_from_command_line_and_suite_file_is_exit_2(tmp_path, fake_train, capsys):
-    with pytest.raises(ValueError, match="command line.*lr"):
+    with pytest.raises(ValueError, match="--lr.*lr"):
         with_overrides(suite_from_dict({}, "s", "s.toml"), lr=math.inf)
     bad = tiny_suite(tmp_path, TINY.replace("batch_size = 4", "batch_size = 0"))
     code = main(["run", str(bad), "--out", str(tmp_path / "o"), "--quiet"])
