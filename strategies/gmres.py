@@ -74,10 +74,8 @@ def gmres(M, g, tol, max_iter, restart):
             break
         V = g.new_zeros(B, m + 1, g.shape[1])
         V[:, 0] = torch.where(active[:, None], r / beta.clamp_min(tiny)[:, None], 0)
-        R, Q = (
-            g.new_zeros(B, m, m),
-            torch.eye(m + 1, dtype=g.dtype, device=g.device).repeat(B, 1, 1),
-        )
+        R = g.new_zeros(B, m, m)  # the rotated Hessenberg matrix, upper triangular
+        Q = torch.eye(m + 1, dtype=g.dtype, device=g.device).repeat(B, 1, 1)
         used = torch.zeros(B, dtype=torch.long, device=g.device)  # columns each sample uses
         for k in range(m):
             w = apply(V[:, k])
