@@ -72,7 +72,7 @@ def gmres(M, g, tol, max_iter, restart):
         m = min(restart, max_iter - products)
         if not active.any() or m < 1:
             break
-        V = g.new_zeros(B, m + 1, g.shape[1])
+        V = g.new_zeros(B, min(m + 1, 8), g.shape[1])  # the basis; grows by doubling, as used
         V[:, 0] = torch.where(active[:, None], r / beta.clamp_min(tiny)[:, None], 0)
         R = g.new_zeros(B, m, m)  # the rotated Hessenberg matrix, upper triangular
         Q = torch.eye(m + 1, dtype=g.dtype, device=g.device).repeat(B, 1, 1)
@@ -101,6 +101,8 @@ def gmres(M, g, tol, max_iter, restart):
             active = active & (rel > tol)
             if not active.any():
                 break
+            if k + 1 == V.shape[1]:
+                V = torch.cat([V, torch.zeros_like(V[:, : m + 1 - V.shape[1]])], dim=1)
             V[:, k + 1] = torch.where(active[:, None], w / h[:, k + 1, None].clamp_min(tiny), 0)
         # y = R^-1 (beta Q e1) on each sample's own leading columns: the others become identity
         cols = torch.arange(m, device=g.device)
@@ -108,6 +110,7 @@ def gmres(M, g, tol, max_iter, restart):
         R = torch.where(unused[:, None, :], torch.diag_embed(unused.to(g.dtype)), R)
         e = torch.where(unused, 0.0, beta[:, None] * Q[:, :m, 0])
         y = torch.linalg.solve_triangular(R, e[:, :, None], upper=True)
-        v = v + torch.bmm(y.transpose(1, 2), V[:, :m])[:, 0]
+        n = min(m, V.shape[1])  # y is zero beyond the columns any sample used
+        v = v + torch.bmm(y[:, :n].transpose(1, 2), V[:, :n])[:, 0]
         active = rel > tol
     return v.view(shape), products, float(rel.max())
