@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import math
 import threading
 import time
 import warnings
@@ -16,6 +17,8 @@ import weakref
 import psutil
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from strategies import _implicit
 
 
 class SavedBytes:
@@ -337,3 +340,90 @@ def device_name(device: torch.device) -> str:
     import platform
 
     return platform.processor() or platform.machine() or "cpu"
+
+
+class JacobianProducts:
+    """Jacobian products of the layer f inside ``with`` blocks, counted by the harness: the
+    device-independent cost unit of a gradient strategy, whatever the strategy reports.
+
+    - J^T u: every gradient that flows back through an output of f. :meth:`strategy` hands the
+      strategy a layer whose outputs that require grad carry a counting hook, so each
+      vector-Jacobian product through f counts, by whoever takes it: the ``strategies.Jacobian``
+      tool (neumann, cg, gmres), torchdeq's own ``autograd.grad`` calls, backprop through
+      unrolled's k layers or jfb's one, and the final v^T df/dtheta of every implicit strategy.
+    - J u: every product of the ``strategies.Jacobian`` tool (its double-backward J u; building
+      that map once costs one more, counted, J^T product). Forward-mode products a strategy takes
+      by other means are not seen.
+
+    Evaluations of f without grad (the forward solver's iterations) are not products.
+    """
+
+    def __init__(self):
+        self.jvp = 0  # J u
+        self.vjp = 0  # J^T u
+
+    @property
+    def total(self) -> int:
+        return self.jvp + self.vjp
+
+    def _count_vjp(self, grad):
+        self.vjp += 1  # returns None: the gradient passes unchanged
+
+    def _count_jvp(self) -> None:
+        self.jvp += 1
+
+    def layer(self, f):
+        """f whose outputs count the products taken through them."""
+
+        def counted(z, *args, **kwargs):
+            out = f(z, *args, **kwargs)
+            if isinstance(out, torch.Tensor) and out.requires_grad:
+                out.register_hook(self._count_vjp)
+            return out
+
+        return counted
+
+    def strategy(self, strategy):
+        """``strategy`` as the harness calls it: with the counted layer."""
+        return lambda f, z0, solver: strategy(self.layer(f), z0, solver)
+
+    def __enter__(self) -> JacobianProducts:
+        _implicit.JVP_LISTENERS.append(self._count_jvp)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _implicit.JVP_LISTENERS.remove(self._count_jvp)
+
+
+FORWARD_KEYS = ("forward_iters", "forward_residual", "forward_converged")
+
+
+class RecordingSolver:
+    """The forward solver as the harness hands it to a strategy: it records each solve's
+    statistics itself, so that a strategy can neither omit nor invent them.
+
+    :meth:`merge` returns a strategy's ``info`` with the ``forward_*`` entries replaced by the
+    recorded ones (over several solves in one step: iterations summed, the worst residual,
+    converged only if every solve was). A strategy that never called the solver (unrolled runs
+    its own k iterations) keeps its own ``forward_iters``/``forward_residual``, and its
+    ``forward_converged`` is NaN: it had no solve that could converge.
+    """
+
+    def __init__(self, solver):
+        self.solver = solver
+        self.calls: list[dict[str, float]] = []
+
+    def __call__(self, f, z0):
+        z, info = self.solver(f, z0)
+        self.calls.append({k: float(info[k]) for k in FORWARD_KEYS})
+        return z, info
+
+    def merge(self, info: dict) -> dict:
+        if not self.calls:
+            return {**info, "forward_converged": math.nan}
+        recorded = {
+            "forward_iters": sum(c["forward_iters"] for c in self.calls),
+            "forward_residual": max(c["forward_residual"] for c in self.calls),
+            "forward_converged": float(all(c["forward_converged"] == 1.0 for c in self.calls)),
+        }
+        return {**{k: v for k, v in info.items() if not k.startswith("forward_")}, **recorded}

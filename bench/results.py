@@ -51,6 +51,8 @@ RUN_COLUMNS = (
     "lr_schedule", "model_form", "lipschitz_control", "model_lipschitz", "setting_hash",
     "max_layer_lipschitz", "certified_lipschitz_bound", "backward_converged_frac",
     "skipped_steps", "peak_step_bytes", "run_wall_time_s", "eval_time_s", "diagnostics_time_s",
+    # J u + J^T u products per training step, counted by the harness (bench.measure)
+    "jacobian_products_per_step",
 )  # fmt: skip
 EPOCH_COLUMNS = (
     "run_id", "strategy", "seed", "epoch", "train_loss", "test_psnr", "test_ssim",
@@ -63,7 +65,7 @@ EPOCH_COLUMNS = (
 STEP_COLUMNS = (
     "run_id", "strategy", "seed", "epoch", "step", "loss", "forward_time_s", "backward_time_s",
     "optimizer_time_s", "step_time_s", "forward_iters", "forward_residual", "forward_converged",
-    "backward_iters", "backward_residual",
+    "backward_iters", "backward_residual", "jacobian_products",
 )  # fmt: skip
 COLUMNS = {"runs": RUN_COLUMNS, "epochs": EPOCH_COLUMNS, "steps": STEP_COLUMNS}
 STATUSES = ("ok", "diverged", "failed")

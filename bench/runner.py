@@ -31,7 +31,15 @@ from strategies import get_strategy, parse_spec
 from . import provenance, results
 from .config import DataConfig, ProblemConfig, RunConfig, Suite
 from .data import load_dataset
-from .measure import PeakLiveBytes, PeakMemory, SavedBytes, StepClock, device_name
+from .measure import (
+    JacobianProducts,
+    PeakLiveBytes,
+    PeakMemory,
+    RecordingSolver,
+    SavedBytes,
+    StepClock,
+    device_name,
+)
 from .metrics import psnr, ssim
 from .model import build_model
 from .problem import DeblurProblem, GaussianBlur
@@ -235,13 +243,17 @@ def train_step(model, strategy, solver, optimizer, x, d, clock: StepClock, count
     the row then has ``skipped = 1``.
     """
     optimizer.zero_grad(set_to_none=True)
+    # the harness, not the strategy, records the forward solve and counts Jacobian products
+    recorder, products = RecordingSolver(solver), JacobianProducts()
     marks = [clock.mark()]
-    with counter.count() if counter else contextlib.nullcontext():
-        xhat, info = model(d, strategy, solver)
+    with products, counter.count() if counter else contextlib.nullcontext():
+        xhat, info = model(d, products.strategy(strategy), recorder)
         loss = torch.nn.functional.mse_loss(xhat, x)
     marks.append(clock.mark())
-    loss.backward()  # strategies with a backward solve complete ``info`` here
+    with products:
+        loss.backward()  # strategies with a backward solve complete ``info`` here
     marks.append(clock.mark())
+    info = {**recorder.merge(info), "jacobian_products": float(products.total)}
     skipped = bool(info.get("skip_update", 0))
     if not skipped:
         optimizer.step()
@@ -496,6 +508,7 @@ def _tables(s: _Setup, rec: _Record, memory: PeakMemory, device, run_wall_time_s
         "forward_converged_frac": mean("forward_converged"),
         "mean_backward_iters": mean("backward_iters"),
         "backward_converged_frac": mean("backward_converged"),
+        "jacobian_products_per_step": mean("jacobian_products"),
         "skipped_steps": float(steps_df["skipped"].sum()) if len(steps_df) else 0.0,
         "grad_cosine_first": float(cos[fid_rows.index[0]]) if len(fid_rows) else math.nan,
         "grad_cosine_last": float(cos[fid_rows.index[-1]]) if len(fid_rows) else math.nan,

@@ -25,6 +25,11 @@ if DEVICE.type == "cpu":
     # One thread by default: on a shared or oversubscribed CPU, torch's OpenMP threads wait on
     # each other and a layer's time swings by 100x between runs (seen on a 2-core machine).
     torch.set_num_threads(THREADS)
+# TF32 convolutions and matmuls (the GPU default for cuDNN convolutions) round inputs to 10-bit
+# mantissas: on an H100 cg could not reach 1e-4 gradient error with them even at tol 1e-7, so a
+# comparison "at matched error" would compare nothing. Full float32 it is.
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
 BATCH, CHANNELS, SIZE, WIDTH, DEPTH = 8, 1, 32, 16, 3
 SOLVER = dict(name="anderson", max_iter=30, tol=1e-4)
 
@@ -59,6 +64,12 @@ def make_deblur():
     """Factory ``make_deblur(dtype=float32, seed=0) -> Deblur``: a fresh model and data,
     identical for a given seed, so that every strategy starts from the same state."""
     return _make_deblur
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    """The benchmark's device (``IMPLICIT_BENCH_DEVICE``, default ``cpu``)."""
+    return DEVICE
 
 
 @pytest.fixture(scope="session")

@@ -48,7 +48,15 @@ class CG(Strategy):
 
 
 def cgls(J, g, tol, max_iter):
-    """Solve (I - J^T) v = g per sample; return (v, iterations, worst relative residual)."""
+    """Solve (I - J^T) v = g per sample; return (v, iterations, worst relative residual).
+
+    Measured and left out (quick suite's layer, 1 thread, medians of 40 interleaved calls):
+    J u by ``torch.func.linearize`` costs 8.4 ms a product against 14.6 ms for the double
+    backward, but tracing it costs 1.5 s for every new layer (each training step), so it pays
+    only beyond ~250 products; ``torch.func.jvp`` costs 33 ms. Warm-starting from the previous
+    training step's v: batches differ, so its initial residual was 1.6-2.1 ||g|| (worse than
+    v = 0) and no solve of 11 consecutive steps needed fewer iterations.
+    """
     M = lambda u: u - J.T(u)  # noqa: E731
     Mt = lambda u: u - J(u)  # noqa: E731
     g_norm = batch_dot(g, g).sqrt()

@@ -84,6 +84,12 @@ def test_cli_run_writes_tidy_tables(tiny_run):
     # with both solves converged, cg is the exact implicit gradient
     cg_steps = steps[steps.strategy == "cg"]
     assert (cg_steps.backward_residual <= 1e-6).all() and (cg_steps.forward_converged == 1).all()
+    # Jacobian products counted by the harness (see tests/test_measure.py for the derivations)
+    products = steps.set_index("strategy").jacobian_products
+    assert (products["jfb"] == 1).all() and (products["neumann"] == 3 + 1).all()
+    assert (products["unrolled"] == 3).all()
+    assert (cg_steps.jacobian_products == 2 * cg_steps.backward_iters + 2).all()
+    assert by.loc["neumann", "jacobian_products_per_step"] == 4
     assert by.loc["cg", "grad_cosine_last"] > 0.99
     assert ((learned.grad_cosine_first.abs() <= 1) & (learned.lipschitz_estimate < 1)).all()
     assert epochs.grad_cosine.notna().sum() == 2 * len(learned)  # first and last epoch only

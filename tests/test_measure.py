@@ -19,7 +19,7 @@ from bench.measure import PeakLiveBytes, peak_live_bytes
 from bench.model import DeblurDEQ
 from bench.problem import GaussianBlur
 from bench.solver import FixedPointSolver
-from strategies import parse_spec
+from strategies import Strategy, parse_spec
 
 F32, F64 = torch.float32, torch.float64
 
@@ -275,3 +275,107 @@ def test_agrees_with_cuda_max_memory_allocated(case):
     else:
         assert 0 < blocks.peak_bytes <= allocator_peak
     assert exact.peak_bytes <= blocks.peak_bytes
+
+
+# ---- the harness's own records of a step: Jacobian products and the forward solve ---------------
+
+
+def _step_row(strategy, solver=None):
+    """The ``steps`` row of one training step of a tiny float64 DeblurDEQ (lr 0)."""
+    from bench.measure import StepClock
+    from bench.problem import DeblurProblem
+    from bench.runner import train_step
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    model = DeblurDEQ(GaussianBlur(5, 1.0), channels=1, width=4, depth=2).double()
+    x = torch.rand(2, 1, 12, 12, generator=g, dtype=F64)
+    d = DeblurProblem(model.operator).measure(x, g)
+    solver = solver or FixedPointSolver("anderson", max_iter=100, tol=1e-10)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    row, _ = train_step(model, strategy, solver, optimizer, x, d, StepClock("cpu"))
+    return row
+
+
+class HandNeumann(Strategy):
+    """Three J^T products taken with torch.autograd.grad directly, not through any harness tool,
+    and nothing reported: the harness must still count them."""
+
+    name = "hand-neumann"
+
+    def __call__(self, f, z0, solver):
+        with torch.no_grad():
+            z_star, _ = solver(f, z0)
+        z = z_star.detach().requires_grad_()
+        with torch.enable_grad():
+            fz = f(z)
+
+        def hook(g):
+            v = term = g
+            for _ in range(3):
+                (term,) = torch.autograd.grad(fz, z, term, retain_graph=True)
+                v = v + term
+            return v
+
+        out = f(z_star.detach())
+        out.register_hook(hook)
+        return out, {}
+
+
+# Expected counts from each method's definition: jfb backpropagates through f once; neumann:k=K
+# takes K J^T products and one final v^T df/dtheta; unrolled:k=K backpropagates through K layers;
+# cg (CGLS) takes one J^T and one J u per iteration, less the last iteration's J u, plus the J u
+# before the first (so it J u and it J^T), one J^T that builds the J u map, and the final VJP;
+# gmres one J^T per iteration and the final VJP.
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("jfb", lambda it: 1),
+        ("neumann:k=6", lambda it: 7),
+        ("unrolled:k=5", lambda it: 5),
+        ("cg:tol=1e-8", lambda it: 2 * it + 2),
+        ("gmres:tol=1e-8", lambda it: it + 1),
+    ],
+)
+def test_the_harness_counts_each_strategys_jacobian_products(spec, expected):
+    row = _step_row(parse_spec(spec))
+    iters = row["backward_iters"]
+    assert row["jacobian_products"] == expected(iters)
+    if spec.startswith(("cg", "gmres")):
+        assert iters >= 2  # a real solve, so the count depends on it
+
+
+def test_products_a_strategy_takes_by_itself_are_counted():
+    assert _step_row(HandNeumann())["jacobian_products"] == 3 + 1
+
+
+class Inventing(Strategy):
+    """Claims a converged solve in 0 iterations whatever the solver did."""
+
+    name = "inventing"
+
+    def __call__(self, f, z0, solver):
+        with torch.no_grad():
+            z_star, _ = solver(f, z0)
+        fake = {"forward_iters": 0.0, "forward_residual": 0.0, "forward_converged": 1.0}
+        return f(z_star.detach()), fake
+
+
+class Omitting(Strategy):
+    """Reports nothing about its forward solve."""
+
+    name = "omitting"
+
+    def __call__(self, f, z0, solver):
+        with torch.no_grad():
+            z_star, _ = solver(f, z0)
+        return f(z_star.detach()), {}
+
+
+@pytest.mark.parametrize("strategy", [Inventing(), Omitting()])
+def test_forward_solve_statistics_come_from_the_harness(strategy):
+    # 3 plain iterations cannot reach 1e-30: the true record is 3 iterations, not converged
+    solver = FixedPointSolver("fixed_point_iter", max_iter=3, tol=1e-30)
+    row = _step_row(strategy, solver)
+    assert row["forward_iters"] == 3 and row["forward_converged"] == 0.0
+    assert row["forward_residual"] > 1e-30

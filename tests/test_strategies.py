@@ -14,7 +14,8 @@ import torch
 
 from bench.measure import saved_bytes
 from bench.solver import FixedPointSolver
-from strategies import Strategy, get_strategy, list_strategies, parse_spec
+from strategies import Strategy, get_strategy, list_strategies, parse_spec, strategy_class
+from strategies.gmres import gmres
 
 ROOT = Path(__file__).resolve().parents[1]
 N, M = 5, 3  # state size, input size
@@ -179,13 +180,70 @@ def test_every_strategy_works_on_images_and_on_unbatched_vectors(name):
     assert z.shape == (7,) and torch.isfinite(v.grad)
 
 
+def tight(cls) -> dict:
+    """Parameters for a tight solve of an exact strategy: tol 1e-12, and room to reach it."""
+    params = {"tol": 1e-12} if "tol" in cls.parameters else {}
+    if "max_iter" in cls.parameters:
+        params["max_iter"] = int(min(1000, cls.parameters["max_iter"].le or 1000))
+    return params
+
+
 @pytest.mark.parametrize("name", list_strategies())
 def test_every_strategy_close_to_the_exact_gradient_when_it_should_be(name):
-    """Every strategy's gradient is finite and, on this well-conditioned layer, a descent direction."""
+    """A strategy declared exact matches the dense-Jacobian implicit gradient to 1e-6 (relative)
+    at a tight tolerance; any other strategy gives a descent direction on this layer."""
+    cls = strategy_class(name)
     layer, x = TanhLayer(), _inputs()
     exact, _ = reference_gradients(layer, x)
-    grad, _, _ = strategy_gradient(get_strategy(name), layer, x)
-    assert torch.dot(grad, exact) > 0
+    grad, _, _ = strategy_gradient(cls(**tight(cls)) if cls.exact else cls(), layer, x)
+    if cls.exact:
+        assert rel_err(grad, exact) <= 1e-6
+    else:
+        assert torch.dot(grad, exact) > 0
+
+
+# ---- gmres ------------------------------------------------------------------------------------
+
+
+def test_gmres_matches_the_exact_gradient_and_fills_info():
+    layer, x = TanhLayer(), _inputs()
+    exact, _ = reference_gradients(layer, x)
+    grad, _, info = strategy_gradient(get_strategy("gmres", tol=1e-12), layer, x)
+    assert rel_err(grad, exact) <= 1e-6
+    assert info["backward_converged"] == 1.0 and info["backward_residual"] <= 1e-12
+    assert 1 <= info["backward_iters"] <= N  # GMRES is exact after N products on R^N
+
+
+@pytest.mark.parametrize("restart", [60, 7])
+def test_gmres_solves_each_sample_of_a_nonsymmetric_system(restart):
+    """Per-sample solutions of (I - A_b) v = g_b against torch.linalg.solve, with and without
+    restarts; a zero right-hand side gives v = 0 while the others are solved."""
+    g = torch.Generator().manual_seed(3)
+    n, batch = 40, 4
+    A = torch.randn(batch, n, n, generator=g, dtype=torch.float64)
+    A = 0.9 * A / torch.linalg.matrix_norm(A, 2)[:, None, None]
+    rhs = torch.randn(batch, n, generator=g, dtype=torch.float64)
+    rhs[1] = 0
+    v, products, residual = gmres(
+        lambda u: u - torch.einsum("bij,bj->bi", A, u), rhs, 1e-10, 1000, restart
+    )
+    expected = torch.linalg.solve(torch.eye(n, dtype=torch.float64) - A, rhs)
+    torch.testing.assert_close(v, expected, rtol=0, atol=1e-8)
+    assert torch.equal(v[1], torch.zeros(n, dtype=torch.float64))
+    assert residual <= 1e-10 and 1 <= products < 1000
+
+
+def test_gmres_zero_gradient_gives_zero_without_products():
+    calls = []
+    v, products, residual = gmres(lambda u: calls.append(u) or u, torch.zeros(3, 5), 1e-6, 50, 10)
+    assert torch.equal(v, torch.zeros(3, 5)) and products == 0 and residual == 0 and not calls
+
+
+def test_gmres_reports_when_max_iter_stops_it_short():
+    layer, x = TanhLayer(), _inputs()
+    _, _, info = strategy_gradient(get_strategy("gmres", tol=1e-12, max_iter=1), layer, x)
+    assert info["backward_iters"] == 1 and info["backward_converged"] == 0.0
+    assert info["backward_residual"] > 1e-12
 
 
 def _saved_bytes_of(strategy, solver_iters):
