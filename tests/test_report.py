@@ -108,7 +108,7 @@ def fabricate(folder: Path, *, learned=LEARNED, with_steps=True, with_recons=Tru
                 )  # fmt: skip
     runs.append(
         _run_row(
-            "neumann_k10_s0", "neumann:k=10", "neumann", {"k": 10}, 0, "diverged",
+            "neumann_k20_s0", "neumann:k=20", "neumann", {"k": 20}, 0, "diverged",
             status_reason=DIVERGED_REASON,
         )
     )  # fmt: skip
@@ -217,7 +217,7 @@ def test_summary_table_has_the_mean_and_confidence_interval_over_seeds(built):
         expected = f"{finals.mean():.2f} ± {_half_width(finals):.2f}"
         assert _cell(markdown, label, "PSNR (dB)") == expected
         assert _cell(markdown, label, "runs") == "2 ok"
-    assert _cell(markdown, "neumann:k=10", "runs") == "1 diverged"
+    assert _cell(markdown, "neumann:k=20", "runs") == "1 diverged"
     assert _cell(markdown, "baseline: tikhonov", "PSNR (dB)") == "24.00"
     assert _cell(markdown, "blurred input", "PSNR (dB)") == f"{BLURRED_PSNR:.2f}"
     # Median step time of jfb, recomputed from steps.csv (runs.csv left it empty).
@@ -248,7 +248,7 @@ def test_observations_flag_the_iteration_cap_memory_and_failures(built):
     )
     assert "unrolled:k=5 saves 6.0× the bytes of jfb" in markdown
     for text in (markdown, html_text):
-        assert "neumann_k10_s0" in text and DIVERGED_REASON in text
+        assert "neumann_k20_s0" in text and DIVERGED_REASON in text
     assert "## Partial results" in markdown
     assert "Runs that did not finish ok" in markdown
 

@@ -253,7 +253,7 @@ def validity(data: ReportData) -> pd.DataFrame:
     out["timing_recorded"] = reliable.notna()
     # `is False`, not falsy: an empty cell (not recorded) must not read as unreliable.
     out["timing_unreliable"] = reliable.map(lambda v: v is False or v is np.False_)
-    out["timing_note"] = ok["timing_note"].fillna("").astype(str)
+    out["timing_note"] = ok["timing_note"].map(lambda v: v if isinstance(v, str) else "")
     return out.set_index("run_id")
 
 
