@@ -59,7 +59,7 @@ class Folder:
         self.runs, self.epochs, self.steps = [], [], []
 
     def learned(self, label, seed, psnr, wall, setting=None, ssim=None, evaluations=None, **run):
-        """One ok run; ``evaluations``: [(epoch, step, epoch_end, wall_time_s, psnr)], by default
+        """One ok run; ``evaluations``: [(epoch, step, epoch_end, train_time_s, psnr)], by default
         two epochs with two evaluations each, ending at (wall, psnr)."""
         setting = {**SETTING, **(setting or {})}
         strategy = label.split(":")[0]
@@ -76,9 +76,9 @@ class Folder:
             params=json.dumps(_params(label)),
             seed=seed, status="ok", status_reason="", device="cpu", config_hash="c" + run_id,
             setting_hash=_hash(setting), final_test_psnr=psnr, final_test_ssim=ssim,
-            total_wall_time_s=wall, forward_converged_frac=1.0, mean_forward_iters=10,
-            saved_bytes=MIB, peak_rss_bytes=500 * MIB, blurred_test_psnr=20.0,
-            blurred_test_ssim=0.5, grad_cosine_first=0.99, grad_cosine_last=0.98,
+            train_time_s=wall, forward_converged_frac=1.0, mean_forward_iters=10,
+            saved_bytes=MIB, peak_rss_bytes=500 * MIB, naive_test_psnr=20.0,
+            naive_test_ssim=0.5, grad_cosine_first=0.99, grad_cosine_last=0.98,
             lipschitz_estimate=0.8,
         )  # fmt: skip
         row.update(run)
@@ -90,7 +90,7 @@ class Folder:
                 | dict(
                     run_id=run_id, strategy=strategy, seed=seed, epoch=epoch, step=step,
                     epoch_end=end, train_loss=1.0 / step, test_psnr=value,
-                    test_ssim=ssim, wall_time_s=time, layer_lipschitz=0.8,
+                    test_ssim=ssim, train_time_s=time, layer_lipschitz=0.8,
                     layer_lipschitz_converged=1.0,
                 )
             )  # fmt: skip
@@ -110,7 +110,7 @@ class Folder:
             strategy=f"baseline:{name}", strategy_label=f"baseline:{name}", params="{}", seed=0,
             status="ok", status_reason="", final_test_psnr=psnr, final_test_ssim=ssim,
             # The runner hashes the baseline's own config: it need not match a learned setting.
-            setting_hash="baseline-" + _hash(setting), blurred_test_psnr=20.0,
+            setting_hash="baseline-" + _hash(setting), naive_test_psnr=20.0,
             peak_step_bytes=np.nan,
         )  # fmt: skip
         self.runs.append(row)
@@ -310,7 +310,7 @@ def test_one_seed_says_the_interval_is_not_available(tmp_path, no_figures):
 
 
 def test_psnr_at_a_common_training_time_budget(tmp_path, no_figures):
-    # (epoch, step, epoch_end, wall_time_s, psnr): three evaluations per epoch.
+    # (epoch, step, epoch_end, train_time_s, psnr): three evaluations per epoch.
     fast = {
         0: [(1, 2, 0, 1.0, 20.0), (1, 4, 0, 2.0, 21.0), (1, 6, 1, 3.0, 22.0),
             (2, 8, 0, 4.0, 22.5), (2, 10, 0, 5.0, 23.0), (2, 12, 1, 6.0, 23.5)],

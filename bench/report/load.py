@@ -116,13 +116,15 @@ def _preview(names, limit: int = 6) -> str:
 
 def rename_old_columns(frame: pd.DataFrame, name: str) -> tuple[pd.DataFrame, dict[str, str]]:
     """``frame`` with columns of an older schema under their current names, and the renames made
-    (old -> new). A table holding both names keeps the current one's values."""
-    renames = {
-        old: new
-        for old, new in RENAMED[name].items()
-        if old in frame.columns and new not in frame.columns
-    }
-    return frame.rename(columns=renames), renames
+    (old -> new). A table holding both (rows of both schemas concatenated) keeps the current
+    name, filled from the old one where empty."""
+    renames = {old: new for old, new in RENAMED[name].items() if old in frame.columns}
+    frame = frame.copy()
+    for old, new in renames.items():
+        if new in frame.columns:
+            frame[new] = frame[new].fillna(frame[old])
+    both = [old for old, new in renames.items() if new in frame.columns]
+    return frame.drop(columns=both).rename(columns=renames), renames
 
 
 def _parse_bool(value):
