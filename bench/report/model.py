@@ -220,6 +220,8 @@ def strategy_palette(names) -> dict[str, tuple]:
 
 def _shade(color: tuple, amount: float) -> tuple:
     """``color`` made darker (amount < 0) or lighter (> 0) at the same hue."""
+    if amount == 0:
+        return tuple(color[:3])
     h, lightness, s = colorsys.rgb_to_hls(*color[:3])
     lightness = lightness + amount * (1 - lightness if amount > 0 else lightness)
     return colorsys.hls_to_rgb(h, min(max(lightness, 0.0), 1.0), s)

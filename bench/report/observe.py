@@ -510,12 +510,16 @@ def assumption_findings(data: ReportData) -> list[str]:
             + "; ".join(problems)
             + " (details under Observations)."
         ]
-    unrecorded = []
-    if not flags["measured"].any():
-        unrecorded.append("contraction and convergence")
-    if not flags["timing_recorded"].any():
-        unrecorded.append("timing reliability")
-    text = "**Assumptions**: no ok run failed one that was measured"
+    checked, unrecorded = [], []
+    for recorded, what in (
+        (flags["measured"].any(), "contraction and convergence"),
+        (flags["timing_recorded"].any(), "timing reliability"),
+    ):
+        (checked if recorded else unrecorded).append(what)
+    text = "**Assumptions**: "
+    if checked:
+        text += f"none failed ({' and '.join(checked)} checked in every ok run that records them)"
     if unrecorded:
-        text += f"; not recorded in these results: {' and '.join(unrecorded)}"
+        text += "; " if checked else ""
+        text += f"not recorded in these results: {', '.join(unrecorded)}"
     return [text + "."]
