@@ -400,7 +400,7 @@ def plot_grad_cosine(data: ReportData) -> Figure:
 # 6. Reconstructions
 
 
-def _psnr(images: np.ndarray, reference: np.ndarray) -> np.ndarray:
+def _tile_psnr(images: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Per-image PSNR (dB) of ``images`` (clamped to [0, 1], as shown) against ``reference``:
     bench.metrics' PSNR, the one the tables report."""
     x = torch.from_numpy(np.asarray(images, dtype=np.float64)).clamp(0.0, 1.0)
@@ -447,7 +447,7 @@ def recon_columns(data: ReportData) -> list[tuple[str, np.ndarray]]:
             return (
                 float(scores[name])
                 if name in scores
-                else float(_psnr(stored[name], original).mean())
+                else float(_tile_psnr(stored[name], original).mean())
             )
 
         best = max(stored, key=score)
@@ -504,7 +504,7 @@ def plot_reconstructions(data: ReportData) -> Figure:
     for col, (_, images) in enumerate(columns):
         x0 = col * (width + gap)
         centers.append(x0 + width / 2)
-        scores = _psnr(images[:n_images], original[:n_images])
+        scores = _tile_psnr(images[:n_images], original[:n_images])
         for row in range(n_images):
             y0 = row * (height + band)
             image, _ = _to_image(images[row])
