@@ -25,9 +25,9 @@ from bench.report.load import Setting
 from bench.report.model import ReportData, natural_key
 from bench.report.stats import Comparison, Estimate, validity
 
-# The widest summary table: with the report's CSS (0.9em cells, no wrapping inside a cell) eight
-# columns of these cells fit the 1200-pixel body of a 1280-pixel window (checked in headless
-# chromium: the widest, the quality table, measured about 1000 pixels on the quick suite).
+# The widest summary table. With the report's CSS (0.9em cells that wrap at spaces, a mean and its
+# interval kept together) eight columns fit the 1200-pixel body of a 1280-pixel window: checked in
+# headless chromium on the quick suite, where the quality table wraps its Δ PSNR cells to 1200 px.
 MAX_TABLE_COLUMNS = 8
 SETUP_FIELDS = (
     ("suite", "suite"), ("task", "task"), ("dataset", "data set"),
