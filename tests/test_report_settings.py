@@ -706,3 +706,14 @@ def test_one_palette_in_every_figure_and_every_folder(tmp_path, toy_strategy):
         other.learned(label, 0, 25.0, 8.0)
     data, _ = prepare(other.write(tmp_path / "other"))
     assert _legend_colors(plots.plot_loss(data))["jfb"] == loss["jfb"]
+
+
+def test_jacobian_products_per_step_come_from_runs_or_steps(tmp_path, no_figures):
+    folder = Folder()
+    for seed, products in ((0, 4), (1, 6)):
+        folder.learned("neumann:k=3", seed, 25.0, 8.0)
+        folder.steps[-1]["jacobian_products"] = products  # runs.csv leaves the mean empty
+    folder.learned("cg", 0, 25.0, 8.0, jacobian_products_per_step=12.0)
+    markdown = _build(folder.write(tmp_path / "res"), tmp_path)
+    assert _cells(markdown, "neumann:k=3", "J products / step") == [f"{np.mean([4, 6]):.1f}"]
+    assert _cells(markdown, "cg", "J products / step") == ["12.0"]

@@ -62,7 +62,7 @@ NEW_COLUMNS = {
         "grad_reference_backward_residual", "train_time_s", "naive_test_psnr",
         "naive_test_ssim",
     ),
-    "steps": ("backward_converged", "skipped"),
+    "steps": ("backward_converged", "skipped", "jacobian_products"),
 }  # fmt: skip
 # runs.csv columns that hold text; every other known column is coerced to numbers.
 TEXT_RUN_COLUMNS = {
@@ -298,6 +298,7 @@ def _complete_from_tables(runs: pd.DataFrame, epochs: pd.DataFrame, steps: pd.Da
         _fill_from(runs, "forward_converged_frac", by_run["forward_converged"].mean())
         _fill_from(runs, "mean_backward_iters", by_run["backward_iters"].mean())
         _fill_from(runs, "backward_converged_frac", by_run["backward_converged"].mean())
+        _fill_from(runs, "jacobian_products_per_step", by_run["jacobian_products"].mean())
 
 
 def _drop_unconverged_cosines(epochs: pd.DataFrame) -> None:

@@ -20,7 +20,7 @@ import seaborn as sns
 
 BASELINE_PREFIX = "baseline:"
 # Known strategies first (in the order the project introduces them), others alphabetically.
-STRATEGY_ORDER = ("jfb", "cg", "neumann", "unrolled", "phantom", "torchdeq-ift")
+STRATEGY_ORDER = ("jfb", "cg", "neumann", "unrolled", "phantom", "torchdeq-ift", "gmres")
 # Harness knobs a sweep may vary, with their axis names; strategies add their own cost
 # parameters (``Strategy.cost_params``) as ``p_<name>``.
 HARNESS_SCALING = {
