@@ -7,11 +7,13 @@ Every folder is fabricated; expected numbers are computed here, independently of
 
 from __future__ import annotations
 
+import colorsys
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.colors
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,7 +21,7 @@ from helpers import markdown_tables
 from scipy import stats
 
 from bench import plots
-from bench.report import build_report, prepare
+from bench.report import build_report, model, prepare
 from bench.results import EPOCH_COLUMNS, RUN_COLUMNS, STEP_COLUMNS
 
 MIB = 2**20
@@ -46,6 +48,12 @@ def _hash(setting: dict) -> str:
     return "h" + str(abs(hash(json.dumps(setting, sort_keys=True))) % 10**10)
 
 
+def _params(label: str) -> dict:
+    """The parameters a label names: ``unrolled:k=20`` -> ``{"k": 20}``."""
+    pairs = (pair.split("=") for pair in label.split(":")[1:])
+    return {key: int(value) if value.isdigit() else float(value) for key, value in pairs}
+
+
 class Folder:
     """Builds runs/epochs/steps tables of the newer schema, then writes them."""
 
@@ -53,7 +61,7 @@ class Folder:
         self.runs, self.epochs, self.steps = [], [], []
 
     def learned(self, label, seed, psnr, wall, setting=None, ssim=None, evaluations=None, **run):
-        """One ok run; ``evaluations``: [(epoch, step, epoch_end, wall_time_s, psnr)], by default
+        """One ok run; ``evaluations``: [(epoch, step, epoch_end, train_time_s, psnr)], by default
         two epochs with two evaluations each, ending at (wall, psnr)."""
         setting = {**SETTING, **(setting or {})}
         strategy = label.split(":")[0]
@@ -66,14 +74,16 @@ class Folder:
             ]  # fmt: skip
         row = dict.fromkeys(RUN_COLUMNS, np.nan) | NEW_RUN_COLUMNS | setting
         row.update(
-            run_id=run_id, suite="fab", strategy=strategy, strategy_label=label, params="{}",
+            run_id=run_id, suite="fab", strategy=strategy, strategy_label=label,
+            params=json.dumps(_params(label)),
             seed=seed, status="ok", status_reason="", device="cpu", config_hash="c" + run_id,
             setting_hash=_hash(setting), final_test_psnr=psnr, final_test_ssim=ssim,
-            total_wall_time_s=wall, forward_converged_frac=1.0, mean_forward_iters=10,
-            saved_bytes=MIB, peak_rss_bytes=500 * MIB, blurred_test_psnr=20.0,
-            blurred_test_ssim=0.5, grad_cosine_first=0.99, grad_cosine_last=0.98,
+            train_time_s=wall, forward_converged_frac=1.0, mean_forward_iters=10,
+            saved_bytes=MIB, peak_rss_bytes=500 * MIB, naive_test_psnr=20.0,
+            naive_test_ssim=0.5, grad_cosine_first=0.99, grad_cosine_last=0.98,
             lipschitz_estimate=0.8,
         )  # fmt: skip
+        row.update({f"p_{key}": value for key, value in _params(label).items()})
         row.update(run)
         self.runs.append(row)
         for epoch, step, end, time, value in evaluations:
@@ -83,7 +93,7 @@ class Folder:
                 | dict(
                     run_id=run_id, strategy=strategy, seed=seed, epoch=epoch, step=step,
                     epoch_end=end, train_loss=1.0 / step, test_psnr=value,
-                    test_ssim=ssim, wall_time_s=time, layer_lipschitz=0.8,
+                    test_ssim=ssim, train_time_s=time, layer_lipschitz=0.8,
                     layer_lipschitz_converged=1.0,
                 )
             )  # fmt: skip
@@ -103,7 +113,7 @@ class Folder:
             strategy=f"baseline:{name}", strategy_label=f"baseline:{name}", params="{}", seed=0,
             status="ok", status_reason="", final_test_psnr=psnr, final_test_ssim=ssim,
             # The runner hashes the baseline's own config: it need not match a learned setting.
-            setting_hash="baseline-" + _hash(setting), blurred_test_psnr=20.0,
+            setting_hash="baseline-" + _hash(setting), naive_test_psnr=20.0,
             peak_step_bytes=np.nan,
         )  # fmt: skip
         self.runs.append(row)
@@ -238,7 +248,7 @@ def test_paired_differences_to_jfb_and_the_best_baseline_with_t_intervals(tmp_pa
     cg = [25.5, 26.1, 28.4]  # differences 0.5, 0.1, 0.9: interval contains 0
     neumann = [26.0, 27.1, 28.4, 30.0]  # seed 3 has no jfb run: paired over seeds 0-2 only
     folder = Folder()
-    for label, values in (("jfb", jfb), ("cg", cg), ("neumann:k=10", neumann)):
+    for label, values in (("jfb", jfb), ("cg", cg), ("neumann:k=20", neumann)):
         for seed, psnr in enumerate(values):
             folder.learned(label, seed, psnr, 8.0, ssim=0.7 + psnr / 100)
     folder.baseline("tv", 26.0)
@@ -256,31 +266,32 @@ def test_paired_differences_to_jfb_and_the_best_baseline_with_t_intervals(tmp_pa
     paired = np.array(neumann[:3]) - np.array(jfb)
     ci = stats.ttest_rel(neumann[:3], jfb).confidence_interval(0.95)
     assert ci.low > 0
-    assert _cells(markdown, "neumann:k=10", "Δ PSNR vs jfb (95% CI)") == [
+    assert _cells(markdown, "neumann:k=20", "Δ PSNR vs jfb (95% CI)") == [
         f"{paired.mean():+.2f} {interval(*ci)}"
     ]
-    assert _cells(markdown, "neumann:k=10 − jfb", "seeds") == ["3"]
-    assert _cells(markdown, "neumann:k=10 − jfb", "PSNR") == ["significant"]
+    assert _cells(markdown, "neumann:k=20 − jfb", "seeds") == ["3"]
+    assert _cells(markdown, "neumann:k=20 − jfb", "PSNR") == ["significant"]
     assert _cells(markdown, "jfb", "Δ PSNR vs jfb (95% CI)") == ["reference"]
     # SSIM difference, paired the same way (SSIM = 0.7 + PSNR / 100 here).
     ssim_ci = stats.ttest_rel(np.array(neumann[:3]) / 100, np.array(jfb) / 100).confidence_interval(
         0.95
     )
-    assert _cells(markdown, "neumann:k=10 − jfb", "Δ SSIM [95% CI]") == [
+    assert _cells(markdown, "neumann:k=20 − jfb", "Δ SSIM [95% CI]") == [
         f"{paired.mean() / 100:+.4f} [{ssim_ci.low:+.4f}, {ssim_ci.high:+.4f}]"
     ]
 
     # Best learned (neumann, 27.875 dB) vs the deterministic tv baseline: its t interval, shifted.
     ci = stats.ttest_1samp(np.array(neumann) - 26.0, 0.0).confidence_interval(0.95)
-    name = "best learned (neumann:k=10) − best baseline (tv)"
+    name = "best learned (neumann:k=20) − best baseline (tv)"
     assert ci.low < 0 < ci.high  # four seeds spread too widely to tell
+    # The comparisons table gives the verdict its own column: the difference cell is numbers only.
     assert _cells(markdown, name, "Δ PSNR (dB) [95% CI]") == [
-        f"no significant difference ({np.mean(neumann) - 26:+.2f} {interval(*ci)})"
+        f"{np.mean(neumann) - 26:+.2f} {interval(*ci)}"
     ]
     assert _cells(markdown, name, "PSNR") == ["no significant difference"]
     assert f"95% CI {interval(*ci)} over 4 seeds" in markdown
     # The mean ± half-width of each label's own interval.
-    assert _cells(markdown, "neumann:k=10", "PSNR (dB)") == [
+    assert _cells(markdown, "neumann:k=20", "PSNR (dB)") == [
         f"{np.mean(neumann):.2f} ± {_half(neumann):.2f}"
     ]
 
@@ -302,7 +313,7 @@ def test_one_seed_says_the_interval_is_not_available(tmp_path, no_figures):
 
 
 def test_psnr_at_a_common_training_time_budget(tmp_path, no_figures):
-    # (epoch, step, epoch_end, wall_time_s, psnr): three evaluations per epoch.
+    # (epoch, step, epoch_end, train_time_s, psnr): three evaluations per epoch.
     fast = {
         0: [(1, 2, 0, 1.0, 20.0), (1, 4, 0, 2.0, 21.0), (1, 6, 1, 3.0, 22.0),
             (2, 8, 0, 4.0, 22.5), (2, 10, 0, 5.0, 23.0), (2, 12, 1, 6.0, 23.5)],
@@ -360,8 +371,8 @@ def test_runs_on_broken_assumptions_are_flagged_and_named(tmp_path, no_figures):
     cg_bad = folder.learned("cg", 0, 25.2, 8.0, max_layer_lipschitz=1.031,
                             backward_converged_frac=0.5)  # fmt: skip
     folder.learned("cg", 1, 25.9, 8.0, backward_converged_frac=1.0)
-    neumann_bad = folder.learned("neumann:k=10", 0, 25.1, 8.0, forward_converged_frac=0.9)
-    folder.learned("neumann:k=10", 1, 25.5, 8.0)
+    neumann_bad = folder.learned("neumann:k=20", 0, 25.1, 8.0, forward_converged_frac=0.9)
+    folder.learned("neumann:k=20", 1, 25.5, 8.0)
     # Contractive by runs.csv, but one evaluation in epochs.csv says otherwise.
     folder.epochs[-1]["layer_lipschitz"] = 1.004
     neumann_lip = folder.runs[-1]["run_id"]
@@ -378,7 +389,7 @@ def test_runs_on_broken_assumptions_are_flagged_and_named(tmp_path, no_figures):
     assert _cells(markdown, "cg", "validity flags") == [
         "⚠ not contractive 1/2; bwd conv. < 95% 1/2"
     ]
-    assert _cells(markdown, "neumann:k=10", "validity flags") == [
+    assert _cells(markdown, "neumann:k=20", "validity flags") == [
         "⚠ not contractive 1/2; fwd conv. < 95% 1/2"
     ]
     assert _cells(markdown, "jfb", "validity flags") == ["⚠ grad ref. unconverged 1/2"]
@@ -415,17 +426,17 @@ def test_peak_step_memory_is_the_main_memory_figure(tmp_path, monkeypatch):
     folder = Folder()
     for seed in (0, 1):
         folder.learned("jfb", seed, 25.0, 8.0, peak_step_bytes=(3 + seed) * MIB)
-        folder.learned("unrolled:k=10", seed, 25.0, 8.0, peak_step_bytes=(30 + seed) * MIB)
+        folder.learned("unrolled:k=20", seed, 25.0, 8.0, peak_step_bytes=(30 + seed) * MIB)
         folder.learned("phantom", seed, 25.0, 8.0, peak_step_bytes=0.5 * MIB)
     out = build_report(folder.write(tmp_path / "res"), tmp_path / "out").parent
     markdown = (out / "report.md").read_text()
     assert _cells(markdown, "jfb", "peak step memory") == ["3.5 MiB"]
-    assert _cells(markdown, "unrolled:k=10", "peak RSS (train steps)") == ["500.0 MiB"]
-    header = markdown_tables(markdown.split("## Summary")[1])[0][0]
+    assert _cells(markdown, "unrolled:k=20", "peak RSS (train steps)") == ["500.0 MiB"]
+    (header,) = [t[0] for t in markdown_tables(markdown) if "peak step memory" in t[0]]
     assert header.index("peak step memory") < header.index("peak RSS (train steps)")
     ratio = 30.5 / 3.5
     assert (
-        f"unrolled:k=10 needs {ratio:.1f}× the peak tensor memory of a training step of jfb"
+        f"unrolled:k=20 needs {ratio:.1f}× the peak tensor memory of a training step of jfb"
         in markdown
     )
     # Far less than jfb is said too, not hidden under "within 1.5×".
@@ -491,3 +502,218 @@ def test_cli_exits_2_with_one_line_on_a_foreign_runs_csv(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("implicit-bench: error: ")
     assert "runs.csv" in lines[0] and "run_id" in lines[0]
     assert not (tmp_path / "out" / "report.html").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 10 §2: a results folder of the schema before this session is still read
+
+# runs.csv and epochs.csv columns as the harness wrote them before train_time_s / naive_test_*
+# (and the timing columns) existed; written here from these lists, not copied from a folder.
+OLD_RUN_COLUMNS = (
+    "run_id", "suite", "strategy", "strategy_label", "params", "seed", "status", "status_reason",
+    "dataset", "image_size", "channels", "n_train", "n_test", "batch_size", "epochs", "lr",
+    "blur_kernel_size", "blur_sigma", "noise_std", "solver", "solver_max_iter", "solver_tol",
+    "model_width", "model_depth", "device", "device_name", "torch_version", "torchdeq_version",
+    "git_commit", "config_hash", "final_train_loss", "final_test_psnr", "final_test_ssim",
+    "blurred_test_psnr", "blurred_test_ssim", "total_wall_time_s", "median_step_time_s",
+    "median_forward_time_s", "median_backward_time_s", "median_optimizer_time_s", "saved_bytes",
+    "peak_rss_bytes", "peak_gpu_memory_bytes", "peak_gpu_device_memory_bytes",
+    "mean_forward_iters", "forward_converged_frac", "mean_backward_iters", "grad_cosine_first",
+    "grad_cosine_last", "lipschitz_estimate", "lr_schedule", "model_form", "lipschitz_control",
+    "model_lipschitz", "setting_hash", "max_layer_lipschitz", "certified_lipschitz_bound",
+    "backward_converged_frac", "skipped_steps", "peak_step_bytes", "run_wall_time_s",
+    "eval_time_s", "diagnostics_time_s",
+)  # fmt: skip
+OLD_EPOCH_COLUMNS = (
+    "run_id", "strategy", "seed", "epoch", "train_loss", "test_psnr", "test_ssim",
+    "blurred_test_psnr", "blurred_test_ssim", "wall_time_s", "grad_cosine", "step", "epoch_end",
+    "layer_lipschitz", "layer_lipschitz_converged", "grad_reference_converged",
+    "grad_reference_forward_residual", "grad_reference_backward_residual",
+)  # fmt: skip
+
+
+def test_a_folder_of_the_older_schema_is_read_under_the_new_names(tmp_path, no_figures):
+    totals = {0: 7.5, 1: 8.5}  # total_wall_time_s: the sum of step times, now train_time_s
+    psnrs = {0: [22.0, 24.5], 1: [23.0, 25.0]}
+    runs, epochs = [], []
+    for seed, total in totals.items():
+        run_id = f"jfb-s{seed}"
+        runs.append(
+            dict.fromkeys(OLD_RUN_COLUMNS, np.nan) | SETTING | dict(
+                run_id=run_id, suite="old", strategy="jfb", strategy_label="jfb", params="{}",
+                seed=seed, status="ok", config_hash=f"c{seed}", setting_hash="s",
+                final_test_psnr=psnrs[seed][-1], final_test_ssim=0.8, blurred_test_psnr=21.0,
+                blurred_test_ssim=0.6, total_wall_time_s=total, median_step_time_s=0.05,
+            )
+        )  # fmt: skip
+        for epoch, psnr in enumerate(psnrs[seed], start=1):
+            epochs.append(
+                dict.fromkeys(OLD_EPOCH_COLUMNS, np.nan) | dict(
+                    run_id=run_id, strategy="jfb", seed=seed, epoch=epoch, step=4 * epoch,
+                    epoch_end=1, train_loss=0.1, test_psnr=psnr, test_ssim=0.8,
+                    blurred_test_psnr=21.0, blurred_test_ssim=0.6,
+                    wall_time_s=total * epoch / len(psnrs[seed]),
+                )
+            )  # fmt: skip
+    folder = tmp_path / "old"
+    folder.mkdir()
+    pd.DataFrame(runs, columns=list(OLD_RUN_COLUMNS)).to_csv(folder / "runs.csv", index=False)
+    pd.DataFrame(epochs, columns=list(OLD_EPOCH_COLUMNS)).to_csv(folder / "epochs.csv", index=False)
+    markdown = _build(folder, tmp_path, target_psnr=24.0)
+    # Renamed columns are read: training time, the naive reconstruction, time to target.
+    assert _cells(markdown, "jfb", "train time") == [f"{np.mean(list(totals.values())):.3g} s"]
+    assert _cells(markdown, "blurred input", "PSNR (dB)") == ["21.00"]
+    first = np.mean(list(totals.values()))  # both reach 24 dB at their second, last, epoch
+    assert _cells(markdown, "jfb", "time to 24.00 dB") == [f"{first:.3g} s"]
+    # ... and the report says the folder is of an older schema, once in the findings.
+    assert (
+        "`runs.csv` is from an older schema: read `total_wall_time_s` as `train_time_s`, "
+        "`blurred_test_psnr` as `naive_test_psnr`" in markdown
+    )
+    assert "`epochs.csv` is from an older schema: read `wall_time_s` as `train_time_s`" in markdown
+    findings = markdown[markdown.index("## Findings") : markdown.index("## Figures")]
+    assert "**Older results folder**" in findings
+    assert "predates the timing-reliability record" in findings
+    assert "not recorded in these results: contraction and convergence, timing reliability" in (
+        findings
+    )
+    assert "timing" not in markdown_tables(markdown.split("Cost:")[1])[0][0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 11 §2: runs whose timing is unreliable are flagged
+
+LOAD_NOTE = "load average 3.9 above the 2 usable cores"
+
+
+def _timing_folder() -> tuple[Folder, str]:
+    folder = Folder()
+    folder.learned("jfb", 0, 25.0, 8.0, timing_reliable=True, timing_note="")
+    noisy = folder.learned("jfb", 1, 25.4, 8.0, timing_reliable=False, timing_note=LOAD_NOTE)
+    for seed in (0, 1):
+        folder.learned("cg", seed, 25.2, 9.0, timing_reliable=True, timing_note="")
+    return folder, noisy
+
+
+def test_unreliable_timings_are_flagged_in_findings_cost_table_and_observations(
+    tmp_path, no_figures
+):
+    folder, noisy = _timing_folder()
+    markdown = _build(folder.write(tmp_path / "res"), tmp_path)
+    assert _cells(markdown, "jfb", "timing") == ["⚠ unreliable 1/2"]
+    assert _cells(markdown, "cg", "timing") == ["reliable"]
+    cost = markdown[markdown.index("Cost:") : markdown.index("Memory:")]
+    assert f"⚠ Unreliable timings: `{noisy}` (jfb): {LOAD_NOTE}." in cost
+    findings = markdown[markdown.index("## Findings") : markdown.index("## Figures")]
+    assert f"unreliable timing: `{noisy}` ({LOAD_NOTE})" in findings
+    assert "**Failed assumptions**" in findings
+    observations = markdown[markdown.index("## Observations") :]
+    assert f"⚠ Unreliable timing in 1 of 4 run(s): `{noisy}` (jfb: {LOAD_NOTE})" in observations
+
+
+def test_reliable_timings_are_not_flagged_and_a_foreign_flag_is_an_error(tmp_path, no_figures):
+    folder, noisy = _timing_folder()
+    for row in folder.runs:
+        row["timing_reliable"], row["timing_note"] = True, ""
+    markdown = _build(folder.write(tmp_path / "res"), tmp_path)
+    assert "unreliable" not in markdown.lower()
+    assert _cells(markdown, "jfb", "timing") == ["reliable"]
+    folder.runs[1]["timing_reliable"] = "maybe"
+    with pytest.raises(ValueError, match=r"runs\.csv .* column 'timing_reliable' holds 'maybe'"):
+        _build(folder.write(tmp_path / "bad"), tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 10 §5: short labels, one palette, a scaling figure per declared cost parameter
+
+
+def test_rows_are_labelled_by_the_strategys_short_label(tmp_path, no_figures):
+    from strategies import get_strategy
+
+    folder = Folder()
+    folder.learned("cg:tol=1e-06:max_iter=300", 0, 25.0, 8.0)
+    folder.learned("unrolled:k=20", 0, 25.0, 8.0)
+    folder.learned("mystery:alpha=2", 0, 24.0, 8.0)  # a plugin that is not installed here
+    markdown = _build(folder.write(tmp_path / "res"), tmp_path)
+    cg = get_strategy("cg", tol=1e-6, max_iter=300).short_label
+    assert cg == "cg:max_iter=300"  # tol=1e-6 is cg's default
+    assert _cells(markdown, cg, "runs") == ["1 ok"]
+    assert _cells(markdown, "unrolled:k=20", "runs") == ["1 ok"]
+    assert "cg:tol=1e-06" not in markdown.split("## All runs")[0]
+    assert _cells(markdown, "mystery:alpha=2", "runs") == ["1 ok"]
+    assert "strategies not registered here (mystery)" in markdown
+
+
+@pytest.fixture
+def toy_strategy(monkeypatch):
+    import strategies
+    from strategies import Param, Strategy
+
+    class Toy(Strategy):
+        name = "toy"
+        cost_params = ("m",)
+        parameters = {"m": Param(3, ge=1, doc="toy cost knob")}
+
+    strategies.list_strategies()  # discover the real ones first
+    monkeypatch.setitem(strategies._REGISTRY, "toy", Toy)
+    return Toy
+
+
+def _toy_folder() -> Folder:
+    folder = Folder()
+    for m in (1, 2, 4):
+        folder.learned(f"toy:m={m}", 0, 25.0, 8.0, peak_step_bytes=m * MIB)
+    folder.learned("jfb", 0, 25.0, 8.0, peak_step_bytes=MIB)
+    return folder
+
+
+def test_a_scaling_figure_per_declared_cost_parameter(tmp_path, monkeypatch, toy_strategy):
+    every = plots.plot_specs
+    monkeypatch.setattr(
+        plots, "plot_specs", lambda d: [s for s in every(d) if s.name.startswith("scaling")]
+    )
+    out = build_report(_toy_folder().write(tmp_path / "res"), tmp_path / "out").parent
+    assert (out / "scaling_m.png").exists() and not (out / "scaling_k.png").exists()
+    markdown = (out / "report.md").read_text()
+    assert "### Memory and time vs m (toy: toy cost knob)" in markdown
+    assert "toy: peak step memory ×4.00 from m=1 to m=4" in markdown
+
+
+def _legend_colors(figure) -> dict[str, tuple]:
+    return {
+        h.get_label(): matplotlib.colors.to_rgb(h.get_color())
+        for h in figure.legends[0].legend_handles
+        if hasattr(h, "get_color")
+    }
+
+
+def test_one_palette_in_every_figure_and_every_folder(tmp_path, toy_strategy):
+    data, _ = prepare(_toy_folder().write(tmp_path / "res"))
+    (variable,) = [v for v in model.scaling_variables(data) if v.name == "m"]
+    loss = _legend_colors(plots.plot_loss(data))
+    scaling = _legend_colors(plots.plot_scaling(data, variable))
+    assert loss["jfb"] == scaling["jfb"]
+    # Several labels of one strategy: shades of its colour (the same hue), distinct.
+    shades = [loss[f"toy:m={m}"] for m in (1, 2, 4)]
+    assert len(set(shades)) == 3
+    for shade in shades:
+        assert colorsys.rgb_to_hls(*shade)[0] == pytest.approx(
+            colorsys.rgb_to_hls(*scaling["toy"])[0], abs=1e-6
+        )
+    # Another folder, other strategies: jfb keeps its colour.
+    other = Folder()
+    for label in ("cg", "neumann:k=5", "jfb"):
+        other.learned(label, 0, 25.0, 8.0)
+    data, _ = prepare(other.write(tmp_path / "other"))
+    assert _legend_colors(plots.plot_loss(data))["jfb"] == loss["jfb"]
+
+
+def test_jacobian_products_per_step_come_from_runs_or_steps(tmp_path, no_figures):
+    folder = Folder()
+    for seed, products in ((0, 4), (1, 6)):
+        folder.learned("neumann:k=3", seed, 25.0, 8.0)
+        folder.steps[-1]["jacobian_products"] = products  # runs.csv leaves the mean empty
+    folder.learned("cg", 0, 25.0, 8.0, jacobian_products_per_step=12.0)
+    markdown = _build(folder.write(tmp_path / "res"), tmp_path)
+    assert _cells(markdown, "neumann:k=3", "J products / step") == [f"{np.mean([4, 6]):.1f}"]
+    assert _cells(markdown, "cg", "J products / step") == ["12.0"]

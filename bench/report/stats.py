@@ -1,0 +1,337 @@
+"""Statistics over seeds for one setting: the target PSNR, 95 % Student-t intervals, paired
+differences to jfb, the best learned strategy against the best baseline, the equal training-time
+budget, validity and timing flags, and the per-label summary the tables and findings read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from bench.report.fmt import status_counts
+from bench.report.model import ReportData, finite_rows, step_phase_medians
+
+REFERENCE_STRATEGY = "jfb"  # paired differences are taken against it
+CONFIDENCE = 0.95
+# Validity thresholds: a layer is a contraction below 1; solves count as converging when at least
+# this share of steps reached the tolerance.
+CONTRACTION_LIMIT = 1.0
+CONVERGED_SHARE = 0.95
+
+# Target PSNR and the summary
+
+
+def choose_target(data: ReportData, psnr_by_label: pd.Series, override: float | None):
+    """The target PSNR for "time to target", and the rule that chose it (a sentence)."""
+    if override is not None:
+        return float(override), "given by the caller (`target_psnr`)"
+    best_learned = psnr_by_label.max() if psnr_by_label.notna().any() else None
+    baseline_psnr = finite_rows(data.baselines, "final_test_psnr")
+    baseline_psnr = baseline_psnr.groupby("baseline_name")["final_test_psnr"].mean()
+    if len(baseline_psnr) and best_learned is not None and best_learned >= baseline_psnr.max():
+        name = baseline_psnr.idxmax()
+        return float(baseline_psnr.max()), (
+            f"the best classical baseline's PSNR ({name}), which at least one learned strategy "
+            "reaches on average"
+        )
+    if best_learned is not None and data.naive_psnr is not None:
+        return (data.naive_psnr + best_learned) / 2, (
+            f"midway between the {data.naive_name}'s PSNR and the best learned strategy's mean final "
+            "PSNR"
+            + (" (no learned strategy reaches the best baseline)" if len(baseline_psnr) else "")
+        )
+    if len(baseline_psnr):
+        return float(baseline_psnr.max()), "the best classical baseline's PSNR"
+    if best_learned is not None:
+        return float(best_learned), "the best learned strategy's mean final PSNR"
+    return None, "no PSNR was recorded"
+
+
+def time_to_target(data: ReportData, target: float | None) -> pd.DataFrame:
+    """Per ok run: training time (sum of step times) at its first evaluation with PSNR >= target."""
+    epochs = finite_rows(data.epochs, "test_psnr")
+    rows = []
+    for run_id, group in epochs.groupby("run_id"):
+        reached = group[group["test_psnr"] >= target] if target is not None else group.iloc[0:0]
+        seconds = float(reached["train_time_s"].iloc[0]) if len(reached) else math.nan
+        rows.append({"run_id": run_id, "label": group["label"].iloc[0], "time": seconds,
+                     "reached": bool(len(reached))})  # fmt: skip
+    return pd.DataFrame(rows, columns=["run_id", "label", "time", "reached"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics over seeds
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean over seeds with its two-sided 95 % Student-t interval (NaN bounds when n < 2)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    @property
+    def has_interval(self) -> bool:
+        return self.n >= 2 and not math.isnan(self.low)
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2 if self.has_interval else math.nan
+
+    @property
+    def significant(self) -> bool | None:
+        """Whether the interval excludes 0 (None: no interval)."""
+        return not (self.low <= 0 <= self.high) if self.has_interval else None
+
+
+def mean_ci(values, confidence: float = CONFIDENCE) -> Estimate:
+    """Mean of the finite ``values`` with its Student-t interval (n - 1 degrees of freedom)."""
+    values = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce"), dtype=float)
+    values = values[np.isfinite(values)]
+    n = len(values)
+    if n == 0:
+        return Estimate(math.nan, math.nan, math.nan, 0)
+    mean = float(values.mean())
+    if n == 1:
+        return Estimate(mean, math.nan, math.nan, 1)
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * stats.sem(values))
+    return Estimate(mean, mean - half, mean + half, n)
+
+
+def paired_difference(values: pd.Series, reference: pd.Series) -> Estimate:
+    """Mean of ``values - reference`` over the seeds (index) both have, with its interval."""
+    common = values.dropna().index.intersection(reference.dropna().index)
+    return mean_ci(values[common] - reference[common])
+
+
+def _per_seed(runs: pd.DataFrame, column: str) -> pd.Series:
+    """``column`` per seed (mean where a seed repeats)."""
+    return runs.dropna(subset=["seed"]).groupby("seed")[column].mean()
+
+
+def reference_label(data: ReportData) -> str | None:
+    """The label paired differences are taken against: ``jfb``, else the first jfb label."""
+    strategies = data.learned_ok.groupby("label")["strategy"].first()
+    if REFERENCE_STRATEGY in strategies.index:
+        return REFERENCE_STRATEGY
+    jfb = [label for label in data.labels if strategies.get(label) == REFERENCE_STRATEGY]
+    return jfb[0] if jfb else None
+
+
+def best_baseline(data: ReportData) -> tuple[str, float, float] | None:
+    """(name, PSNR, SSIM) of the classical baseline with the highest final PSNR, or None."""
+    rows = finite_rows(data.baselines, "final_test_psnr")
+    if rows.empty:
+        return None
+    means = rows.groupby("baseline_name")[["final_test_psnr", "final_test_ssim"]].mean()
+    name = means["final_test_psnr"].idxmax()
+    return (
+        name,
+        float(means.loc[name, "final_test_psnr"]),
+        float(means.loc[name, "final_test_ssim"]),
+    )
+
+
+@dataclass
+class Comparison:
+    """One paired comparison of a setting: ``minuend - subtrahend`` per seed."""
+
+    name: str
+    psnr: Estimate
+    ssim: Estimate
+    note: str = ""
+    minuend: str = ""
+    subtrahend: str = ""
+
+
+def comparisons(data: ReportData, summary: pd.DataFrame) -> list[Comparison]:
+    """Each strategy minus ``jfb`` (paired by seed), then the best learned strategy minus the best
+    classical baseline (deterministic: one value, so the interval is the learned one's, shifted)."""
+    found = []
+    ok = data.learned_ok
+    reference = reference_label(data)
+    if reference is not None:
+        base = ok[ok["label"] == reference]
+        for label in summary.index:
+            if label == reference or summary.loc[label, "n_ok"] == 0:
+                continue
+            runs = ok[ok["label"] == label]
+            found.append(
+                Comparison(
+                    f"{label} − {reference}",
+                    paired_difference(
+                        _per_seed(runs, "final_test_psnr"), _per_seed(base, "final_test_psnr")
+                    ),
+                    paired_difference(
+                        _per_seed(runs, "final_test_ssim"), _per_seed(base, "final_test_ssim")
+                    ),
+                    "paired by seed",
+                    label,
+                    reference,
+                )
+            )
+    baseline = best_baseline(data)
+    psnr = summary["final_test_psnr_mean"].dropna() if len(summary) else pd.Series(dtype=float)
+    if baseline is not None and len(psnr):
+        name, base_psnr, base_ssim = baseline
+        best = psnr.idxmax()
+        runs = ok[ok["label"] == best]
+        found.append(
+            Comparison(
+                f"best learned ({best}) − best baseline ({name})",
+                mean_ci(runs["final_test_psnr"] - base_psnr),
+                mean_ci(runs["final_test_ssim"] - base_ssim),
+                "baseline fixed: the learned CI, shifted",
+                best,
+                name,
+            )
+        )
+    return found
+
+
+def equal_time_budget(data: ReportData) -> tuple[float | None, pd.DataFrame]:
+    """The common training-time budget and each ok run's test PSNR/SSIM at it.
+
+    Budget: the smallest over labels of the median over seeds of each run's final evaluation
+    time (epochs.csv ``train_time_s``, cumulative training-step time). A run's value at the budget
+    is that of its last evaluation at or before it (NaN when its first evaluation came later).
+    """
+    columns = ["run_id", "label", "seed", "psnr", "ssim"]
+    evaluations = finite_rows(data.epochs, "train_time_s")
+    if evaluations.empty:
+        return None, pd.DataFrame(columns=columns)
+    final = evaluations.groupby("run_id").agg(
+        label=("label", "first"), time=("train_time_s", "max")
+    )
+    budget = float(final.groupby("label")["time"].median().min())
+    seeds = data.learned_ok.set_index("run_id")["seed"]
+    rows = []
+    for run_id, group in evaluations.groupby("run_id"):
+        before = group[group["train_time_s"] <= budget].sort_values("train_time_s", kind="stable")
+        psnr = finite_rows(before, "test_psnr")["test_psnr"]
+        ssim = finite_rows(before, "test_ssim")["test_ssim"]
+        rows.append([run_id, group["label"].iloc[0], seeds.get(run_id, math.nan),
+                     psnr.iloc[-1] if len(psnr) else math.nan,
+                     ssim.iloc[-1] if len(ssim) else math.nan])  # fmt: skip
+    return budget, pd.DataFrame(rows, columns=columns)
+
+
+def validity(data: ReportData) -> pd.DataFrame:
+    """Per ok learned run: whether its numbers rest on a broken assumption.
+
+    Columns: ``noncontractive`` (a measured ||dT/dx|| >= 1 at some evaluation),
+    ``forward_unconverged`` / ``backward_unconverged`` (solves reached the tolerance in fewer than
+    95 % of steps), ``reference_unconverged`` (gradient-fidelity evaluations whose reference did
+    not converge), ``skipped`` (training steps whose update was skipped), ``measured`` (any of
+    these was recorded at all), and the timing flag: ``timing_unreliable`` (the run recorded
+    ``timing_reliable`` False: its step times were disturbed, e.g. by other processes), with
+    ``timing_note`` saying why; ``timing_recorded`` whether the run recorded the flag at all.
+    """
+    ok = data.learned_ok
+    out = ok[["run_id", "label", "strategy", "seed"]].copy()
+    lipschitz = ok["layer_lipschitz_max"]
+    forward, backward = ok["forward_converged_frac"], ok["backward_converged_frac"]
+    out["lipschitz"] = lipschitz
+    out["noncontractive"] = lipschitz >= CONTRACTION_LIMIT
+    out["forward_frac"] = forward
+    out["forward_unconverged"] = forward < CONVERGED_SHARE
+    out["backward_frac"] = backward
+    out["backward_unconverged"] = backward < CONVERGED_SHARE
+    out["reference_unconverged"] = ok["ref_unconverged"]
+    out["reference_evaluations"] = ok["ref_evaluations"]
+    out["skipped"] = ok["skipped_steps"].fillna(0)
+    out["measured"] = (
+        lipschitz.notna() | forward.notna() | backward.notna() | (ok["ref_evaluations"] > 0)
+    )
+    reliable = ok["timing_reliable"]
+    out["timing_recorded"] = reliable.notna()
+    # `is False`, not falsy: an empty cell (not recorded) must not read as unreliable.
+    out["timing_unreliable"] = reliable.map(lambda v: v is False or v is np.False_)
+    out["timing_note"] = ok["timing_note"].map(lambda v: v if isinstance(v, str) else "")
+    return out.set_index("run_id")
+
+
+def summarize(data: ReportData, target: float | None) -> pd.DataFrame:
+    """Numbers per learned strategy label (index) of one setting, means over its ok runs (seeds).
+
+    ``*_ci`` columns hold :class:`Estimate` objects (mean and 95 % interval over seeds);
+    ``vs_reference_psnr`` the paired difference to ``jfb``; ``budget_psnr`` the PSNR at the
+    equal-time budget (``summary.attrs["budget"]``, seconds).
+    """
+    learned = data.runs[~data.runs["is_baseline"]]
+    ok = data.learned_ok.groupby("label")
+    summary = pd.DataFrame(index=pd.Index(data.labels, name="label"))
+    summary["strategy"] = learned.groupby("label")["strategy"].first()
+    summary["status"] = learned.groupby("label")["status"].apply(status_counts)
+    summary["n_ok"] = ok.size().reindex(summary.index).fillna(0).astype(int)
+    for column in ("final_test_psnr", "final_test_ssim"):
+        summary[column + "_mean"] = ok[column].mean()
+        summary[column + "_std"] = ok[column].std()  # sample sd (ddof=1); NaN for one seed
+        summary[column + "_ci"] = pd.Series(
+            {label: mean_ci(ok.get_group(label)[column]) if label in ok.groups else mean_ci([])
+             for label in summary.index}, dtype=object,
+        )  # fmt: skip
+    summary["step_time"] = step_phase_medians(data)["step_time_s"]
+    for column in (
+        "train_time_s", "peak_step_bytes", "peak_gpu_memory_bytes", "saved_bytes",
+        "peak_rss_bytes", "mean_forward_iters", "forward_converged_frac", "mean_backward_iters",
+        "backward_converged_frac", "grad_cosine_first", "grad_cosine_last", "solver_max_iter",
+        "layer_lipschitz_max", "skipped_steps", "jacobian_products_per_step",
+        "warmup_step_time_s", "step_time_cv",
+    ):  # fmt: skip
+        summary[column] = ok[column].mean()
+    summary["layer_lipschitz_max"] = ok["layer_lipschitz_max"].max()  # the worst run, not a mean
+    times = time_to_target(data, target)
+    per_label = times.groupby("label")
+    summary["target_time"] = per_label["time"].mean()  # over the seeds that reached it
+    summary["target_reached"] = per_label["reached"].sum()
+    summary["target_runs"] = per_label.size()
+    summary[["target_reached", "target_runs"]] = (
+        summary[["target_reached", "target_runs"]].fillna(0).astype(int)
+    )
+    reference = reference_label(data)
+    summary.attrs["reference"] = reference
+    differences = {c.name.split(" − ")[0]: c for c in comparisons(data, summary)}
+    summary["vs_reference_psnr"] = pd.Series(
+        {label: differences[label].psnr for label in summary.index if label in differences},
+        dtype=object,
+    )
+    budget, at_budget = equal_time_budget(data)
+    summary.attrs["budget"] = budget
+    summary["budget_psnr"] = pd.Series(
+        {label: mean_ci(at_budget.loc[at_budget["label"] == label, "psnr"])
+         for label in summary.index}, dtype=object,
+    )  # fmt: skip
+    flags = validity(data)
+    by_label = flags.groupby("label")
+    for column in (
+        "noncontractive", "forward_unconverged", "backward_unconverged", "measured",
+        "timing_unreliable", "timing_recorded",
+    ):  # fmt: skip
+        summary[f"n_{column}"] = by_label[column].sum().reindex(summary.index).fillna(0).astype(int)
+    summary["n_reference_unconverged"] = (
+        by_label["reference_unconverged"].apply(lambda s: int((s > 0).sum()))
+        .reindex(summary.index).fillna(0).astype(int)
+    )  # fmt: skip
+    summary["n_skipped"] = (
+        by_label["skipped"].apply(lambda s: int((s > 0).sum()))
+        .reindex(summary.index).fillna(0).astype(int)
+    )  # fmt: skip
+    summary["grad_first_na"] = _cosine_na(data, "grad_cosine_first")
+    summary["grad_last_na"] = _cosine_na(data, "grad_cosine_last")
+    return summary
+
+
+def _cosine_na(data: ReportData, column: str) -> pd.Series:
+    """Per label: ok runs whose cosine is n/a because the reference did not converge."""
+    ok = data.learned_ok
+    return (
+        (ok[column].isna() & (ok["ref_unconverged"] > 0))
+        .groupby(ok["label"]).sum().reindex(data.labels).fillna(0).astype(int)
+    )  # fmt: skip

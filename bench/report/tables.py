@@ -1,0 +1,314 @@
+"""The report's tables, as formatted cells: per setting a quality, a cost, a memory and a
+convergence table (each at most :data:`MAX_TABLE_COLUMNS` columns, so that it fits a 1280-pixel
+screen without horizontal scrolling), the paired comparisons, the runs that did not finish, every
+run, and the setup.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from bench.report.document import Table
+from bench.report.fmt import (
+    DASH,
+    fmt_bytes,
+    fmt_difference,
+    fmt_estimate,
+    fmt_interval,
+    fmt_number,
+    fmt_seconds,
+    fmt_value,
+    status_counts,
+    verdict,
+)
+from bench.report.load import Setting
+from bench.report.model import ReportData, natural_key
+from bench.report.stats import Comparison, Estimate, validity
+
+# The widest summary table. With the report's CSS (0.9em cells that wrap at spaces, a mean and its
+# interval kept together) eight columns fit the 1200-pixel body of a 1280-pixel window: checked in
+# headless chromium on the quick suite, where the quality table wraps its Δ PSNR cells to 1200 px.
+MAX_TABLE_COLUMNS = 8
+SETUP_FIELDS = (
+    ("suite", "suite"), ("task", "task"), ("dataset", "data set"),
+    ("image_size", "image size (pixels)"), ("channels", "channels"),
+    ("n_train", "training images"), ("n_test", "test images"),
+    ("batch_size", "batch size"), ("epochs", "epochs"), ("lr", "learning rate"),
+    ("lr_schedule", "learning-rate schedule"),
+    ("blur_kernel_size", "blur kernel size"), ("blur_sigma", "blur sigma"),
+    ("noise_std", "noise std"), ("model_width", "model width"), ("model_depth", "model depth"),
+    ("model_form", "model form"), ("lipschitz_control", "Lipschitz control"),
+    ("model_lipschitz", "model Lipschitz target"),
+    ("certified_lipschitz_bound", "certified ||dT/dx|| bound"),
+    ("solver", "forward solver"), ("solver_max_iter", "solver max_iter"),
+    ("solver_tol", "solver tol"), ("device", "device"), ("device_name", "device name"),
+    ("torch_threads", "torch threads per run"), ("cpu_count", "usable cores"),
+    ("jobs", "parallel runs (-j)"),
+    ("torch_version", "torch"), ("torchdeq_version", "torchdeq"), ("git_commit", "git commit"),
+    ("config_hash", "config hash"),
+)  # fmt: skip
+LABEL = "strategy label"
+
+
+def _fmt_budget(estimate: Estimate, n_ok: int) -> str:
+    if n_ok and estimate.n == 0:
+        return "no evaluation by then"
+    return fmt_estimate(estimate, 2)
+
+
+def _flags_cell(row: pd.Series) -> str:
+    """Short validity flags of one label's ok runs (the findings and observations explain them)."""
+    n = row["n_ok"]
+    parts = [
+        f"{text} {row[column]}/{n}"
+        for column, text in (
+            ("n_noncontractive", "not contractive"),
+            ("n_forward_unconverged", "fwd conv. < 95%"),
+            ("n_backward_unconverged", "bwd conv. < 95%"),
+            ("n_reference_unconverged", "grad ref. unconverged"),
+            ("n_skipped", "skipped steps"),
+        )
+        if row[column] > 0
+    ]
+    if parts:
+        return "⚠ " + "; ".join(parts)
+    return "none" if row["n_measured"] > 0 else DASH
+
+
+def _timing_cell(row: pd.Series) -> str:
+    """Whether the label's step times can be trusted (issue 11 §2); DASH when not recorded."""
+    if row["n_timing_unreliable"] > 0:
+        return f"⚠ unreliable {row['n_timing_unreliable']}/{row['n_ok']}"
+    return "reliable" if row["n_timing_recorded"] > 0 else DASH
+
+
+def _fmt_cosine(value: float, unavailable: int, runs: int) -> str:
+    """A mean cosine; runs whose reference did not converge are n/a, never a number."""
+    if unavailable and unavailable >= runs:
+        return "n/a (reference unconverged)"
+    text = fmt_number(value, "{:.3f}")
+    return f"{text} ({unavailable}/{runs} n/a)" if unavailable else text
+
+
+def _reach_cell(row: pd.Series) -> str:
+    if row["target_runs"] == 0:
+        return DASH
+    if row["target_reached"] == 0:
+        return "not reached"
+    reach = fmt_seconds(row["target_time"])
+    if row["target_reached"] < row["target_runs"]:
+        reach += f" ({row['target_reached']}/{row['target_runs']} seeds)"
+    return reach
+
+
+def _drop_empty(headers: list[str], rows: list[list[str]], optional: set[str]) -> Table:
+    """The table without the ``optional`` columns that no row fills (e.g. GPU memory on a CPU)."""
+    keep = [
+        i for i, h in enumerate(headers)
+        if h not in optional or any(r[i] != DASH for r in rows)
+    ]  # fmt: skip
+    return Table([headers[i] for i in keep], [[r[i] for i in keep] for r in rows])
+
+
+def quality_table(data: ReportData, summary: pd.DataFrame, target: float | None) -> Table:
+    """Per strategy label, then per baseline and the naive reconstruction: final quality with 95 %
+    intervals, the paired difference to jfb, PSNR at the equal-time budget, time to the target,
+    and the validity flags of the runs behind the numbers."""
+    target_header = f"time to {target:.2f} dB" if target is not None else "time to target"
+    budget = summary.attrs.get("budget")
+    budget_header = f"PSNR at {fmt_seconds(budget)}" if budget is not None else "PSNR at budget"
+    reference = summary.attrs.get("reference")
+    headers = [
+        LABEL, "runs", "PSNR (dB)", "SSIM", "Δ PSNR vs jfb (95% CI)", budget_header,
+        target_header, "validity flags",
+    ]  # fmt: skip
+    rows = []
+    for label, row in summary.iterrows():
+        n = row["n_ok"]
+        difference = (
+            "reference" if label == reference else fmt_difference(row["vs_reference_psnr"], 2)
+        )
+        rows.append(
+            [
+                label, row["status"], fmt_estimate(row["final_test_psnr_ci"], 2),
+                fmt_estimate(row["final_test_ssim_ci"], 4), difference if n else DASH,
+                _fmt_budget(row["budget_psnr"], n), _reach_cell(row),
+                _flags_cell(row) if n else DASH,
+            ]
+        )  # fmt: skip
+    baselines = data.runs[data.runs["is_baseline"]]
+    for name, group in sorted(baselines.groupby("baseline_name"), key=lambda item: item[0]):
+        ok = group[group["status"] == "ok"]
+        # Deterministic: one value (repeated rows, e.g. two suites in one folder, are averaged).
+        rows.append(
+            [f"baseline: {name}", status_counts(group["status"]),
+             fmt_number(ok["final_test_psnr"].mean(), "{:.2f}"),
+             fmt_number(ok["final_test_ssim"].mean(), "{:.4f}")] + [DASH] * (len(headers) - 4)
+        )  # fmt: skip
+    if data.naive_psnr is not None:
+        rows.append(
+            [data.naive_name, DASH, f"{data.naive_psnr:.2f}",
+             fmt_number(data.naive_ssim, "{:.4f}")] + [DASH] * (len(headers) - 4)
+        )  # fmt: skip
+    optional = {"Δ PSNR vs jfb (95% CI)", "validity flags"}
+    if budget is None:
+        optional.add(budget_header)
+    return _drop_empty(headers, rows, optional)
+
+
+def cost_table(summary: pd.DataFrame) -> Table:
+    """Per strategy label: median step time (after warm-up), warm-up step time, training time,
+    Jacobian-vector products per step, and whether the timings can be trusted."""
+    headers = [
+        LABEL, "median step", "warm-up step", "train time", "J products / step", "timing",
+    ]  # fmt: skip
+    rows = [
+        [
+            label, fmt_seconds(row["step_time"]), fmt_seconds(row["warmup_step_time_s"]),
+            fmt_seconds(row["train_time_s"]),
+            fmt_number(row["jacobian_products_per_step"], "{:.1f}"),
+            _timing_cell(row) if row["n_ok"] else DASH,
+        ]
+        for label, row in summary.iterrows()
+    ]  # fmt: skip
+    return _drop_empty(headers, rows, {"warm-up step", "J products / step", "timing"})
+
+
+def memory_table(summary: pd.DataFrame) -> Table:
+    """Per strategy label: the exact peak of live tensor bytes in a training step (the main
+    figure), peak GPU memory where measured, bytes saved for backward, peak process RSS."""
+    headers = [
+        LABEL, "peak step memory", "peak GPU mem", "saved for backward", "peak RSS (train steps)",
+    ]  # fmt: skip
+    rows = [
+        [label, fmt_bytes(row["peak_step_bytes"]), fmt_bytes(row["peak_gpu_memory_bytes"]),
+         fmt_bytes(row["saved_bytes"]), fmt_bytes(row["peak_rss_bytes"])]
+        for label, row in summary.iterrows()
+    ]  # fmt: skip
+    return _drop_empty(headers, rows, {"peak step memory", "peak GPU mem"})
+
+
+def convergence_table(summary: pd.DataFrame) -> Table:
+    """Per strategy label: forward and backward solves (iterations, share converged), the
+    largest measured ||dT/dx||, and the gradient's cosine to the exact implicit gradient."""
+    headers = [
+        LABEL, "fwd iters", "fwd converged", "bwd iters", "bwd converged", "max ‖∂T/∂x‖",
+        "grad cos first", "grad cos last",
+    ]  # fmt: skip
+    rows = [
+        [
+            label, fmt_number(row["mean_forward_iters"], "{:.1f}"),
+            fmt_number(row["forward_converged_frac"], "{:.0%}"),
+            fmt_number(row["mean_backward_iters"], "{:.1f}"),
+            fmt_number(row["backward_converged_frac"], "{:.0%}"),
+            fmt_number(row["layer_lipschitz_max"], "{:.3f}"),
+            _fmt_cosine(row["grad_cosine_first"], row["grad_first_na"], row["n_ok"]),
+            _fmt_cosine(row["grad_cosine_last"], row["grad_last_na"], row["n_ok"]),
+        ]
+        for label, row in summary.iterrows()
+    ]  # fmt: skip
+    return _drop_empty(headers, rows, {"bwd converged", "max ‖∂T/∂x‖"})
+
+
+def unreliable_timings(data: ReportData) -> list[str]:
+    """One line per ok run whose timing is flagged unreliable: run id, label and why."""
+    flags = validity(data)
+    bad = flags[flags["timing_unreliable"]]
+    return [
+        f"`{run_id}` ({row['label']}): {row['timing_note'] or 'no reason recorded'}"
+        for run_id, row in bad.iterrows()
+    ]
+
+
+def _fmt_delta(estimate: Estimate, digits: int) -> str:
+    """A difference and its 95 % interval, numbers only (DASH without an interval's seeds)."""
+    if estimate.n == 0:
+        return DASH
+    if not estimate.has_interval:
+        return f"{estimate.mean:+.{digits}f}"
+    return f"{estimate.mean:+.{digits}f} {fmt_interval(estimate, digits)}"
+
+
+def comparisons_table(found: list[Comparison]) -> Table | None:
+    """The paired differences of one setting with their 95 % intervals and verdicts."""
+    if not found:
+        return None
+    # The verdict has its own column here, so the difference cells hold only the numbers.
+    rows = [
+        [c.name, str(c.psnr.n), _fmt_delta(c.psnr, 2), verdict(c.psnr), _fmt_delta(c.ssim, 4),
+         verdict(c.ssim), c.note]
+        for c in found
+    ]  # fmt: skip
+    return Table(
+        ["comparison", "seeds", "Δ PSNR (dB) [95% CI]", "PSNR", "Δ SSIM [95% CI]", "SSIM", "how"],
+        rows,
+    )
+
+
+def problem_runs_table(data: ReportData) -> Table | None:
+    """Runs whose status is not ok, with their reasons (None when every run is ok)."""
+    bad = data.runs[data.runs["status"] != "ok"].sort_values(["label", "seed"])
+    if bad.empty:
+        return None
+    rows = [
+        [r["run_id"], r["label"], fmt_value(r["seed"]), r["status"],
+         fmt_value(r["status_reason"]) if pd.notna(r["status_reason"]) else "(no reason recorded)"]
+        for _, r in bad.iterrows()
+    ]  # fmt: skip
+    return Table(["run", LABEL, "seed", "status", "reason"], rows)
+
+
+def runs_table(data: ReportData, settings: list[Setting] | None = None) -> Table:
+    """Every run, one row each (appendix), with its setting when there are several."""
+    titles: dict[str, str] = {}
+    for setting in settings or []:
+        if setting.title is not None:
+            for run_id in setting.data.runs["run_id"]:
+                titles.setdefault(run_id, setting.title)
+    records = sorted(
+        (r for _, r in data.runs.iterrows()),
+        key=lambda r: (
+            r["is_baseline"],
+            natural_key(r["label"]),
+            natural_key(fmt_value(r["seed"])),
+        ),
+    )
+    rows = [
+        [r["run_id"], r["label"], fmt_value(r["seed"]), r["status"],
+         fmt_number(r["final_test_psnr"], "{:.2f}"), fmt_number(r["final_test_ssim"], "{:.4f}"),
+         fmt_seconds(r["train_time_s"]), fmt_seconds(r["median_step_time_s"])]
+        + ([titles.get(r["run_id"], DASH)] if titles else [])
+        for r in records
+    ]  # fmt: skip
+    headers = [
+        "run", LABEL, "seed", "status", "PSNR (dB)", "SSIM", "train time", "median step",
+    ]  # fmt: skip
+    return Table(headers + (["setting"] if titles else []), rows)
+
+
+def setup_table(data: ReportData, settings: list[Setting] | None = None) -> Table:
+    """The experimental setup, one row per field; several values are listed (the sweep varies it)."""
+    runs = data.runs
+    learned = runs[~runs["is_baseline"]]
+    rows = []
+    for column, name in SETUP_FIELDS:
+        if column not in runs.columns:
+            continue
+        source = learned if learned[column].notna().any() else runs
+        values = source[column].dropna().unique()
+        if not len(values):
+            continue
+        values = sorted(values, key=lambda v: natural_key(fmt_value(v)))
+        text = ", ".join(fmt_value(v) for v in values)
+        rows.append([name, text + (" (varies)" if len(values) > 1 else "")])
+    seeds = sorted(learned["seed"].dropna().unique())
+    rows.append(["seeds", ", ".join(fmt_value(s) for s in seeds) or DASH])
+    for column in [c for c in runs.columns if c.startswith("p_")]:
+        values = sorted(learned[column].dropna().unique(), key=lambda v: natural_key(fmt_value(v)))
+        if len(values):
+            rows.append([f"strategy parameter {column[2:]}", ", ".join(map(fmt_value, values))])
+    if settings and len(settings) > 1:
+        rows.append(["settings", f"{len(settings)}: " + "; ".join(s.title for s in settings)])
+    rows.append(["runs", f"{len(learned)} learned ({status_counts(learned['status']) or 'none'}), "
+                         f"{int(runs['is_baseline'].sum())} baseline"])  # fmt: skip
+    return Table(["setting", "value"], rows)
