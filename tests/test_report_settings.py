@@ -717,3 +717,16 @@ def test_jacobian_products_per_step_come_from_runs_or_steps(tmp_path, no_figures
     markdown = _build(folder.write(tmp_path / "res"), tmp_path)
     assert _cells(markdown, "neumann:k=3", "J products / step") == [f"{np.mean([4, 6]):.1f}"]
     assert _cells(markdown, "cg", "J products / step") == ["12.0"]
+
+
+def test_sparse_evaluations_are_not_missing_epochs_but_an_early_stop_is(tmp_path, no_figures):
+    folder = Folder()
+    # eval_every: evaluations in epochs 3 and 5 of 5 only: complete
+    sparse = [(3, 30, 0.0, 1.0, 25.0), (5, 50, 1.0, 2.0, 26.0)]
+    folder.learned("jfb", 0, 26.0, 2.0, evaluations=sparse, epochs=5)
+    # evaluations that stop in epoch 3 of 5: something is missing
+    early = [(2, 20, 1.0, 1.0, 25.0), (3, 30, 1.0, 1.5, 25.5)]
+    short_id = folder.learned("jfb", 1, 25.5, 1.5, evaluations=early, epochs=5)
+    markdown = _build(folder.write(tmp_path / "res"), tmp_path)
+    notes = [line for line in markdown.splitlines() if "before their last epoch" in line]
+    assert len(notes) == 1 and short_id in notes[0] and "jfb-s0" not in notes[0]

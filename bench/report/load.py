@@ -424,15 +424,17 @@ def _coverage_notes(results_dir: Path, data: ReportData, ok_step_rows: int) -> l
     no_epochs = sorted(set(ok["run_id"]) - set(data.epochs["run_id"]))
     if no_epochs and (results_dir / "epochs.csv").exists():
         notes.append(f"no epochs.csv rows for ok run(s): {', '.join(no_epochs)}")
-    counts = data.epochs.groupby("run_id")["epoch"].nunique()
+    # A finished run always evaluates after its last step, i.e. in its last epoch; with
+    # ``eval_every`` it need not evaluate in every epoch, so the test is the last epoch reached.
+    last = data.epochs.groupby("run_id")["epoch"].max()
     planned = ok.set_index("run_id")["epochs"]
     short = [
-        f"{run_id} ({counts[run_id]} of {int(planned[run_id])})"
-        for run_id in counts.index
-        if pd.notna(planned.get(run_id)) and counts[run_id] < planned[run_id]
+        f"{run_id} (last evaluation in epoch {int(last[run_id])} of {int(planned[run_id])})"
+        for run_id in last.index
+        if pd.notna(planned.get(run_id)) and last[run_id] < planned[run_id]
     ]
     if short:
-        notes.append("ok runs with fewer recorded epochs than planned: " + ", ".join(short))
+        notes.append("ok runs whose evaluations stop before their last epoch: " + ", ".join(short))
     if (results_dir / "steps.csv").exists():
         if ok_step_rows == 0 and len(ok):
             notes.append("`steps.csv` has no rows of ok runs: per-step figures use runs.csv")
