@@ -56,6 +56,16 @@ def _parser() -> argparse.ArgumentParser:
         "--keep-stale", action="store_true", help="keep such stale runs (they are listed)"
     )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at once on this machine, each with cores/N torch threads (local executor)",
+    )
+    run.add_argument(
+        "--runs-per-gpu", type=int, default=1, help="with -j N on a CUDA machine (default 1)"
+    )
     run.add_argument("--executor", choices=("local", "submitit"), default="local")
     run.add_argument("--slurm-partition", help="SLURM partition (submitit executor)")
     run.add_argument("--slurm-time", type=int, default=60, help="minutes per job")
@@ -81,8 +91,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args) -> int:
     from .config import load_suite, with_overrides
+    from .executor import LocalExecutor, SubmititExecutor
     from .runner import run_suite
 
+    if args.jobs < 1:
+        raise ValueError(f"-j/--jobs must be >= 1, got {args.jobs}")
+    if args.runs_per_gpu < 1:
+        raise ValueError(f"--runs-per-gpu must be >= 1, got {args.runs_per_gpu}")
+    if args.executor == "submitit" and args.jobs != 1:
+        raise ValueError("-j/--jobs applies to --executor local (submitit runs one run per job)")
     suite = with_overrides(
         load_suite(args.suite),
         args.set,
@@ -97,13 +114,24 @@ def _run(args) -> int:
     _check_data(suite)
     out = args.out or Path("results") / suite.name
     if args.executor == "submitit":
-        from .executor import run_suite_submitit
-
-        counts = run_suite_submitit(suite, out, args)
-    else:
-        counts = run_suite(
-            suite, out, force=args.force, progress=not args.quiet, stale=_stale_choice(args)
+        executor = SubmititExecutor(
+            cluster=args.submitit_cluster,
+            folder=args.submitit_folder,
+            partition=args.slurm_partition,
+            time_min=args.slurm_time,
+            gpus=args.slurm_gpus,
+            array_parallelism=args.slurm_array_parallelism,
         )
+    else:
+        executor = LocalExecutor(jobs=args.jobs, runs_per_gpu=args.runs_per_gpu)
+    counts = run_suite(
+        suite,
+        out,
+        executor,
+        force=args.force,
+        progress=not args.quiet,
+        stale=_stale_choice(args),
+    )
     elsewhere = counts.get("elsewhere", 0)
     print(
         f"{suite.name}: {counts['ok']} ok, {counts['diverged']} diverged, "

@@ -41,7 +41,7 @@ RUN_COLUMNS = (
     "model_width", "model_depth", "device", "device_name", "torch_version", "torchdeq_version",
     "git_commit", "config_hash",
     "final_train_loss", "final_test_psnr", "final_test_ssim", "blurred_test_psnr",
-    "blurred_test_ssim", "total_wall_time_s", "median_step_time_s", "median_forward_time_s",
+    "blurred_test_ssim", "train_time_s", "median_step_time_s", "median_forward_time_s",
     "median_backward_time_s", "median_optimizer_time_s", "saved_bytes", "peak_rss_bytes",
     "peak_gpu_memory_bytes", "peak_gpu_device_memory_bytes", "mean_forward_iters",
     "forward_converged_frac", "mean_backward_iters", "grad_cosine_first", "grad_cosine_last",
@@ -53,10 +53,16 @@ RUN_COLUMNS = (
     "skipped_steps", "peak_step_bytes", "run_wall_time_s", "eval_time_s", "diagnostics_time_s",
     # J u + J^T u products per training step, counted by the harness (bench.measure)
     "jacobian_products_per_step",
+    # timings you can trust (bench/summary.py): where the run's time went (train_time_s above
+    # is the sum of step times, not wall-clock), the warm-up left out of medians, the threads and
+    # cores the run had, the load it saw, and the verdict drawn from them
+    "setup_time_s", "warmup_steps", "warmup_step_time_s", "step_time_cv", "step_time_robust_cv",
+    "torch_threads", "cpu_count", "jobs", "load_avg_max", "cpu_util", "timing_reliable",
+    "timing_note",
 )  # fmt: skip
 EPOCH_COLUMNS = (
     "run_id", "strategy", "seed", "epoch", "train_loss", "test_psnr", "test_ssim",
-    "blurred_test_psnr", "blurred_test_ssim", "wall_time_s", "grad_cosine",
+    "blurred_test_psnr", "blurred_test_ssim", "train_time_s", "grad_cosine",
     # one row per evaluation: at each epoch's end (epoch_end = 1) and every [train] eval_every steps
     "step", "epoch_end", "layer_lipschitz", "layer_lipschitz_converged",
     "grad_reference_converged", "grad_reference_forward_residual",
@@ -82,6 +88,7 @@ TEXT_COLUMNS = (
     "run_id", "suite", "strategy", "strategy_label", "params", "status", "status_reason",
     "dataset", "solver", "device", "device_name", "torch_version", "torchdeq_version",
     "git_commit", "config_hash", "setting_hash", "lr_schedule", "model_form", "lipschitz_control",
+    "timing_note",
 )  # fmt: skip
 
 

@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from .metrics import psnr, ssim
 from .model import build_model
 from .problem import DeblurProblem, GaussianBlur
 from .solver import lipschitz_estimate, make_solver
+from .summary import run_summary, timing_verdict
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 TEST_NOISE_SEED = 10_000  # test measurements are the same for every run and seed
@@ -331,11 +333,22 @@ class _Record:
         self.evals: list[dict] = []
         self.saved_bytes = math.nan
         self.peak_step_bytes = math.nan
+        # Phases of the run (wall-clock seconds): setup, evaluation, diagnostics (gradient
+        # fidelity, ||dT/dx||, the replayed peak-bytes step). Training is the sum of step times.
+        self.setup_time_s = 0.0
         self.eval_time_s = 0.0
         self.diagnostics_time_s = 0.0
         self.train_time_s = 0.0  # sum of step times: the training-time budget
+        # CPU time and wall-clock of the process over the training steps (for cpu_util)
+        self.step_cpu_s = 0.0
+        self.step_wall_s = 0.0
+        self.load_samples: list[float] = []
         self.status, self.reason = "ok", ""
         self.recon = None
+
+    def sample_load(self) -> None:
+        """Record the machine's 1-minute load average (at the start, each evaluation, the end)."""
+        self.load_samples.append(os.getloadavg()[0])
 
 
 def _check_finite(row: dict, xhat: torch.Tensor, epoch: int, step: int) -> None:
@@ -365,7 +378,7 @@ def _evaluation(s: _Setup, rec: _Record, epoch: int, epoch_end: bool, fidelity: 
         "test_ssim": test_ssim,
         "blurred_test_psnr": s.data.blurred_psnr,
         "blurred_test_ssim": s.data.blurred_ssim,
-        "wall_time_s": rec.train_time_s,
+        "train_time_s": rec.train_time_s,
         "grad_cosine": math.nan,
         "grad_reference_converged": math.nan,
         "grad_reference_forward_residual": math.nan,
@@ -377,6 +390,7 @@ def _evaluation(s: _Setup, rec: _Record, epoch: int, epoch_end: bool, fidelity: 
     rec.evals.append(row)
     rec.eval_time_s += t1 - t0
     rec.diagnostics_time_s += time.perf_counter() - t1
+    rec.sample_load()
 
 
 def _train_loop(s: _Setup, rec: _Record, memory: PeakMemory, device, progress: bool) -> None:
@@ -397,12 +411,17 @@ def _train_loop(s: _Setup, rec: _Record, memory: PeakMemory, device, progress: b
             d = s.data.problem.measure(x, s.generator)
             step = len(rec.steps) + 1
             if step == tracked_step:
+                t0 = time.perf_counter()
                 rec.peak_step_bytes = _peak_step_bytes(s, x, d, clock)
+                rec.diagnostics_time_s += time.perf_counter() - t0
             counter = SavedBytes() if step == 1 else None  # one step suffices: exact
             with memory:
+                wall, cpu = time.perf_counter(), time.process_time()
                 row, xhat = train_step(
                     s.model, s.strategy, s.solver, s.optimizer, x, d, clock, counter
                 )
+                rec.step_cpu_s += time.process_time() - cpu  # every thread of the process
+                rec.step_wall_s += time.perf_counter() - wall
             if counter:
                 rec.saved_bytes = counter.total
             if scheduler is not None:
@@ -441,20 +460,59 @@ def train(run: RunConfig, device: torch.device, progress: bool = False) -> dict:
 
     Memory figures cover training steps only: the peak RSS and GPU memory are taken inside the
     steps (evaluation, the gradient-fidelity reference and the Lipschitz estimate are outside),
-    and ``peak_step_bytes`` is the exact peak of live tensor bytes of one step.
+    and ``peak_step_bytes`` is the exact peak of live tensor bytes of one step. The run's
+    wall-clock is split into setup, training steps, evaluation and diagnostics; the timing
+    columns say whether the step times can be trusted (see :func:`bench.summary.timing_verdict`).
     """
     started = time.perf_counter()
-    s = _Setup.build(run, device)
     rec = _Record()
+    rec.sample_load()
+    s = _Setup.build(run, device)
+    rec.setup_time_s = time.perf_counter() - started
     memory = PeakMemory(device)
     try:
         with memory.sampling():
             _train_loop(s, rec, memory, device, progress)
     except Diverged as err:
         rec.status, rec.reason = "diverged", str(err)
+    rec.sample_load()
     tables = _tables(s, rec, memory, device, time.perf_counter() - started)
     tables["model"] = {k: v.detach().cpu() for k, v in s.model.state_dict().items()}
     return tables
+
+
+def host_columns() -> dict:
+    """Threads and cores of this process: ``torch_threads`` and ``cpu_count`` (the cores it may
+    run on, which a job scheduler or ``taskset`` can restrict below the machine's)."""
+    return {"torch_threads": torch.get_num_threads(), "cpu_count": usable_cores()}
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity; the machine's count where the platform
+    has no affinity call, e.g. macOS)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _timing_columns(rec: _Record, summary: dict, device) -> dict:
+    threads = torch.get_num_threads()
+    cpu_util = rec.step_cpu_s / (rec.step_wall_s * threads) if rec.step_wall_s > 0 else math.nan
+    load_avg_max = max(rec.load_samples) if rec.load_samples else math.nan
+    reliable, note = timing_verdict(
+        load_avg_max=load_avg_max,
+        machine_cpus=os.cpu_count() or 1,
+        cpu_util=cpu_util,
+        robust_cv=summary["step_time_robust_cv"],
+        device_type=torch.device(device).type,
+    )
+    return {
+        **host_columns(),
+        "load_avg_max": load_avg_max,
+        "cpu_util": cpu_util,
+        "timing_reliable": reliable,
+        "timing_note": note,
+    }
 
 
 def _tables(s: _Setup, rec: _Record, memory: PeakMemory, device, run_wall_time_s: float) -> dict:
@@ -467,17 +525,7 @@ def _tables(s: _Setup, rec: _Record, memory: PeakMemory, device, run_wall_time_s
     epochs_df = pd.DataFrame(
         [{**keys, **e} for e in rec.evals], columns=list(results.EPOCH_COLUMNS)
     )
-    last = rec.evals[-1] if rec.evals else {}
-    cos = epochs_df["grad_cosine"]
-    fid_rows = epochs_df[epochs_df["grad_reference_converged"].notna()]
-
-    def med(col):
-        return float(steps_df[col].median()) if len(steps_df) else math.nan
-
-    def mean(col):
-        return float(steps_df[col].mean()) if len(steps_df) and col in steps_df else math.nan
-
-    lip = epochs_df["layer_lipschitz"]
+    summary = run_summary(steps_df, epochs_df)
     row = {
         **_setting_columns(run, device, s.data),
         **keys,
@@ -486,34 +534,19 @@ def _tables(s: _Setup, rec: _Record, memory: PeakMemory, device, run_wall_time_s
         **{f"p_{k}": v for k, v in strategy.params.items()},
         "status": rec.status,
         "status_reason": rec.reason,
-        "final_train_loss": last.get("train_loss", math.nan),
-        "final_test_psnr": last.get("test_psnr", math.nan),
-        "final_test_ssim": last.get("test_ssim", math.nan),
         "blurred_test_psnr": s.data.blurred_psnr,
         "blurred_test_ssim": s.data.blurred_ssim,
-        "total_wall_time_s": rec.train_time_s,
-        "run_wall_time_s": run_wall_time_s,
+        **summary,
+        "setup_time_s": rec.setup_time_s,
         "eval_time_s": rec.eval_time_s,
         "diagnostics_time_s": rec.diagnostics_time_s,
-        "median_step_time_s": med("step_time_s"),
-        "median_forward_time_s": med("forward_time_s"),
-        "median_backward_time_s": med("backward_time_s"),
-        "median_optimizer_time_s": med("optimizer_time_s"),
+        "run_wall_time_s": run_wall_time_s,
+        **_timing_columns(rec, summary, device),
         "saved_bytes": rec.saved_bytes,
         "peak_step_bytes": rec.peak_step_bytes,
         "peak_rss_bytes": memory.rss_bytes or math.nan,
         "peak_gpu_memory_bytes": memory.gpu_bytes if memory.gpu_bytes is not None else math.nan,
         "peak_gpu_device_memory_bytes": memory.gpu_device_bytes or math.nan,
-        "mean_forward_iters": mean("forward_iters"),
-        "forward_converged_frac": mean("forward_converged"),
-        "mean_backward_iters": mean("backward_iters"),
-        "backward_converged_frac": mean("backward_converged"),
-        "jacobian_products_per_step": mean("jacobian_products"),
-        "skipped_steps": float(steps_df["skipped"].sum()) if len(steps_df) else 0.0,
-        "grad_cosine_first": float(cos[fid_rows.index[0]]) if len(fid_rows) else math.nan,
-        "grad_cosine_last": float(cos[fid_rows.index[-1]]) if len(fid_rows) else math.nan,
-        "lipschitz_estimate": float(lip.iloc[-1]) if len(lip) else math.nan,
-        "max_layer_lipschitz": float(lip.max()) if len(lip) else math.nan,
         "certified_lipschitz_bound": s.model.contraction_bound(),
     }
     return {
@@ -582,6 +615,34 @@ def _save_npz(path: Path, **arrays) -> None:
     results.atomic_write_bytes(path, buf.getvalue())
 
 
+@dataclass(frozen=True)
+class RunOutcome:
+    """What :func:`execute` did with one run: its status (ok, diverged, failed, or elsewhere when
+    another process had it), its runs.csv row (empty when elsewhere) and the process that ran it.
+    """
+
+    run_id: str
+    status: str
+    row: dict = dataclasses.field(default_factory=dict)
+    pid: int = dataclasses.field(default_factory=os.getpid)
+
+    def line(self) -> str:
+        """The one-line account a sweep prints when the run ends."""
+        if self.status == "elsewhere":
+            return f"{self.run_id}: running elsewhere (claimed or finished by another process)"
+        row = self.row
+        reason = f" ({row.get('status_reason')})" if self.status != "ok" else ""
+        text = f"{self.run_id}: {self.status}{reason}"
+        if self.status == "failed":
+            return text
+        return (
+            f"{text}  psnr {row['final_test_psnr']:.2f} dB  ssim {row['final_test_ssim']:.3f}"
+            f"  step {row['median_step_time_s'] * 1e3:.1f} ms"
+            f"  saved {row['saved_bytes'] / 2**20:.2f} MiB  [{row['run_wall_time_s']:.1f} s]"
+            + ("" if row.get("timing_reliable", True) else "  timing unreliable")
+        )
+
+
 def execute(
     run: RunConfig,
     out: Path,
@@ -589,31 +650,35 @@ def execute(
     *,
     started: float | None = None,
     force: bool = False,
-) -> str:
+    jobs: int = 1,
+) -> RunOutcome:
     """Claim, train and write one run; a failure is recorded, not raised.
 
-    Returns the run's status, or ``"elsewhere"`` when another process holds the run's claim or
-    did the run meanwhile: a part written since ``started`` (the sweep's start time), or, unless
-    ``force``, any complete part. That is what lets concurrent (and forced) sweeps share one
-    folder without training a run twice. KeyboardInterrupt propagates: the run in progress is
-    simply lost and its old part, if any, is untouched.
+    Returns the run's outcome; its status is ``"elsewhere"`` when another process holds the
+    run's claim or did the run meanwhile: a part written since ``started`` (the sweep's start
+    time), or, unless ``force``, any complete part. That is what lets concurrent (and forced)
+    sweeps share one folder without training a run twice. ``jobs`` (the runs the sweep runs at
+    once on this machine) is recorded in the row. KeyboardInterrupt propagates: the run in
+    progress is simply lost and its old part, if any, is untouched.
     """
     out = Path(out)
+    elsewhere = RunOutcome(run.run_id, "elsewhere")
     with results.claim(out, run.run_id) as claimed:
         if not claimed:
-            return "elsewhere"
+            return elsewhere
         if started is not None and results.part_status(out, run.run_id, written_after=started):
-            return "elsewhere"
+            return elsewhere
         if (
             not force
             and results.part_status(out, run.run_id) in results.COMPLETE
             and not provenance.stale_reasons(out, run)  # stale: planned for a rerun
         ):
-            return "elsewhere"
-        return _train_and_write(run, out, progress)
+            return elsewhere
+        row = _train_and_write(run, out, progress, jobs)
+        return RunOutcome(run.run_id, str(row["status"]), row)
 
 
-def _train_and_write(run: RunConfig, out: Path, progress: bool) -> str:
+def _train_and_write(run: RunConfig, out: Path, progress: bool, jobs: int) -> dict:
     device = resolve_device(run.train.device)
     part = out / "parts" / run.run_id
     try:
@@ -624,6 +689,7 @@ def _train_and_write(run: RunConfig, out: Path, progress: bool) -> str:
         results.atomic_write_bytes(part / "error.log", traceback.format_exc().encode())
         row = {
             **_setting_columns(run, device, None),
+            **host_columns(),
             "run_id": run.run_id,
             "strategy": run.strategy.split(":")[0],
             "strategy_label": run.strategy,
@@ -633,6 +699,7 @@ def _train_and_write(run: RunConfig, out: Path, progress: bool) -> str:
             "status_reason": f"{type(err).__name__}: {err}".splitlines()[0][:500],
         }
         tables = {"runs": pd.DataFrame([row]).reindex(columns=results.RUN_COLUMNS)}
+    tables["runs"] = tables["runs"].assign(jobs=jobs)
     recon = tables.pop("recon", None)
     weights = tables.pop("model", None)
     if weights is not None:  # before runs.csv, which marks the part complete
@@ -645,10 +712,10 @@ def _train_and_write(run: RunConfig, out: Path, progress: bool) -> str:
         _save_npz(out / "recons" / f"{run.run_id}.npz", x=recon)
     provenance.write(out, run)  # before runs.csv, which marks the part complete
     results.write_run(out, run.run_id, tables)
-    status = str(tables["runs"]["status"].iloc[0])
-    if status != "failed":  # an earlier attempt's traceback no longer describes this run
+    row = tables["runs"].iloc[0].to_dict()
+    if row["status"] != "failed":  # an earlier attempt's traceback no longer describes this run
         (part / "error.log").unlink(missing_ok=True)
-    return status
+    return row
 
 
 def run_baselines(suite: Suite, out: Path, force: bool = False) -> None:
@@ -778,35 +845,84 @@ def _process_start() -> float:
 
 
 def run_suite(
-    suite: Suite, out: Path, force: bool = False, progress: bool = True, stale: str = "error"
+    suite: Suite,
+    out: Path,
+    executor=None,
+    force: bool = False,
+    progress: bool = True,
+    stale: str = "error",
 ) -> dict[str, int]:
     """Run (or resume) every run of ``suite`` into ``out``; return counts of statuses.
 
-    ``elsewhere`` counts the runs another process was training (or finished) meanwhile.
+    Plan (what is left to do), baselines, then the runs through ``executor`` (a
+    :class:`bench.executor.LocalExecutor`, by default one run at a time in this process, or a
+    :class:`bench.executor.SubmititExecutor`), merging the tables as runs finish. ``elsewhere``
+    counts the runs another process was training (or finished) meanwhile. The suite-level
+    timing (plan, baselines, runs, merges) is printed and written to ``out/suite_timing.json``.
     """
+    from .executor import LocalExecutor
+
+    executor = executor or LocalExecutor(jobs=1)
     out = Path(out)
-    started = time.time()
+    started, t0 = time.time(), time.perf_counter()
     for run in suite.runs():  # fail fast on settings, before any training
         resolve_device(run.train.device)
+    executor.check(suite.runs())
     todo, counts = plan(suite, out, force, stale)
+    t_plan = time.perf_counter()
     run_baselines(suite, out, force)
-    bar = tqdm(todo, desc=f"{suite.name}", unit="run", disable=not progress)
-    for run in bar:
-        bar.set_postfix_str(run.strategy)
-        t0 = time.perf_counter()
-        status = execute(run, out, progress=progress, started=started, force=force)
-        counts[status] += 1
-        if status == "elsewhere":
-            bar.write(f"{run.run_id}: running elsewhere (claimed or finished by another process)")
-            continue
-        row = results.read_table(out / "parts" / run.run_id / "runs.csv").iloc[0]
-        bar.write(
-            f"{run.run_id}: {status}"
-            + (f" ({row['status_reason']})" if status != "ok" else "")
-            + f"  psnr {row['final_test_psnr']:.2f} dB  ssim {row['final_test_ssim']:.3f}"
-            f"  step {row['median_step_time_s'] * 1e3:.1f} ms  saved {row['saved_bytes'] / 2**20:.2f} MiB"
-            f"  [{time.perf_counter() - t0:.1f} s]"
-        )
-        results.merge(out)
+    t_baselines = time.perf_counter()
+    merge_s, done = 0.0, []
+    # closing: an exception here (Ctrl-C, a write error) stops the executor's workers at once
+    outcomes = executor.map(todo, out, started=started, force=force, progress=progress)
+    with contextlib.closing(outcomes):
+        for outcome in outcomes:
+            counts[outcome.status] += 1
+            tqdm.write(outcome.line())
+            if outcome.status != "elsewhere":
+                done.append(outcome.row)
+                t = time.perf_counter()
+                results.merge(out)
+                merge_s += time.perf_counter() - t
+    t_runs = time.perf_counter()
     results.merge(out)
+    t_end = time.perf_counter()
+    timing = _suite_timing(
+        suite.name, executor.jobs, done,
+        wall=t_end - t0, plan=t_plan - t0, baselines=t_baselines - t_plan,
+        runs=t_runs - t_baselines, merge=merge_s + t_end - t_runs,
+    )  # fmt: skip
+    results.atomic_write_bytes(out / SUITE_TIMING, (json.dumps(timing, indent=1) + "\n").encode())
+    print(_timing_line(timing))
     return counts
+
+
+SUITE_TIMING = "suite_timing.json"
+PHASES = ("setup_time_s", "train_time_s", "eval_time_s", "diagnostics_time_s", "run_wall_time_s")
+
+
+def _suite_timing(name: str, jobs: int, rows: list[dict], **seconds: float) -> dict:
+    """The command's wall-clock split and the phases summed over the runs it trained.
+
+    wall = plan + baselines + runs + the final merge; ``merge_time_s`` counts every merge,
+    including those after each finished run, which are also part of ``runs_time_s``.
+    """
+    summed = {}
+    for phase in PHASES:
+        values = [float(r.get(phase, math.nan)) for r in rows]
+        summed[phase] = float(np.nansum(values)) if values else 0.0
+    return {
+        "suite": name,
+        "jobs": jobs,
+        "runs_trained": len(rows),
+        **{f"{k}_time_s" if k != "wall" else "wall_time_s": v for k, v in seconds.items()},
+        "runs_phases_s": summed,
+    }
+
+
+def _timing_line(t: dict) -> str:
+    return (
+        f"time: {t['wall_time_s']:.1f} s (plan {t['plan_time_s']:.1f} s, baselines "
+        f"{t['baselines_time_s']:.1f} s, runs {t['runs_time_s']:.1f} s with -j {t['jobs']}, "
+        f"merges {t['merge_time_s']:.1f} s)"
+    )

@@ -77,6 +77,7 @@ def run_summary(
         "forward_converged_frac": mean("forward_converged"),
         "mean_backward_iters": mean("backward_iters"),
         "backward_converged_frac": mean("backward_converged"),
+        "jacobian_products_per_step": mean("jacobian_products"),
         "skipped_steps": float(steps["skipped"].sum()) if n and "skipped" in steps else 0.0,
         "grad_cosine_first": float(fidelity["grad_cosine"].iloc[0]) if len(fidelity) else math.nan,
         "grad_cosine_last": float(fidelity["grad_cosine"].iloc[-1]) if len(fidelity) else math.nan,

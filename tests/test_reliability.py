@@ -407,9 +407,9 @@ def test_a_claimed_run_is_left_to_its_owner(tmp_path, fake_train):
         assert mine
         with results.claim(out, run.run_id) as again:
             assert not again  # exclusive, even within one process
-        assert runner.execute(run, out) == "elsewhere"
+        assert runner.execute(run, out).status == "elsewhere"
     assert fake_train.calls == [] and not part_ids(out)
-    assert runner.execute(run, out) == "ok" and fake_train.calls == [run.run_id]
+    assert runner.execute(run, out).status == "ok" and fake_train.calls == [run.run_id]
 
 
 # ---- 5. a run's identity covers the data actually loaded --------------------------------------
