@@ -1,14 +1,25 @@
-"""Sweeps through submitit: tested with submitit's local backend (no SLURM needed)."""
+"""Executors: local parallel sweeps (-j N) and submitit (tested with its local backend, no SLURM
+needed)."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import psutil
 import pytest
-from helpers import TINY, cli
+from helpers import TINY, cli, subprocess_env
 
-from bench import results
+from bench import results, runner
 from bench.cli import main
+from bench.config import load_suite
+from bench.executor import LocalExecutor, gpu_per_slot, threads_per_job
 
 SUITE = TINY.replace(
     'strategies = ["jfb", "cg:tol=1e-6:max_iter=300", "neumann:k=3", "unrolled:k=3"]',
@@ -50,3 +61,156 @@ def test_submitit_without_slurm_is_a_clear_usage_error(tmp_path, capsys):
     code = main(["run", "--executor", "submitit", "--out", str(tmp_path), "--epochs", "1"])
     err = capsys.readouterr().err
     assert code == 2 and "SLURM not found" in err and "--submitit-cluster local" in err
+
+
+# ---- local parallel sweeps (-j N) -------------------------------------------------------------
+
+FAST = """
+strategies = ["jfb", "unrolled:k=2"]
+seeds = 2
+[data]
+dataset = "faces"
+n_images = 12
+[model]
+width = 2
+depth = 1
+[solver]
+name = "fixed_point_iter"
+max_iter = 30
+tol = 1e-3
+[train]
+epochs = 1
+batch_size = 4
+n_recon = 1
+grad_fidelity = false
+device = "cpu"
+"""
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+@pytest.mark.slow
+def test_two_jobs_use_two_processes_lose_no_row_and_resume(tmp_path):
+    suite = load_suite(str(_write(tmp_path, FAST)))
+    out = tmp_path / "out"
+    todo, _ = runner.plan(suite, out)
+    assert len(todo) == 4
+    outcomes = list(
+        LocalExecutor(jobs=2).map(todo, out, started=time.time(), force=False, progress=False)
+    )
+    pids = {o.pid for o in outcomes}
+    assert len(pids) == 2 and os.getpid() not in pids  # two worker processes really ran
+    assert sorted(o.run_id for o in outcomes) == sorted(r.run_id for r in todo)
+    assert all(o.status == "ok" for o in outcomes)
+    runs = results.merge(out)["runs"]
+    assert len(runs) == 4 and runs.run_id.is_unique
+    assert (runs.jobs == 2).all() and (runs.torch_threads == max(1, _cores() // 2)).all()
+    assert (runs.cpu_count == _cores()).all()
+    # the same suite from the command line with -j 2: everything is already there
+    again = cli("run", tmp_path / "fast.toml", "--out", out, "-j", "2", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "4 already complete" in again.stdout and len(results.load(out)["runs"]) == 4
+
+
+@pytest.mark.slow
+def test_jobs_from_the_command_line_print_a_line_per_run_and_the_suite_timing(tmp_path):
+    _write(tmp_path, FAST.replace("seeds = 2", "seeds = 1"))
+    out = tmp_path / "out"
+    proc = cli("run", tmp_path / "fast.toml", "--out", out, "-j", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    runs = results.load(out)["runs"]
+    lines = [line for line in proc.stdout.splitlines() if line.split(":")[0] in set(runs.run_id)]
+    assert len(lines) == 2 and all(": ok" in line for line in lines)
+    timing = json.loads((out / "suite_timing.json").read_text())
+    assert timing["jobs"] == 2 and timing["runs_trained"] == 2
+    phases = timing["runs_phases_s"]
+    assert phases["train_time_s"] == pytest.approx(runs.train_time_s.sum())
+    assert timing["wall_time_s"] >= timing["runs_time_s"] > 0
+    assert "time:" in proc.stdout and "with -j 2" in proc.stdout
+    # a run's phases fit in its wall-clock
+    parts = runs[["setup_time_s", "train_time_s", "eval_time_s", "diagnostics_time_s"]]
+    assert (parts.sum(axis=1) <= runs.run_wall_time_s).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_stopping_a_parallel_sweep_leaves_no_worker_behind(tmp_path, sig, code):
+    suite = _write(
+        tmp_path, FAST.replace("seeds = 2", "seeds = 6").replace("epochs = 1", "epochs = 20")
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.cli", "run", str(suite), "--out", str(tmp_path / "out"),
+         "-j", "2", "--quiet"],
+        cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    parent = psutil.Process(proc.pid)
+
+    def workers():
+        try:
+            children = parent.children()
+            return [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+        except psutil.Error:  # a child that ended meanwhile
+            return []
+
+    deadline = time.monotonic() + 300
+    while len(workers()) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)  # polling for the workers to exist, not waiting for timing
+    started = workers()
+    assert len(started) == 2, proc.communicate(timeout=60)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == code, stderr
+    assert "finished runs are saved" in stderr and "Traceback" not in stderr
+    _, alive = psutil.wait_procs(started, timeout=30)
+    assert not alive, [p.pid for p in alive]
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["-j", "0"], "-j/--jobs must be >= 1, got 0"),
+        (["-j", "-3"], "-j/--jobs must be >= 1, got -3"),
+        (["-j", "two"], "invalid int value"),
+        (["--runs-per-gpu", "0"], "--runs-per-gpu must be >= 1"),
+        (["-j", "2", "--executor", "submitit"], "-j/--jobs applies to --executor local"),
+    ],
+)
+def test_bad_job_counts_are_one_line_and_exit_status_2(args, words, tmp_path, capsys):
+    try:
+        code = main(["run", "--out", str(tmp_path), "--epochs", "1", *args])
+    except SystemExit as exit:  # argparse's own errors (not an int)
+        code = exit.code
+    err = capsys.readouterr().err
+    assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_executor_settings_are_checked_as_values():
+    with pytest.raises(ValueError, match="jobs must be an integer >= 1, got 0"):
+        LocalExecutor(jobs=0)
+    with pytest.raises(ValueError, match="runs_per_gpu must be an integer >= 1, got 1.5"):
+        LocalExecutor(jobs=2, runs_per_gpu=1.5)
+
+
+def test_threads_share_the_cores_among_the_jobs():
+    # (cores, jobs) -> threads: every job gets at least one, none more than its share
+    for cores in range(1, 17):
+        for jobs in range(1, 9):
+            threads = threads_per_job(cores, jobs)
+            assert threads >= 1 and (threads * jobs <= cores or threads == 1)
+            assert (threads + 1) * jobs > cores  # no core left idle that a job could use
+
+
+def test_each_worker_slot_gets_a_gpu_and_too_few_gpus_is_an_error():
+    assert gpu_per_slot(["0", "1"], workers=2, runs_per_gpu=1) == ["0", "1"]
+    assert gpu_per_slot(["3", "5"], workers=4, runs_per_gpu=2) == ["3", "3", "5", "5"]
+    assert gpu_per_slot(["3", "5"], workers=3, runs_per_gpu=2) == ["3", "3", "5"]
+    with pytest.raises(ValueError, match="-j 3 needs 3 GPU"):
+        gpu_per_slot(["0", "1"], workers=3, runs_per_gpu=1)
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "fast.toml"
+    path.write_text(text)
+    return path
