@@ -179,8 +179,8 @@ def _evaluate(model, strategy, solver, x, d, batch_size) -> tuple[float, float, 
 def _gradient_cosine(model, strategy, solver, x, d) -> dict[str, float]:
     """Cosine between the strategy's gradient and the exact implicit gradient on a fixed batch.
 
-    The reference is a float64 copy of the model with a forward solve and a CG adjoint solve
-    both to 1e-6. Its residuals are recorded; where either solve did not reach its tolerance the
+    The reference is a float64 copy of the model with a forward solve (Broyden) and a CG adjoint
+    solve, both to 1e-6. Its residuals are recorded; where either solve did not reach its tolerance the
     cosine is NaN: a number computed from an unconverged reference would look like a finding.
     Both gradients are taken in eval mode, so that nothing in the model changes between them.
     """
@@ -198,9 +198,11 @@ def _gradient_cosine(model, strategy, solver, x, d) -> dict[str, float]:
     dtype = next(model.parameters()).dtype
     g, _ = grad_of(model, strategy, solver, dtype)
     reference = copy.deepcopy(model).double()
-    ref_solver = make_solver(
-        "anderson", max_iter=FIDELITY_MAX_ITER, tol=FIDELITY_TOL, m=5, lam=1e-4
-    )
+    # Broyden, not the training default Anderson (m=5, lam=1e-4): measured on the quick layer
+    # after training, in float64 to 1e-6, Anderson stagnated (78 iterations, 1.76 s; the run's
+    # largest cost after its steps) where Broyden took 16 (0.24 s) to the same tolerance and the
+    # same fixed point (relative difference 2e-6). The residual check below is unchanged.
+    ref_solver = make_solver("broyden", max_iter=FIDELITY_MAX_ITER, tol=FIDELITY_TOL)
     ref_strategy = get_strategy("cg", tol=FIDELITY_TOL, max_iter=FIDELITY_MAX_ITER)
     g_ref, info = grad_of(reference, ref_strategy, ref_solver, torch.float64)
     converged = bool(info["forward_converged"] and info["backward_converged"])
