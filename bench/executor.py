@@ -33,6 +33,10 @@ from .config import RunConfig
 from .runner import RunOutcome, execute, resolve_device, usable_cores
 
 WORKER_START_TIMEOUT_S = 300  # all workers wait for each other once, before the first run
+# torch's own thread count when this module was imported: physical cores, or OMP_NUM_THREADS
+# when the user set it. The cores shared among the jobs are the usable ones, capped by it, so
+# that -j 1 never runs more threads than torch itself would (hyperthreads, a user's setting).
+TORCH_DEFAULT_THREADS = torch.get_num_threads()
 
 
 def threads_per_job(cores: int, jobs: int) -> int:
@@ -73,7 +77,9 @@ class LocalExecutor:
 
     @property
     def threads(self) -> int:
-        return threads_per_job(usable_cores(), self.jobs)
+        """Torch threads of each run: the cores this process may use (capped by torch's own
+        default) shared among the jobs."""
+        return threads_per_job(min(usable_cores(), TORCH_DEFAULT_THREADS), self.jobs)
 
     def check(self, runs: list[RunConfig]) -> None:
         """Settings that cannot work, as a ValueError before anything runs."""
@@ -244,5 +250,5 @@ def _job(run: RunConfig, out: str, started: float | None = None, force: bool = F
     folder (or a resubmitted array) does not train it twice. Its threads share the cores of
     its allocation with the other jobs that run there at once.
     """
-    torch.set_num_threads(threads_per_job(usable_cores(), jobs))
+    torch.set_num_threads(threads_per_job(min(usable_cores(), TORCH_DEFAULT_THREADS), jobs))
     return execute(run, Path(out), started=started, force=force, jobs=jobs)

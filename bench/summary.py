@@ -58,8 +58,10 @@ def run_summary(
         return float(steps[column].mean()) if n and column in steps else math.nan
 
     last = epochs.iloc[-1] if len(epochs) else {}
-    fidelity = epochs[epochs["grad_reference_converged"].notna()] if len(epochs) else epochs
-    lipschitz = epochs["layer_lipschitz"] if len(epochs) else pd.Series(dtype=float)
+    # evaluations that measured the fidelity (older folders lack the reference columns)
+    checked = "grad_reference_converged" if "grad_reference_converged" in epochs else "grad_cosine"
+    fidelity = epochs[epochs[checked].notna()] if len(epochs) else epochs
+    lipschitz = epochs["layer_lipschitz"] if "layer_lipschitz" in epochs else pd.Series(dtype=float)
     return {
         "final_train_loss": float(last.get("train_loss", math.nan)),
         "final_test_psnr": float(last.get("test_psnr", math.nan)),

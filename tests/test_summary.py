@@ -161,3 +161,14 @@ def test_cpu_utilisation_is_not_judged_on_a_gpu():
     gpu = QUIET | {"cpu_util": 0.1}
     assert timing_verdict(**gpu, device_type="cuda") == (True, "")
     assert not timing_verdict(**gpu, device_type="cpu")[0]
+
+
+def test_old_folders_without_the_newer_columns_are_summarised():
+    # a folder from before the validity columns: no skipped / converged / reference columns
+    steps = _steps(TIMES).drop(columns=["skipped", "backward_converged"])
+    epochs = _epochs().drop(columns=["grad_reference_converged", "layer_lipschitz"])
+    s = run_summary(steps, epochs)
+    assert s["skipped_steps"] == 0 and math.isnan(s["backward_converged_frac"])
+    assert s["grad_cosine_first"] == 0.9 and s["grad_cosine_last"] == 0.9  # the one measured
+    assert math.isnan(s["max_layer_lipschitz"])
+    assert s["median_step_time_s"] == pytest.approx(statistics.median(TIMES[3:]))
