@@ -126,13 +126,17 @@ def timing_verdict(
       on average over the minute before some sample. The load average counts the whole machine,
       so it is compared with the machine's cores, not with the cores this process may use.
     - ``cpu_util < MIN_CPU_UTIL`` on the CPU: the process got less CPU time than its threads
-      x the steps' wall time, i.e. its threads waited for cores. Measured on the 2-core machine:
-      quiet runs 0.93-1.0 (torch's OpenMP threads spin between parallel regions, so idle threads
-      still count), and 0.45-0.55 with a second process spinning on the same cores (the 40x
-      slowdown of issue 11). 0.75 is halfway. Not used on a GPU: there the CPU mostly waits.
+      x the steps' wall time, i.e. its threads waited for cores. Measured on the shared 2-core
+      machine (a quick-layer jfb run, 20 steps): 0.97-0.99 with one thread that had its core;
+      0.51 with the run and a busy process pinned to one core; 0.50 with two threads and one
+      core free (steps 3x slower), 0.19-0.28 with two threads at load 8-9. 0.75 is halfway.
+      (Two threads on two idle cores could not be measured on the shared machine.) Not used on
+      a GPU, where the CPU mostly waits for the device.
     - ``robust_cv > MAX_ROBUST_CV``: steps that did the same work took very different times.
-      Measured quiet on the quick layer: 0.05-0.11 (a single 3 s stall among 0.07 s steps moves
-      the plain CV to 2.8, this one not at all); with a competing process 0.4-1.3.
+      Measured: 0.05-0.13 where the threads had their cores (a single 3 s stall among 0.07 s
+      steps moved the plain CV to 2.8 and this one not at all), 0.39-0.43 with two threads
+      fighting for one core. Time-slicing against a busy process slows every step alike (0.09
+      pinned beside one): that case is cpu_util's.
     """
     reasons = []
     if load_avg_max > machine_cpus:
