@@ -70,7 +70,7 @@ def done(tmp_path):
     out = tmp_path / "out"
     todo, _ = plan(suite, out)
     assert len(todo) == 1
-    assert execute(todo[0], out) == "ok"
+    assert execute(todo[0], out).status == "ok"
     return suite, out, todo[0]
 
 
@@ -93,7 +93,7 @@ def test_changed_strategy_code_is_stale_until_told_what_to_do(done, monkeypatch)
     assert kept == []
     redo, counts = plan(suite, out, stale="rerun")
     assert [r.run_id for r in redo] == [run.run_id] and counts["skipped"] == 0
-    assert execute(redo[0], out) == "ok"  # trained again, not skipped as complete
+    assert execute(redo[0], out).status == "ok"  # trained again, not skipped as complete
     assert provenance.stale_reasons(out, run) == []  # its new provenance is current
     assert len(results.merge(out)["runs"].query("run_id == @run.run_id")) == 1
 
