@@ -60,6 +60,7 @@ def test_summary_leaves_warmup_out_of_medians_and_counts_every_step_elsewhere():
         TIMES,
         forward_iters=[4.0, 4, 5, 5, 5, 6, 6, 5],
         skipped=[0.0, 1, 0, 0, 1, 0, 0, 0],
+        jacobian_products=[1.0, 1, 1, 3, 1, 1, 1, 1],
     )
     s = run_summary(steps, _epochs())
     timed = TIMES[3:]
@@ -71,6 +72,7 @@ def test_summary_leaves_warmup_out_of_medians_and_counts_every_step_elsewhere():
     assert s["train_time_s"] == pytest.approx(sum(TIMES))  # every step is training time
     assert s["mean_forward_iters"] == pytest.approx(statistics.mean([4, 4, 5, 5, 5, 6, 6, 5]))
     assert s["skipped_steps"] == 2
+    assert s["jacobian_products_per_step"] == pytest.approx(10 / 8)  # every step counts
     assert math.isnan(s["mean_backward_iters"])  # jfb-like: no backward solve
     # evaluations: the last one's numbers, the cosine of the first and last fidelity check
     assert (s["final_test_psnr"], s["final_test_ssim"], s["final_train_loss"]) == (23.5, 0.75, 0.2)
