@@ -21,14 +21,16 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 step() { local name=$1 limit=$2; shift 2; echo "== $name" | tee -a "$OUT/log.txt"
     timeout "$limit" "$@" 2>&1 | tee -a "$OUT/log.txt" | tail -n 15
     echo "== $name: exit ${PIPESTATUS[0]}" | tee -a "$OUT/log.txt"; }
-step pytest_cuda 150 $PY -m pytest -q -p no:cacheprovider -m cuda tests
-step benchmark_cuda 150 env IMPLICIT_BENCH_DEVICE=cuda $PY -m pytest benchmarks -q \
+step pytest_cuda 90 $PY -m pytest -q -p no:cacheprovider -m cuda tests
+step benchmark_cuda 100 env IMPLICIT_BENCH_DEVICE=cuda $PY -m pytest benchmarks -q \
     -p no:cacheprovider --benchmark-only --benchmark-json="$OUT/benchmark_cuda.json"
-step backward_cuda 120 $PY benchmarks/backward_report.py --device cuda --repeats 9
-step perf_cuda 90 $PY benchmarks/perf_report.py --device cuda --repeats 21
-step quick_cuda 200 $PY -m bench.cli run quick --device cuda --quiet --out /tmp/gpu-quick
+step backward_cuda 80 $PY benchmarks/backward_report.py --device cuda --repeats 9
+step perf_cuda 50 $PY benchmarks/perf_report.py --device cuda --repeats 21
+step memory_gap 30 $PY benchmarks/cuda_memory_gap.py
+step quick_cuda 120 $PY -m bench.cli run quick --device cuda --quiet --out /tmp/gpu-quick
 cp /tmp/gpu-quick/runs.csv "$OUT/quick_cuda_runs.csv" 2>/dev/null
+cp /tmp/gpu-quick/suite_timing.json "$OUT/quick_cuda_suite_timing.json" 2>/dev/null
 # the CPU baseline on the same machine: the same suite, its runs spread over the cores
-step quick_cpu 200 $PY -m bench.cli run quick --device cpu -j 4 --quiet --out /tmp/cpu-quick
+step quick_cpu 120 $PY -m bench.cli run quick --device cpu -j 4 --quiet --out /tmp/cpu-quick
 cp /tmp/cpu-quick/runs.csv "$OUT/quick_cpu_runs.csv" 2>/dev/null
 ls "$OUT"
