@@ -148,7 +148,7 @@ def test_the_trained_model_is_saved_and_rebuilds(tmp_path):
     assert execute(run, tmp_path) == "ok"
     part = tmp_path / "parts" / run.run_id
     model = load_trained_model(part)
-    data = runner.prepare(run.data, run.problem)
+    data = runner.load_task_data(run.data, run.problem)
     solver = runner.make_solver("anderson", max_iter=100, tol=1e-4, m=5, lam=1e-4)
     from strategies import parse_spec
 
