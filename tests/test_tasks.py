@@ -158,3 +158,14 @@ def test_setting_columns_name_each_task_parameters():
 def test_bad_input_raises_value_error(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_blur_suites_keep_their_run_ids_the_task_keys_being_at_their_defaults():
+    from bench.config import load_suite
+
+    for run in load_suite("quick").runs():
+        problem = run.identity().get("problem", {})
+        assert not {"task", "mask_keep_fraction", "mask_seed"} & set(problem), problem
+    inpaint = load_suite("inpaint").runs()[0]
+    assert inpaint.problem.task == "inpaint"
+    assert inpaint.identity()["problem"]["task"] == "inpaint"
