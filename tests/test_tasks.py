@@ -169,3 +169,21 @@ def test_blur_suites_keep_their_run_ids_the_task_keys_being_at_their_defaults():
     inpaint = load_suite("inpaint").runs()[0]
     assert inpaint.problem.task == "inpaint"
     assert inpaint.identity()["problem"]["task"] == "inpaint"
+
+
+def test_a_part_written_before_the_task_plug_in_is_read_under_the_new_names(tmp_path):
+    """An old blur run (blurred_test_*, no task column) stays a complete run, not a broken part."""
+    import pandas as pd
+
+    from bench import results
+
+    renamed = {"naive_test_psnr": "blurred_test_psnr", "naive_test_ssim": "blurred_test_ssim"}
+    row = {renamed.get(c, c): 1.0 for c in results.RUN_COLUMNS if c != "task"}
+    row |= {"run_id": "old-s0-abc", "status": "ok", "config_hash": "abc", "blur_kernel_size": 5}
+    part = tmp_path / "parts" / "old-s0-abc"
+    part.mkdir(parents=True)
+    pd.DataFrame([row]).to_csv(part / "runs.csv", index=False)
+    runs = results.read_part(part)["runs"]
+    assert runs.loc[0, "naive_test_psnr"] == 1.0 and "blurred_test_psnr" not in runs
+    assert runs.loc[0, "task"] == "blur"
+    assert results.completed_runs(tmp_path) == {"old-s0-abc": "ok"}
