@@ -281,16 +281,15 @@ def test_agrees_with_cuda_max_memory_allocated(case):
 
 
 def _step_row(strategy, solver=None):
-    """The ``steps`` row of one training step of a tiny float64 DeblurDEQ (lr 0)."""
+    """The ``steps`` row of one training step of a tiny float64 ReconstructionDEQ (lr 0)."""
     from bench.measure import StepClock
-    from bench.problem import DeblurProblem
     from bench.runner import train_step
 
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
-    model = DeblurDEQ(GaussianBlur(5, 1.0), channels=1, width=4, depth=2).double()
+    model = ReconstructionDEQ(GaussianBlur(5, 1.0), channels=1, width=4, depth=2).double()
     x = torch.rand(2, 1, 12, 12, generator=g, dtype=F64)
-    d = DeblurProblem(model.operator).measure(x, g)
+    d = model.task.simulate(x, g)
     solver = solver or FixedPointSolver("anderson", max_iter=100, tol=1e-10)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     row, _ = train_step(model, strategy, solver, optimizer, x, d, StepClock("cpu"))
