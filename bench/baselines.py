@@ -1,4 +1,4 @@
-"""Classical (non-learned) deblurring baselines, as in the reference work's write-up.
+"""Classical (non-learned) reconstruction baselines, as in the reference work's write-up.
 
 * ``direct_inverse``: x = (A^T A + eps I)^-1 A^T d with a tiny eps (1e-6): regularised only
   enough to be defined, it amplifies the noise until the image is unrecognisable.
@@ -8,10 +8,13 @@
 * ``gd_tv``: a fixed number of gradient-descent steps on 1/2 ||A x - d||^2 + lam TV_delta(x),
   TV_delta(x) = sum sqrt(|grad x|^2 + delta^2) (smoothed isotropic total variation).
 
-All of them use exactly the benchmark's operator ``A`` (zero 'same' padding, no circular
-approximation). The two closed forms are solved exactly: for a separable kernel (every Gaussian)
-``A = A_h (x) A_w`` is a Kronecker product of two banded 1-D matrices, whose SVDs diagonalise
-``A^T A + lam I``; any other operator falls back to batched conjugate gradients in float64.
+All of them use only the task's operator (bench/tasks): ``A``, ``A_adjoint``, ``AtA`` and its
+``norm_bound``, exactly as the benchmark applies it (a blur's zero 'same' padding, no circular
+approximation). The two closed forms use the task's exact ``normal_solve`` where it has one (a
+separable blur through the SVDs of its two 1-D factors, an inpainting mask elementwise); any
+other operator falls back to batched conjugate gradients in float64. The gradient-descent ones
+need nothing but ``A`` and ``A_adjoint`` (a task may offer a faster equivalent form of them,
+``fast_operator``). ``BASELINES`` is their registry; :func:`register_baseline` adds one.
 
 ``lam`` is chosen on the training set (:func:`fit_baseline`): the grid value with the best mean
 per-image PSNR of the clamped reconstructions, ties going to the smaller ``lam``.
@@ -27,9 +30,17 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from bench.problem import _is_plain_blur, _separable_plan
+from .metrics import psnr
+from .registry import Registry
 
-BASELINES = ("direct_inverse", "tikhonov", "gd_tikhonov", "gd_tv")
+# name -> fn(task, d, lam, *, iters, delta) -> unclamped reconstruction of d (B, C, H, W)
+BASELINES: Registry = Registry("baseline")
+
+
+def register_baseline(name: str):
+    """Decorator: register a baseline ``fn(task, d, lam, *, iters, delta)`` under ``name``."""
+    return BASELINES.register(name)
+
 
 DIRECT_EPS = 1e-6  # the "tiny eps" of the direct inverse
 DEFAULT_LAMS = tuple(10.0 ** (-4 + 0.5 * k) for k in range(9))  # 1e-4 .. 1, log-spaced
@@ -40,16 +51,6 @@ GRAD_NORM_SQ = 8.0  # ||grad^T grad|| <= 4 per direction (forward differences), 
 _CG_TOL = 1e-12
 _CG_MAX_ITER = 10_000
 _GRID_CHUNK_NUMEL = 1 << 20  # images x lam values evaluated in one batch during fitting
-
-
-# --------------------------------------------------------------------------------------------
-# Metric used for choosing lam (kept private so this module does not depend on bench.metrics).
-
-
-def _psnr_per_image(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """PSNR (data range 1) of each image, float64, shape (B,)."""
-    mse = (x.double() - ref.double()).pow(2).flatten(1).mean(1)
-    return -10.0 * torch.log10(mse)
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,19 +81,19 @@ def laplacian(x: torch.Tensor) -> torch.Tensor:
     return 4 * c - p[..., 1:-1, :-2] - p[..., 1:-1, 2:] - p[..., :-2, 1:-1] - p[..., 2:, 1:-1]
 
 
-def tikhonov_objective(operator, x: torch.Tensor, d: torch.Tensor, lam) -> torch.Tensor:
+def tikhonov_objective(task, x: torch.Tensor, d: torch.Tensor, lam) -> torch.Tensor:
     """Per-image 1/2 ||A x - d||^2 + lam/2 ||grad x||^2, shape (B,)."""
     gx, gy = finite_diff(x)
-    data = 0.5 * (operator.A(x) - d).pow(2).flatten(1).sum(1)
+    data = 0.5 * (task.A(x) - d).pow(2).flatten(1).sum(1)
     return data + 0.5 * _lam_vector(lam, x) * (gx.pow(2) + gy.pow(2)).flatten(1).sum(1)
 
 
 def tv_objective(
-    operator, x: torch.Tensor, d: torch.Tensor, lam, delta: float = TV_DELTA
+    task, x: torch.Tensor, d: torch.Tensor, lam, delta: float = TV_DELTA
 ) -> torch.Tensor:
     """Per-image 1/2 ||A x - d||^2 + lam sum sqrt(|grad x|^2 + delta^2), shape (B,)."""
     gx, gy = finite_diff(x)
-    data = 0.5 * (operator.A(x) - d).pow(2).flatten(1).sum(1)
+    data = 0.5 * (task.A(x) - d).pow(2).flatten(1).sum(1)
     tv = torch.sqrt(gx.pow(2) + gy.pow(2) + delta**2).flatten(1).sum(1)
     return data + _lam_vector(lam, x) * tv
 
@@ -120,42 +121,12 @@ def _check_iters(iters: int) -> None:
         raise ValueError(f"iters must be an int >= 0, got {iters!r}")
 
 
-def _gram_bound(operator, d: torch.Tensor) -> float:
-    """An upper bound of ||A^T A|| = ||A||^2.
-
-    For a convolution with zero padding, ||A|| <= sum |k| (Young's inequality), so 1 for a
-    normalised non-negative kernel. Any other operator gets a power-iteration estimate with a
-    10% margin (an estimate, not a proof).
-    """
-    if _is_plain_blur(operator):
-        return float(operator.kernel.abs().sum()) ** 2
-    g = torch.Generator().manual_seed(0)
-    v = torch.randn(d[:1].shape, generator=g, dtype=torch.float64).to(d.device, d.dtype)
-    est = 0.0
-    for _ in range(50):
-        v = v / v.norm()
-        w = operator.AtA(v)
-        est = float((v * w).sum())
-        v = w
-    return 1.1 * est
+def _gram_bound(task) -> float:
+    """An upper bound of ||A^T A|| = ||A||^2: the task's proved norm bound, squared."""
+    return float(task.norm_bound) ** 2
 
 
-# --------------------------------------------------------------------------------------------
-# Exact solve of (A^T A + lam I) x = A^T d.
-
-
-def _ops(operator, x: torch.Tensor):
-    """Something with A, A_adjoint and AtA equal to the operator's on images like ``x``.
-
-    A plain separable ``Blur`` becomes two small matmuls per image: the same linear map (the
-    tests check it against the operator), but much faster than conv_transpose2d and float64
-    convolutions on the CPU.
-    """
-    plan = _separable_plan(operator, x)
-    return operator if plan is None else plan
-
-
-def _cg_solve(operator, b: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+def _cg_solve(task, b: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     """Batched conjugate gradients on (A^T A + lam I) x = b, one independent system per image.
 
     ``b`` and ``lam`` are float64 (the system can have a condition number ~1e6, too much for
@@ -174,7 +145,7 @@ def _cg_solve(operator, b: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         if bool(torch.all(rs <= stop)):
             converged = True
             break
-        Ap = operator.AtA(p) + lam * p
+        Ap = task.AtA(p) + lam * p
         pAp = (p * Ap).flatten(1).sum(1)
         alpha = torch.where(pAp > 0, rs / pAp.clamp_min(1e-300), torch.zeros_like(pAp))
         x = x + alpha.view(-1, 1, 1, 1) * p
@@ -193,41 +164,39 @@ def _cg_solve(operator, b: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def solve_regularised(operator, d: torch.Tensor, lam) -> torch.Tensor:
+def solve_regularised(task, d: torch.Tensor, lam) -> torch.Tensor:
     """x = (A^T A + lam I)^-1 A^T d for every image of ``d`` (B, C, H, W); ``lam`` > 0.
 
-    ``lam`` is a number or one value per image. A separable plain ``Blur`` (every Gaussian) is
-    solved exactly through the SVDs of its two 1-D factors (in d's dtype, the factors computed
-    in float64); anything else by conjugate gradients in float64 (see :func:`_cg_solve`).
+    ``lam`` is a number or one value per image. Computed in float64 and returned in d's dtype:
+    with the task's exact ``normal_solve`` where it has one, by conjugate gradients otherwise
+    (see :func:`_cg_solve`). float64 because 1 / (s^2 + lam) amplifies round-off up to 1 / lam,
+    1e6 for the direct inverse: ~1e-10 in float64, but ~0.1 in float32.
     """
     lam_t = _lam_vector(lam, d)
     if not bool(torch.all(lam_t > 0)):
         raise ValueError("lam must be > 0 (A^T A is singular or nearly so)")
-    plan = _separable_plan(operator, d)
-    if plan is None:
-        x = _cg_solve(operator, operator.A_adjoint(d.double()), lam_t.double().view(-1, 1, 1, 1))
-        return x.to(d.dtype)
-    d_hat = plan.Uh.T @ d @ plan.Uw  # coordinates of d in the left singular basis of A
-    x_hat = d_hat * plan.sigma / (plan.sigma.pow(2) + lam_t.view(-1, 1, 1, 1))
-    return plan.Vh @ x_hat @ plan.Vw.T
+    atd = task.A_adjoint(d.double())
+    lam_i = lam_t.double().view(-1, 1, 1, 1)
+    x = task.normal_solve(atd, lam_i) if task.has_normal_solve else _cg_solve(task, atd, lam_i)
+    return x.to(d.dtype)
 
 
 # --------------------------------------------------------------------------------------------
 # The four baselines (unclamped).
 
 
-def direct_inverse(operator, d: torch.Tensor, eps: float = DIRECT_EPS) -> torch.Tensor:
+def direct_inverse(task, d: torch.Tensor, eps: float = DIRECT_EPS) -> torch.Tensor:
     """(A^T A + eps I)^-1 A^T d: the 'direct inverse', regularised only by a tiny ``eps``."""
-    return solve_regularised(operator, d, eps)
+    return solve_regularised(task, d, eps)
 
 
-def tikhonov(operator, d: torch.Tensor, lam) -> torch.Tensor:
+def tikhonov(task, d: torch.Tensor, lam) -> torch.Tensor:
     """(A^T A + lam I)^-1 A^T d: Tikhonov / Wiener filter for white signal and noise."""
-    return solve_regularised(operator, d, lam)
+    return solve_regularised(task, d, lam)
 
 
 def gd_tikhonov(
-    operator,
+    task,
     d: torch.Tensor,
     lam,
     iters: int = GD_ITERS,
@@ -240,9 +209,9 @@ def gd_tikhonov(
     is called with x0 and with every iterate.
     """
     _check_iters(iters)
-    ops = _ops(operator, d)
+    ops = task.fast_operator(d)
     lam_i = _lam_image(lam, d)
-    step = 1.0 / (_gram_bound(operator, d) + GRAD_NORM_SQ * lam_i)
+    step = 1.0 / (_gram_bound(task) + GRAD_NORM_SQ * lam_i)
     atd = ops.A_adjoint(d)
     x = atd
     if callback is not None:
@@ -256,7 +225,7 @@ def gd_tikhonov(
 
 
 def gd_tv(
-    operator,
+    task,
     d: torch.Tensor,
     lam,
     iters: int = GD_ITERS,
@@ -272,9 +241,9 @@ def gd_tv(
     _check_iters(iters)
     if not (isinstance(delta, (int, float)) and math.isfinite(delta) and delta > 0):
         raise ValueError(f"delta must be a finite number > 0, got {delta!r}")
-    ops = _ops(operator, d)
+    ops = task.fast_operator(d)
     lam_i = _lam_image(lam, d)
-    step = 1.0 / (_gram_bound(operator, d) + GRAD_NORM_SQ * lam_i / delta)
+    step = 1.0 / (_gram_bound(task) + GRAD_NORM_SQ * lam_i / delta)
     atd = ops.A_adjoint(d)
     x = atd
     if callback is not None:
@@ -289,25 +258,27 @@ def gd_tv(
     return x
 
 
-_METHODS = {
-    "direct_inverse": direct_inverse,
-    "tikhonov": tikhonov,
-    "gd_tikhonov": gd_tikhonov,
-    "gd_tv": gd_tv,
-}
+# The registered baselines share one signature; the closed forms take no iterations.
 
 
-def _check_name(name: str) -> None:
-    if name not in BASELINES:
-        raise ValueError(f"unknown baseline {name!r}; accepted: {', '.join(BASELINES)}")
+@register_baseline("direct_inverse")
+def _direct_inverse(task, d: torch.Tensor, lam, *, iters: int, delta: float) -> torch.Tensor:
+    return direct_inverse(task, d, lam)
 
 
-def _run(name: str, operator, d: torch.Tensor, lam, iters: int, delta: float) -> torch.Tensor:
-    if name == "gd_tikhonov":
-        return gd_tikhonov(operator, d, lam, iters=iters)
-    if name == "gd_tv":
-        return gd_tv(operator, d, lam, iters=iters, delta=delta)
-    return _METHODS[name](operator, d, lam)
+@register_baseline("tikhonov")
+def _tikhonov(task, d: torch.Tensor, lam, *, iters: int, delta: float) -> torch.Tensor:
+    return tikhonov(task, d, lam)
+
+
+@register_baseline("gd_tikhonov")
+def _gd_tikhonov(task, d: torch.Tensor, lam, *, iters: int, delta: float) -> torch.Tensor:
+    return gd_tikhonov(task, d, lam, iters=iters)
+
+
+@register_baseline("gd_tv")
+def _gd_tv(task, d: torch.Tensor, lam, *, iters: int, delta: float) -> torch.Tensor:
+    return gd_tv(task, d, lam, iters=iters, delta=delta)
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,7 +302,7 @@ class Baseline:
     grid: dict[float, float] = field(default_factory=dict)
 
     def __post_init__(self):
-        _check_name(self.name)
+        BASELINES.get(self.name)  # ValueError naming the registered baselines
         if self.lam is None:
             if self.name != "direct_inverse":
                 raise ValueError(f"baseline {self.name!r} needs a lam")
@@ -339,19 +310,19 @@ class Baseline:
         if not (math.isfinite(self.lam) and self.lam > 0):
             raise ValueError(f"lam must be a finite number > 0, got {self.lam!r}")
 
-    def reconstruct(self, operator, d: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+    def reconstruct(self, task, d: torch.Tensor, clamp: bool = True) -> torch.Tensor:
         """Reconstruct images from measurements ``d`` (B, C, H, W), in d's dtype and device.
 
         The result is clamped to [0, 1] (the image range, as used for all metrics) unless
         ``clamp`` is False.
         """
         with torch.no_grad():
-            x = _run(self.name, operator, d, self.lam, self.iters, self.delta)
+            x = BASELINES.get(self.name)(task, d, self.lam, iters=self.iters, delta=self.delta)
         return x.clamp(0.0, 1.0) if clamp else x
 
 
 def _grid_psnr(
-    name: str, operator, x: torch.Tensor, d: torch.Tensor, lams: Sequence[float], **kw
+    name: str, task, x: torch.Tensor, d: torch.Tensor, lams: Sequence[float], **kw
 ) -> list[float]:
     """Mean per-image PSNR of the clamped reconstruction for every lam, evaluated in batches
     that stack several lam values (one lam per stacked copy of the images)."""
@@ -362,15 +333,15 @@ def _grid_psnr(
         dd = d.repeat(len(chunk), 1, 1, 1)
         lam_vec = torch.tensor(chunk, dtype=d.dtype, device=d.device).repeat_interleave(len(d))
         with torch.no_grad():
-            rec = _run(name, operator, dd, lam_vec, kw["iters"], kw["delta"]).clamp(0.0, 1.0)
-        psnr = _psnr_per_image(rec, x.repeat(len(chunk), 1, 1, 1)).view(len(chunk), len(d))
-        scores.extend(float(v) for v in psnr.mean(1))
+            rec = BASELINES.get(name)(task, dd, lam_vec, **kw).clamp(0.0, 1.0)
+        per_image = psnr(rec, x.repeat(len(chunk), 1, 1, 1)).view(len(chunk), len(d))
+        scores.extend(float(v) for v in per_image.mean(1))
     return scores
 
 
 def fit_baseline(
     name: str,
-    operator,
+    task,
     train_x: torch.Tensor,
     train_d: torch.Tensor,
     lams: Sequence[float] | None = None,
@@ -387,7 +358,7 @@ def fit_baseline(
     clamped reconstructions wins, ties going to the smaller lambda. ``direct_inverse`` has
     nothing to fit: it keeps eps = :data:`DIRECT_EPS` (``lams`` is ignored).
     """
-    _check_name(name)
+    BASELINES.get(name)
     if train_x.ndim != 4 or train_x.shape != train_d.shape:
         raise ValueError(
             f"train_x and train_d must both be (B, C, H, W) and of equal shape, got "
@@ -409,7 +380,7 @@ def fit_baseline(
         grid_lams = sorted(float(v) for v in (DEFAULT_LAMS if lams is None else lams))
         if not grid_lams or not all(math.isfinite(v) and v > 0 for v in grid_lams):
             raise ValueError(f"lams must be a non-empty sequence of finite numbers > 0: {lams!r}")
-    scores = _grid_psnr(name, operator, x, d, grid_lams, iters=iters, delta=delta)
+    scores = _grid_psnr(name, task, x, d, grid_lams, iters=iters, delta=delta)
     best = 0
     for i, score in enumerate(scores):  # ascending lam, strict '>': ties keep the smaller lam
         if score > scores[best]:
@@ -425,18 +396,19 @@ def fit_baseline(
 
 
 def fit_all(
-    operator,
+    task,
     train_x: torch.Tensor,
     train_d: torch.Tensor,
-    names: Sequence[str] = BASELINES,
+    names: Sequence[str] | None = None,
     *,
     lams: Sequence[float] | None = None,
     max_fit_images: int = 32,
 ) -> list[Baseline]:
     """:func:`fit_baseline` for every name in ``names`` (default: all of :data:`BASELINES`)."""
+    names = BASELINES.names() if names is None else tuple(names)
     for name in names:
-        _check_name(name)
+        BASELINES.get(name)
     return [
-        fit_baseline(name, operator, train_x, train_d, lams=lams, max_fit_images=max_fit_images)
+        fit_baseline(name, task, train_x, train_d, lams=lams, max_fit_images=max_fit_images)
         for name in names
     ]

@@ -22,6 +22,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .data import DATASETS
+
     p = _Parser(prog="implicit-bench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -33,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=int, help="run seeds 0..N-1")
     run.add_argument("--epochs", type=int)
     run.add_argument("--lr", type=float)
-    run.add_argument("--dataset", help="faces, patches, celeba or folder")
+    run.add_argument("--dataset", help=", ".join(DATASETS))
     run.add_argument("--data-root", help="folder holding the data (celeba, folder)")
     run.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     run.add_argument("--out", type=Path, help="results folder (default results/<suite>)")
@@ -148,10 +150,10 @@ def _stale_choice(args) -> str:
 
 def _check_data(suite) -> None:
     """Load each data setting once up front, so a missing folder is a usage error, not a run failure."""
-    from .runner import prepare
+    from .runner import load_task_data
 
     for data, problem, _ in suite.data_settings():
-        prepare(data, problem)
+        load_task_data(data, problem)
 
 
 def _report(args) -> int:

@@ -9,7 +9,7 @@ and an unknown key, a value of the wrong type or out of its range (declared with
     seeds = 2                           # seeds 0..N-1, or a list [0, 3]
     baselines = ["direct_inverse", "tikhonov", "gd_tikhonov", "gd_tv"]
     [data]    dataset, root, image_size, n_images, test_fraction, patch_size, channels
-    [problem] kernel_size, sigma, noise_std
+    [problem] task, noise_std; blur: kernel_size, sigma; inpaint: mask_keep_fraction, mask_seed
     [model]   width, depth, eta, alpha, lipschitz, form, lipschitz_control
     [solver]  name, max_iter, tol, m, lam
     [train]   epochs, batch_size, lr, device, dtype, n_recon, grad_fidelity, eval_every,
@@ -26,15 +26,17 @@ import json
 import math
 import re
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from strategies import parse_spec
 
+from .data import DATASETS
 from .model import FORMS, LIPSCHITZ_CONTROLS
 from .solver import SOLVERS
+from .tasks import TASKS
 
 SUITES_DIR = Path(__file__).parent / "suites"
 # A suite's name becomes a folder name (results/<name>): no separators, no leading dot.
@@ -53,7 +55,8 @@ class Range:
     gt: float | None = None
     le: float | None = None
     lt: float | None = None
-    choices: tuple | None = None
+    # a tuple, or a registry (its names, read when checked: plug-ins registered later count)
+    choices: Collection | None = None
     odd: bool = False
 
     def describe(self) -> str:
@@ -95,7 +98,7 @@ def _check_ranges(obj: Any) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "faces"
+    dataset: str = setting("faces", choices=DATASETS)
     root: str = ""
     image_size: int = setting(0, ge=0)  # 0: the data set's own size (faces: 25) or its default
     n_images: int = setting(0, ge=0)  # 0: all
@@ -108,11 +111,30 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ProblemConfig:
-    kernel_size: int = setting(5, ge=1, odd=True)
-    sigma: float = setting(1.0, gt=0)
-    noise_std: float = setting(0.01, ge=0)
+    """The ``[problem]`` section: which task (bench/tasks) and its settings.
 
-    __post_init__ = _check_ranges
+    The keys of one task must stay at their defaults when another task is selected, so that no
+    key is silently ignored; a blur suite's hash-relevant values are the ones it always had.
+    """
+
+    kernel_size: int = setting(5, ge=1, odd=True)  # blur
+    sigma: float = setting(1.0, gt=0)  # blur
+    noise_std: float = setting(0.01, ge=0)
+    task: str = setting("blur", choices=TASKS)
+    mask_keep_fraction: float = setting(0.5, gt=0, le=1)  # inpaint
+    mask_seed: int = setting(0, ge=0)  # inpaint
+
+    def __post_init__(self):
+        _check_ranges(self)
+        own = TASKS.get(self.task).config_keys
+        for other in TASKS:
+            for key in TASKS.get(other).config_keys:
+                default = type(self).__dataclass_fields__[key].default
+                if key not in own and getattr(self, key) != default:
+                    raise ValueError(
+                        f"{key} is a setting of task {other!r}, not of task {self.task!r} "
+                        f"(leave it out, or at its default {default!r})"
+                    )
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,17 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-DATASETS = ("faces", "patches", "celeba", "folder")
+from .registry import Registry
+
+# name -> loader(*, root, image_size, n_images, test_fraction, split_seed, patch_size, channels)
+# returning (train, test) float32 tensors in [0, 1]; arguments arrive validated by load_dataset.
+DATASETS: Registry = Registry("data set")
+
+
+def register_dataset(name: str):
+    """Decorator: register a data set loader (see ``DATASETS``) under ``name``."""
+    return DATASETS.register(name)
+
 
 # Natural colour photographs shipped in the scikit-image wheel (skimage/data/). motorcycle_right.png
 # is left out: it is the stereo twin of motorcycle_left.png, so it would add near-duplicate patches.
@@ -72,7 +82,7 @@ def load_dataset(
 ) -> ImageData:
     """Load a data set into memory and split it deterministically into train and test images.
 
-    Data sets (``DATASETS``):
+    Data sets (``DATASETS``; :func:`register_dataset` adds one):
 
     - ``faces`` (default in the benchmark): the 100 face images of ``skimage.data.lfw_subset()``,
       25x25 grayscale.
@@ -110,8 +120,7 @@ def load_dataset(
         ValueError: for an unknown data set, bad arguments, missing or empty folders, unreadable
             images, or too few images for a split with at least one train and one test image.
     """
-    if name not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; accepted: {', '.join(DATASETS)}")
+    loader = DATASETS.get(name)  # ValueError naming the accepted data sets
     if image_size is not None:
         _check_int("image_size", image_size, minimum=1)
     if n_images is not None:
@@ -124,36 +133,63 @@ def load_dataset(
         raise ValueError(f"test_fraction must be in (0, 1) (exclusive), got {test_fraction!r}")
     if channels is not None and (isinstance(channels, bool) or channels not in (1, 3)):
         raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
-    if name in ("celeba", "folder") and root is None:
-        raise ValueError(f"data set {name!r} needs root= (a local folder); nothing is downloaded")
-
-    if name == "faces":
-        if channels not in (None, 1):
-            raise ValueError(f"faces are grayscale: channels must be 1 (or None), got {channels!r}")
-        images = _lfw_faces()
-        train_idx, test_idx = _random_split(len(images), test_fraction, split_seed, n_images)
-        train, test = images[train_idx], images[test_idx]
-        if image_size is not None:
-            train, test = _resize(train, image_size), _resize(test, image_size)
-    elif name == "patches":
-        images = _photo_patches(patch_size, channels or 3)
-        train_idx, test_idx = _random_split(len(images), test_fraction, split_seed, n_images)
-        train, test = images[train_idx], images[test_idx]
-        if image_size is not None:
-            train, test = _resize(train, image_size), _resize(test, image_size)
-    else:
-        size, mode = image_size or DEFAULT_IMAGE_SIZE, "L" if channels == 1 else "RGB"
-        if name == "celeba":
-            train_files, test_files = _celeba_files(Path(root), test_fraction, split_seed, n_images)
-        else:
-            files = _folder_files(Path(root))
-            train_idx, test_idx = _random_split(len(files), test_fraction, split_seed, n_images)
-            train_files = [files[i] for i in train_idx]
-            test_files = [files[i] for i in test_idx]
-        train = _load_square_images(train_files, size, mode)
-        test = _load_square_images(test_files, size, mode)
-
+    train, test = loader(
+        root=None if root is None else Path(root),
+        image_size=image_size,
+        n_images=n_images,
+        test_fraction=test_fraction,
+        split_seed=split_seed,
+        patch_size=patch_size,
+        channels=channels,
+    )
     return ImageData(train=train.contiguous(), test=test.contiguous(), name=name)
+
+
+@register_dataset("faces")
+def _faces(*, image_size, n_images, test_fraction, split_seed, channels, **_):
+    if channels not in (None, 1):
+        raise ValueError(f"faces are grayscale: channels must be 1 (or None), got {channels!r}")
+    images = _lfw_faces()
+    train_idx, test_idx = _random_split(len(images), test_fraction, split_seed, n_images)
+    train, test = images[train_idx], images[test_idx]
+    if image_size is not None:
+        train, test = _resize(train, image_size), _resize(test, image_size)
+    return train, test
+
+
+@register_dataset("patches")
+def _patches(*, image_size, n_images, test_fraction, split_seed, patch_size, channels, **_):
+    images = _photo_patches(patch_size, channels or 3)
+    train_idx, test_idx = _random_split(len(images), test_fraction, split_seed, n_images)
+    train, test = images[train_idx], images[test_idx]
+    if image_size is not None:
+        train, test = _resize(train, image_size), _resize(test, image_size)
+    return train, test
+
+
+def _needs_root(name: str, root: Path | None) -> Path:
+    if root is None:
+        raise ValueError(f"data set {name!r} needs root= (a local folder); nothing is downloaded")
+    return root
+
+
+@register_dataset("celeba")
+def _celeba(*, root, image_size, n_images, test_fraction, split_seed, channels, **_):
+    root = _needs_root("celeba", root)
+    train_files, test_files = _celeba_files(root, test_fraction, split_seed, n_images)
+    size, mode = image_size or DEFAULT_IMAGE_SIZE, "L" if channels == 1 else "RGB"
+    return _load_square_images(train_files, size, mode), _load_square_images(test_files, size, mode)
+
+
+@register_dataset("folder")
+def _folder(*, root, image_size, n_images, test_fraction, split_seed, channels, **_):
+    files = _folder_files(_needs_root("folder", root))
+    train_idx, test_idx = _random_split(len(files), test_fraction, split_seed, n_images)
+    size, mode = image_size or DEFAULT_IMAGE_SIZE, "L" if channels == 1 else "RGB"
+    return (
+        _load_square_images([files[i] for i in train_idx], size, mode),
+        _load_square_images([files[i] for i in test_idx], size, mode),
+    )
 
 
 def _check_int(what: str, value, minimum: int | None) -> None:

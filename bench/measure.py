@@ -89,7 +89,7 @@ class PeakLiveBytes(TorchDispatchMode):
 
     Not seen: workspace that a kernel allocates and frees internally, and memory outside torch's
     allocator. It can be large: on the CPU a float64 ``conv2d`` (``_slow_conv2d``) allocates its
-    im2col buffer inside the kernel, so for a jfb DeblurDEQ step (2 12x12 images, width 4) this
+    im2col buffer inside the kernel, so for a jfb ReconstructionDEQ step (2 12x12 images, width 4) this
     tracker reports 46,296 B where the profiler's allocator events give 122,632 B (same final
     live bytes). cuDNN workspace is likewise unseen here and included in ``max_memory_allocated``.
     The figure is thus the peak of tensors visible between ops, the same for every strategy.

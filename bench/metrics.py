@@ -1,4 +1,9 @@
-"""Image quality: per-image PSNR and SSIM (torchmetrics), and their means over a batch.
+"""Image quality metrics, in one registry: name -> per-image function, label, direction.
+
+``METRICS`` holds PSNR and SSIM (torchmetrics); the result tables have a ``test_<name>``,
+``final_test_<name>`` and ``naive_test_<name>`` column for each entry, and this module is the one
+place a metric is computed (the baselines choose their lambda by :func:`psnr` too). Adding a
+metric is one :func:`register_metric` entry.
 
 All functions take two batches of images of shape (B, C, H, W) with values expected in [0, 1]
 (``data_range=1``). Nothing is clamped here: clamp reconstructions to [0, 1] before calling, so that
@@ -9,12 +14,44 @@ batch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 from torchmetrics.functional.image import (
     peak_signal_noise_ratio,
     structural_similarity_index_measure,
 )
+
+from .registry import Registry
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A registered metric: ``fn(x, y)`` gives one float64 value per image, shape (B,)."""
+
+    name: str
+    fn: Callable[[Tensor, Tensor], Tensor]
+    label: str  # for tables and figure axes, e.g. "PSNR (dB)"
+    higher_is_better: bool = True
+
+    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.fn(x, y)
+
+
+METRICS: Registry[Metric] = Registry("metric")
+
+
+def register_metric(name: str, label: str, higher_is_better: bool = True):
+    """Decorator: register a per-image metric function ``fn(x, y) -> (B,)`` under ``name``."""
+
+    def add(fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+        METRICS.register(name)(Metric(name, fn, label, higher_is_better))
+        return fn
+
+    return add
+
 
 SSIM_SIGMA = 1.5
 # Side of the Gaussian window torchmetrics derives from sigma: 2 * int(3.5 * 1.5 + 0.5) + 1.
@@ -34,6 +71,7 @@ def _check_pair(x: Tensor, y: Tensor) -> None:
         )
 
 
+@register_metric("psnr", "PSNR (dB)")
 def psnr(x: Tensor, y: Tensor) -> Tensor:
     """Per-image PSNR in dB, shape (B,), float64, with data range 1.
 
@@ -46,6 +84,7 @@ def psnr(x: Tensor, y: Tensor) -> Tensor:
     return peak_signal_noise_ratio(x, y, data_range=1.0, reduction="none", dim=(1, 2, 3))
 
 
+@register_metric("ssim", "SSIM")
 def ssim(x: Tensor, y: Tensor) -> Tensor:
     """Per-image SSIM, shape (B,), float64, with data range 1 (``x`` prediction, ``y`` target).
 
@@ -86,6 +125,6 @@ def ssim(x: Tensor, y: Tensor) -> Tensor:
     return ssim_map[..., pad:-pad, pad:-pad].flatten(1).mean(1).to(torch.float64)
 
 
-def mean_psnr_ssim(x: Tensor, y: Tensor) -> tuple[float, float]:
-    """Means over the batch of the per-image PSNR and SSIM, as Python floats."""
-    return psnr(x, y).mean().item(), ssim(x, y).mean().item()
+def mean_metrics(x: Tensor, y: Tensor) -> dict[str, float]:
+    """Every registered metric's mean over the batch of per-image values, as Python floats."""
+    return {name: metric(x, y).mean().item() for name, metric in METRICS.items()}

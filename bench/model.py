@@ -1,7 +1,9 @@
-"""The implicit deblurring network: a fixed-point layer T whose contraction is proved, not hoped.
+"""The implicit reconstruction network: a fixed-point layer T whose contraction is proved, not hoped.
 
-Two forms of T with the same fixed points (the minimisers' stationarity condition
-A^T (A x - d) + alpha (x - D(x)) = 0), selected by ``form``:
+The network is generic over the task (bench/tasks): it uses only the task's ``A``, ``A_adjoint``,
+``AtA``, ``norm_bound`` and, in the prox form, its exact ``normal_solve``. Two forms of T with the
+same fixed points (the minimisers' stationarity condition A^T (A x - d) + alpha (x - D(x)) = 0),
+selected by ``form``:
 
 * ``"prox"`` (default; Gilton et al.'s DE-Prox):  T(x) = (A^T A + alpha I)^-1 (A^T d + alpha D(x)).
 * ``"grad"`` (the reference work's DE-Grad):       T(x) = x - eta (A^T (A x - d) + alpha (x - D(x))).
@@ -9,15 +11,20 @@ A^T (A x - d) + alpha (x - D(x)) = 0), selected by ``form``:
 The learned part is D(x) = L ((1 - t) x + t g(x)), with t in (0, 1) learnable, L = ``lipschitz``
 < 1, and g a stack of 3x3 convolutions with ReLUs, each convolution certified 1-Lipschitz as an
 operator on images (below). ReLU is 1-Lipschitz, so Lip(g) <= 1 and
-Lip(D) <= L ((1 - t) + t Lip(g)) <= L. Then:
+Lip(D) <= L ((1 - t) + t Lip(g)) <= L. Then, for every task:
 
-* prox: dT/dx = alpha (A^T A + alpha I)^-1 dD/dx. (A^T A + alpha I)^-1 is symmetric with eigenvalues
-  1 / (s^2 + alpha) <= 1 / alpha, so ||dT/dx|| <= alpha / alpha * Lip(D) <= L < 1 for every alpha > 0.
-  The margin 1 - L does not depend on the blur: in the blur's near-null space the layer still
-  contracts by L, which is why forward solves converge in a few iterations.
-* grad: dT/dx = (1 - eta alpha) I - eta A^T A + eta alpha dD/dx. With ||A|| <= 1 and
-  eta (1 + 2 alpha) <= 2 the first two terms have norm <= 1 - eta alpha, so
-  ||dT/dx|| <= 1 - eta alpha (1 - L) < 1: a contraction with a small margin (~0.01 here).
+* prox: dT/dx = alpha (A^T A + alpha I)^-1 dD/dx. A^T A is symmetric positive semi-definite
+  whatever A is, so (A^T A + alpha I)^-1 is symmetric with eigenvalues 1 / (s^2 + alpha) <=
+  1 / alpha, and ||dT/dx|| <= alpha / alpha * Lip(D) <= L < 1 for every alpha > 0 and every
+  operator: blur, inpainting mask, or any other. The margin 1 - L does not depend on A: in A's
+  (near-)null space (a blur's high frequencies, an inpainting mask's missing pixels) T is
+  alpha (alpha I)^-1 D = D there, which still contracts by L.
+* grad: dT/dx = (1 - eta alpha) I - eta A^T A + eta alpha dD/dx. With b = ``task.norm_bound``
+  >= ||A|| the eigenvalues of the first two terms lie in [1 - eta alpha - eta b^2, 1 - eta alpha],
+  so with eta (b^2 + 2 alpha) <= 2 their norm is <= 1 - eta alpha and
+  ||dT/dx|| <= 1 - eta alpha (1 - L) < 1: a contraction with a small margin (~0.01 here). The
+  step is therefore bounded by eta < 2 / (b^2 + 2 ALPHA_MAX), which is ETA_MAX = 0.5 for b = 1
+  (a normalised blur, an inpainting mask).
 
 Certifying a convolution, ``lipschitz_control``:
 
@@ -48,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from .problem import Blur
+from .tasks import Task
 
 ETA_MAX = 0.5
 ALPHA_MAX = 1.5  # with ETA_MAX: eta * (1 + 2 alpha) < 2, where the grad form's bound holds
@@ -165,12 +172,18 @@ class Denoiser(nn.Module):
         return self.evaluate(self.weights(x.shape[-2:]), self.mix, self.lipschitz, x)
 
 
-class DeblurDEQ(nn.Module):
-    """Implicit deblurring network: x* = T(x*), solved from x0 = A^T d (see module docstring)."""
+def eta_max(task: Task) -> float:
+    """The grad form's largest step for ``task``: eta (b^2 + 2 ALPHA_MAX) <= 2, b its norm bound."""
+    return min(ETA_MAX, 2.0 / (task.norm_bound**2 + 2 * ALPHA_MAX))
+
+
+class ReconstructionDEQ(nn.Module):
+    """Implicit reconstruction network for a task: x* = T(x*), solved from x0 = A^T d (see the
+    module docstring)."""
 
     def __init__(
         self,
-        operator: Blur,
+        task: Task,
         channels: int = 1,
         width: int = 32,
         depth: int = 3,
@@ -183,17 +196,25 @@ class DeblurDEQ(nn.Module):
         super().__init__()
         if form not in FORMS:
             raise ValueError(f"model form must be one of {', '.join(FORMS)}, got {form!r}")
-        limits = (("eta", eta, ETA_MAX), ("alpha", alpha, ALPHA_MAX)) if form == "grad" else ()
+        if form == "prox" and not task.has_normal_solve:
+            raise ValueError(
+                f"model form 'prox' needs the task's exact normal_solve, which {task!r} lacks; "
+                "use form 'grad'"
+            )
+        self._eta_max = eta_max(task)
+        limits = (
+            (("eta", eta, self._eta_max), ("alpha", alpha, ALPHA_MAX)) if form == "grad" else ()
+        )
         for name, value, top in limits:
             if not (isinstance(value, (int, float)) and 0 < value < top):
                 raise ValueError(f"model {name} must be in (0, {top}), got {value!r}")
         if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
             raise ValueError(f"model alpha must be a finite number > 0, got {alpha!r}")
-        self.operator = operator
+        self.task = task
         self.form = form
         self.denoiser = Denoiser(channels, width, depth, lipschitz, lipschitz_control)
         if form == "grad":  # x = top * sigmoid(raw): learnable, positive and bounded
-            self.eta_raw = nn.Parameter(torch.tensor(math.log(eta / (ETA_MAX - eta))))
+            self.eta_raw = nn.Parameter(torch.tensor(math.log(eta / (self._eta_max - eta))))
             self.alpha_raw = nn.Parameter(torch.tensor(math.log(alpha / (ALPHA_MAX - alpha))))
         else:  # any alpha > 0 keeps the prox form contractive
             self.alpha_raw = nn.Parameter(torch.tensor(math.log(alpha)))
@@ -202,7 +223,7 @@ class DeblurDEQ(nn.Module):
     def eta(self) -> torch.Tensor:
         if self.form != "grad":
             raise AttributeError("the prox form has no step size eta")
-        return ETA_MAX * torch.sigmoid(self.eta_raw)
+        return self._eta_max * torch.sigmoid(self.eta_raw)
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -223,7 +244,7 @@ class DeblurDEQ(nn.Module):
     def initial_iterate(self, d: torch.Tensor) -> torch.Tensor:
         """x0 = A^T d (no graph)."""
         with torch.no_grad():
-            return self.operator.A_adjoint(d)
+            return self.task.A_adjoint(d)
 
     def make_layer(self, d: torch.Tensor):
         """Return f: z -> T(z) for the measurements ``d``.
@@ -231,7 +252,7 @@ class DeblurDEQ(nn.Module):
         Everything that does not depend on z (A^T d, alpha, eta, the normalised weights) is
         computed here once, with its graph to the parameters, and captured by the closure.
         """
-        op, den, dtype = self.operator, self.denoiser, d.dtype
+        op, den, dtype = self.task, self.denoiser, d.dtype
         atd = op.A_adjoint(d).to(dtype)
         alpha, mix = self.alpha.to(dtype), den.mix.to(dtype)
         weights = [(w.to(dtype), b.to(dtype)) for w, b in den.weights(d.shape[-2:])]
@@ -257,10 +278,10 @@ class DeblurDEQ(nn.Module):
         return strategy(self.make_layer(d), self.initial_iterate(d), solver)
 
 
-def build_model(config, operator: Blur, channels: int) -> DeblurDEQ:
-    """The model a :class:`bench.config.ModelConfig` describes, for ``operator`` and ``channels``."""
-    return DeblurDEQ(
-        operator,
+def build_model(config, task: Task, channels: int) -> ReconstructionDEQ:
+    """The model a :class:`bench.config.ModelConfig` describes, for ``task`` and ``channels``."""
+    return ReconstructionDEQ(
+        task,
         channels,
         config.width,
         config.depth,

@@ -423,10 +423,10 @@ def recon_columns(data: ReportData) -> list[tuple[str, np.ndarray]]:
         raise PlotSkipped(f"{reference_path.name} missing in {data.recons_dir}")
     with np.load(reference_path) as reference:
         arrays = {key: reference[key] for key in reference.files}
-    # "blurred": folders written before the task plug-ins named it the naive reconstruction.
-    naive_key = next((k for k in ("naive", "blurred") if k in arrays), None)
+    # "measured" (the runner's key); "naive" and "blurred": other and older spellings of it.
+    naive_key = next((k for k in ("measured", "naive", "blurred") if k in arrays), None)
     if "original" not in arrays or naive_key is None:
-        raise PlotSkipped("recons/reference.npz lacks the 'original' or 'naive' array")
+        raise PlotSkipped("recons/reference.npz lacks the 'original' or 'measured' array")
     original = arrays["original"]
     columns = [("original", original), (data.naive_name, arrays[naive_key])]
     if "baseline_direct_inverse" in arrays:

@@ -29,19 +29,24 @@ from pathlib import Path
 import pandas as pd
 from filelock import FileLock, Timeout
 
+from .metrics import METRICS
+
 TABLES = ("runs", "epochs", "steps")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
-# Columns every writer must provide (more are allowed, e.g. p_<param> for strategy parameters).
+# Columns every writer must provide (more are allowed, e.g. p_<param> for strategy parameters,
+# and each task's own setting columns, e.g. blur_sigma or mask_keep_fraction: bench/tasks).
+# One column per registered metric (bench/metrics.py) in each place a metric is reported:
+# final_test_<m> / naive_test_<m> (the task's naive reconstruction, e.g. the blurred input).
 RUN_COLUMNS = (
     "run_id", "suite", "strategy", "strategy_label", "params", "seed", "status", "status_reason",
     "dataset", "image_size", "channels", "n_train", "n_test", "batch_size", "epochs", "lr",
-    "blur_kernel_size", "blur_sigma", "noise_std", "solver", "solver_max_iter", "solver_tol",
+    "task", "noise_std", "solver", "solver_max_iter", "solver_tol",
     "model_width", "model_depth", "device", "device_name", "torch_version", "torchdeq_version",
-    "git_commit", "config_hash",
-    "final_train_loss", "final_test_psnr", "final_test_ssim", "blurred_test_psnr",
-    "blurred_test_ssim", "train_time_s", "median_step_time_s", "median_forward_time_s",
+    "git_commit", "config_hash", "final_train_loss",
+    *(f"final_test_{m}" for m in METRICS), *(f"naive_test_{m}" for m in METRICS),
+    "train_time_s", "median_step_time_s", "median_forward_time_s",
     "median_backward_time_s", "median_optimizer_time_s", "saved_bytes", "peak_rss_bytes",
     "peak_gpu_memory_bytes", "peak_gpu_device_memory_bytes", "mean_forward_iters",
     "forward_converged_frac", "mean_backward_iters", "grad_cosine_first", "grad_cosine_last",
@@ -61,8 +66,9 @@ RUN_COLUMNS = (
     "timing_note",
 )  # fmt: skip
 EPOCH_COLUMNS = (
-    "run_id", "strategy", "seed", "epoch", "train_loss", "test_psnr", "test_ssim",
-    "blurred_test_psnr", "blurred_test_ssim", "train_time_s", "grad_cosine",
+    "run_id", "strategy", "seed", "epoch", "train_loss",
+    *(f"test_{m}" for m in METRICS), *(f"naive_test_{m}" for m in METRICS),
+    "train_time_s", "grad_cosine",
     # one row per evaluation: at each epoch's end (epoch_end = 1) and every [train] eval_every steps
     "step", "epoch_end", "layer_lipschitz", "layer_lipschitz_converged",
     "grad_reference_converged", "grad_reference_forward_residual",
@@ -78,7 +84,7 @@ STATUSES = ("ok", "diverged", "failed")
 COMPLETE = ("ok", "diverged")  # results: skipped on resume (a failed run is retried)
 # Cells a complete row must fill: a runs.csv cut off mid-row parses, with these left empty.
 REQUIRED_CELLS = ("run_id", "status", "config_hash")
-REQUIRED_OK_METRICS = ("final_test_psnr", "final_test_ssim")
+REQUIRED_OK_METRICS = tuple(f"final_test_{m}" for m in METRICS)
 LOCK_NAME = ".results.lock"
 BROKEN_DIR = ".broken"
 CLAIMS_DIR = ".claims"
@@ -86,15 +92,32 @@ CLAIMS_DIR = ".claims"
 # or commit into an int (or "1e5..." into a float) in one part and not in another.
 TEXT_COLUMNS = (
     "run_id", "suite", "strategy", "strategy_label", "params", "status", "status_reason",
-    "dataset", "solver", "device", "device_name", "torch_version", "torchdeq_version",
+    "dataset", "task", "solver", "device", "device_name", "torch_version", "torchdeq_version",
     "git_commit", "config_hash", "setting_hash", "lr_schedule", "model_form", "lipschitz_control",
     "timing_note",
 )  # fmt: skip
 
 
+# Tables written before the task became a plug-in (issue 10): the naive reconstruction's
+# metrics were the blurred input's, and blur was the only task. Read as the new names.
+LEGACY_COLUMNS = {
+    "blurred_test_psnr": "naive_test_psnr",
+    "blurred_test_ssim": "naive_test_ssim",
+    # the sum of step times, named for what it is (it never was wall-clock)
+    "total_wall_time_s": "train_time_s",
+    "wall_time_s": "train_time_s",
+}
+
+
 def read_table(path: Path) -> pd.DataFrame:
-    """Read one CSV table with identifier/text columns as strings (missing text stays NaN)."""
-    return pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS})
+    """Read one CSV table with identifier/text columns as strings (missing text stays NaN);
+    a table of the older schema is read under the current column names (``LEGACY_COLUMNS``,
+    and ``task`` = "blur" for runs that have blur settings but no task)."""
+    frame = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS})
+    frame = frame.rename(columns={k: v for k, v in LEGACY_COLUMNS.items() if v not in frame})
+    if "task" not in frame.columns and "blur_kernel_size" in frame.columns:
+        frame.insert(frame.columns.get_loc("blur_kernel_size"), "task", "blur")
+    return frame
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -41,11 +41,11 @@ from .measure import (
     StepClock,
     device_name,
 )
-from .metrics import psnr, ssim
+from .metrics import mean_metrics
 from .model import build_model
-from .problem import DeblurProblem, GaussianBlur
 from .solver import lipschitz_estimate, make_solver
 from .summary import run_summary, timing_verdict
+from .tasks import Task, make_task
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 TEST_NOISE_SEED = 10_000  # test measurements are the same for every run and seed
@@ -96,21 +96,23 @@ def strict_fp32(device: torch.device) -> None:
 
 
 @dataclass
-class Problem:
-    """Data and measurements for one (data, problem) setting, on the CPU in float64."""
+class TaskData:
+    """The task, its data and fixed test measurements for one (data, problem) setting, on the
+    CPU in float64."""
 
-    problem: DeblurProblem
+    task: Task
     train_x: torch.Tensor
     test_x: torch.Tensor
     test_d: torch.Tensor
-    blurred_psnr: float  # of the clamped measurements: the reference every run is compared to
-    blurred_ssim: float
+    # metric name -> mean over the test images of the task's naive reconstruction (e.g. the
+    # blurred input): the reference every run is compared to
+    naive_metrics: dict[str, float]
     fingerprint: str = ""  # of the images loaded: part of each run's identity (see plan)
 
 
 @cache
-def prepare(data: DataConfig, problem: ProblemConfig) -> Problem:
-    """Load the data set and make the fixed test measurements (cached per setting)."""
+def load_task_data(data: DataConfig, problem: ProblemConfig) -> TaskData:
+    """Load the data set and simulate the fixed test measurements (cached per setting)."""
     images = load_dataset(
         data.dataset,
         root=data.root or None,
@@ -120,19 +122,11 @@ def prepare(data: DataConfig, problem: ProblemConfig) -> Problem:
         patch_size=data.patch_size,
         channels=data.channels or None,
     )
-    deblur = DeblurProblem(GaussianBlur(problem.kernel_size, problem.sigma), problem.noise_std)
+    task = make_task(problem)
     train_x, test_x = images.train.double(), images.test.double()
-    test_d = deblur.measure(test_x, torch.Generator().manual_seed(TEST_NOISE_SEED))
-    blurred = test_d.clamp(0, 1)
-    return Problem(
-        deblur,
-        train_x,
-        test_x,
-        test_d,
-        psnr(blurred, test_x).mean().item(),
-        ssim(blurred, test_x).mean().item(),
-        _fingerprint(images.train, images.test),
-    )
+    test_d = task.simulate(test_x, torch.Generator().manual_seed(TEST_NOISE_SEED))
+    naive = mean_metrics(task.naive(test_d), test_x)
+    return TaskData(task, train_x, test_x, test_d, naive, _fingerprint(images.train, images.test))
 
 
 def _fingerprint(*tensors: torch.Tensor) -> str:
@@ -163,8 +157,8 @@ def _flat_grad(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.grad.detach().flatten().double() for p in model.parameters()])
 
 
-def _evaluate(model, strategy, solver, x, d, batch_size) -> tuple[float, float, torch.Tensor]:
-    """Mean per-image test PSNR/SSIM of clamped reconstructions, and the reconstructions."""
+def _evaluate(model, strategy, solver, x, d, batch_size) -> tuple[dict[str, float], torch.Tensor]:
+    """Every metric's mean per-image test value on the clamped reconstructions, and those."""
     model.eval()
     recon = []
     with torch.no_grad():
@@ -173,7 +167,7 @@ def _evaluate(model, strategy, solver, x, d, batch_size) -> tuple[float, float, 
             recon.append(xhat.clamp(0, 1))
     model.train()
     recon = torch.cat(recon)
-    return psnr(recon, x).mean().item(), ssim(recon, x).mean().item(), recon
+    return mean_metrics(recon, x), recon
 
 
 def _gradient_cosine(model, strategy, solver, x, d) -> dict[str, float]:
@@ -296,7 +290,7 @@ class _Setup:
     """Everything a run needs before its first step (data on the device, model, optimiser)."""
 
     run: RunConfig
-    data: Problem
+    data: TaskData
     train_x: torch.Tensor
     test_x: torch.Tensor
     test_d: torch.Tensor
@@ -311,14 +305,14 @@ class _Setup:
     @classmethod
     def build(cls, run: RunConfig, device: torch.device) -> _Setup:
         strict_fp32(device)
-        data = prepare(run.data, run.problem)
+        data = load_task_data(run.data, run.problem)
         to = dict(device=device, dtype=DTYPES[run.train.dtype])
         train_x, test_x, test_d = (t.to(**to) for t in (data.train_x, data.test_x, data.test_d))
         torch.manual_seed(run.seed)
         generator = torch.Generator().manual_seed(run.seed)  # batch order and training noise
-        model = build_model(run.model, data.problem.operator, train_x.shape[1]).to(**to)
+        model = build_model(run.model, data.task, train_x.shape[1]).to(**to)
         fid_x = train_x[: min(run.train.batch_size, len(train_x), FIDELITY_BATCH)]
-        fid_d = data.problem.measure(fid_x, torch.Generator().manual_seed(FIDELITY_SEED))
+        fid_d = data.task.simulate(fid_x, torch.Generator().manual_seed(FIDELITY_SEED))
         solver = make_solver(
             run.solver.name, max_iter=run.solver.max_iter, tol=run.solver.tol, **_solver_extras(run)
         )
@@ -367,10 +361,8 @@ def _evaluation(s: _Setup, rec: _Record, epoch: int, epoch_end: bool, fidelity: 
     t0 = time.perf_counter()
     bs = s.run.train.batch_size
     since = rec.evals[-1]["step"] if rec.evals else 0  # train_loss: mean since the last one
-    test_psnr, test_ssim, rec.recon = _evaluate(
-        s.model, s.strategy, s.solver, s.test_x, s.test_d, bs
-    )
-    if not math.isfinite(test_psnr):
+    test_metrics, rec.recon = _evaluate(s.model, s.strategy, s.solver, s.test_x, s.test_d, bs)
+    if not all(math.isfinite(v) for v in test_metrics.values()):
         raise Diverged(f"test reconstruction not finite at epoch {epoch}")
     t1 = time.perf_counter()
     row = {
@@ -378,10 +370,8 @@ def _evaluation(s: _Setup, rec: _Record, epoch: int, epoch_end: bool, fidelity: 
         "step": len(rec.steps),
         "epoch_end": float(epoch_end),
         "train_loss": float(np.mean([r["loss"] for r in rec.steps[since:]] or [math.nan])),
-        "test_psnr": test_psnr,
-        "test_ssim": test_ssim,
-        "blurred_test_psnr": s.data.blurred_psnr,
-        "blurred_test_ssim": s.data.blurred_ssim,
+        **{f"test_{m}": v for m, v in test_metrics.items()},
+        **{f"naive_test_{m}": v for m, v in s.data.naive_metrics.items()},
         "train_time_s": rec.train_time_s,
         "grad_cosine": math.nan,
         "grad_reference_converged": math.nan,
@@ -412,7 +402,7 @@ def _train_loop(s: _Setup, rec: _Record, memory: PeakMemory, device, progress: b
     for epoch in bar:
         for idx in _batches(len(s.train_x), run.train.batch_size, s.generator):
             x = s.train_x[idx]
-            d = s.data.problem.measure(x, s.generator)
+            d = s.data.task.simulate(x, s.generator)
             step = len(rec.steps) + 1
             if step == tracked_step:
                 t0 = time.perf_counter()
@@ -538,8 +528,7 @@ def _tables(s: _Setup, rec: _Record, memory: PeakMemory, device, run_wall_time_s
         **{f"p_{k}": v for k, v in strategy.params.items()},
         "status": rec.status,
         "status_reason": rec.reason,
-        "blurred_test_psnr": s.data.blurred_psnr,
-        "blurred_test_ssim": s.data.blurred_ssim,
+        **{f"naive_test_{m}": v for m, v in s.data.naive_metrics.items()},
         **summary,
         "setup_time_s": rec.setup_time_s,
         "eval_time_s": rec.eval_time_s,
@@ -563,7 +552,7 @@ def _tables(s: _Setup, rec: _Record, memory: PeakMemory, device, run_wall_time_s
     }
 
 
-def _setting_columns(run: RunConfig, device, data: Problem | None) -> dict:
+def _setting_columns(run: RunConfig, device, data: TaskData | None) -> dict:
     return {
         "suite": run.suite,
         "dataset": run.data.dataset,
@@ -575,8 +564,8 @@ def _setting_columns(run: RunConfig, device, data: Problem | None) -> dict:
         "epochs": run.train.epochs,
         "lr": run.train.lr,
         "lr_schedule": run.train.lr_schedule,
-        "blur_kernel_size": run.problem.kernel_size,
-        "blur_sigma": run.problem.sigma,
+        "task": run.problem.task,
+        **(data.task if data else make_task(run.problem)).setting_columns(),
         "noise_std": run.problem.noise_std,
         "solver": run.solver.name,
         "solver_max_iter": run.solver.max_iter,
@@ -606,8 +595,8 @@ def load_trained_model(run_dir: str | Path) -> torch.nn.Module:
         if not (run_dir / name).is_file():
             raise ValueError(f"{str(run_dir)!r} is not a finished run folder: no {name}")
     run = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
-    data = prepare(run.data, run.problem)
-    model = build_model(run.model, data.problem.operator, data.train_x.shape[1])
+    data = load_task_data(run.data, run.problem)
+    model = build_model(run.model, data.task, data.train_x.shape[1])
     state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return model.to(DTYPES[run.train.dtype]).eval()
@@ -702,7 +691,9 @@ def _train_and_write(run: RunConfig, out: Path, progress: bool, jobs: int) -> di
             "status": "failed",
             "status_reason": f"{type(err).__name__}: {err}".splitlines()[0][:500],
         }
-        tables = {"runs": pd.DataFrame([row]).reindex(columns=results.RUN_COLUMNS)}
+        # the schema's columns, plus the task's own setting columns (blur_sigma, ...)
+        columns = list(dict.fromkeys([*results.RUN_COLUMNS, *row]))
+        tables = {"runs": pd.DataFrame([row]).reindex(columns=columns)}
     tables["runs"] = tables["runs"].assign(jobs=jobs)
     recon = tables.pop("recon", None)
     weights = tables.pop("model", None)
@@ -733,7 +724,7 @@ def run_baselines(suite: Suite, out: Path, force: bool = False) -> None:
     out = Path(out)
     done = {} if force else results.completed_runs(out)
     for index, (data_cfg, problem_cfg, train_cfg) in enumerate(suite.data_settings()):
-        data = prepare(data_cfg, problem_cfg)
+        data = load_task_data(data_cfg, problem_cfg)
         run = RunConfig(
             suite.name, "baseline", 0, data_cfg, problem_cfg, suite.model, suite.solver,
             train_cfg, data_fingerprint=data.fingerprint,
@@ -749,15 +740,16 @@ def run_baselines(suite: Suite, out: Path, force: bool = False) -> None:
             _fit_baselines(suite, out, run, data, ids, reference_path if index == 0 else None)
 
 
-def _fit_baselines(suite, out: Path, run: RunConfig, data: Problem, ids: dict, reference_path):
+def _fit_baselines(suite, out: Path, run: RunConfig, data: TaskData, ids: dict, reference_path):
     from .baselines import fit_all
 
-    op = data.problem.operator
-    train_d = data.problem.measure(data.train_x, torch.Generator().manual_seed(TEST_NOISE_SEED + 1))
-    fitted = fit_all(op, data.train_x, train_d, names=suite.baselines)
-    reference = {"original": data.test_x, "blurred": data.test_d.clamp(0, 1)}
+    task = data.task
+    train_d = task.simulate(data.train_x, torch.Generator().manual_seed(TEST_NOISE_SEED + 1))
+    fitted = fit_all(task, data.train_x, train_d, names=suite.baselines)
+    # "measured": the task's naive reconstruction from the measurements (e.g. the blurred input)
+    reference = {"original": data.test_x, "measured": task.naive(data.test_d)}
     for baseline in fitted:
-        xhat = baseline.reconstruct(op, data.test_d)
+        xhat = baseline.reconstruct(task, data.test_d)
         reference[f"baseline_{baseline.name}"] = xhat
         row = {
             **_setting_columns(run, torch.device("cpu"), data),
@@ -769,12 +761,12 @@ def _fit_baselines(suite, out: Path, run: RunConfig, data: Problem, ids: dict, r
             "seed": 0,
             "status": "ok",
             "status_reason": "",
-            "final_test_psnr": psnr(xhat, data.test_x).mean().item(),
-            "final_test_ssim": ssim(xhat, data.test_x).mean().item(),
-            "blurred_test_psnr": data.blurred_psnr,
-            "blurred_test_ssim": data.blurred_ssim,
+            **{f"final_test_{m}": v for m, v in mean_metrics(xhat, data.test_x).items()},
+            **{f"naive_test_{m}": v for m, v in data.naive_metrics.items()},
         }
-        frame = pd.DataFrame([row]).reindex(columns=[*results.RUN_COLUMNS, "p_lam"])
+        frame = pd.DataFrame([row]).reindex(
+            columns=list(dict.fromkeys([*results.RUN_COLUMNS, *row]))
+        )
         results.write_run(out, ids[baseline.name], {"runs": frame})
     if reference_path is not None:  # the report's grid uses the first setting's test images
         n = suite.train.n_recon
@@ -836,7 +828,7 @@ def plan(
 def fingerprinted_runs(suite: Suite) -> list[RunConfig]:
     """The suite's runs, each carrying the fingerprint of the images its data setting loads."""
     return [
-        dataclasses.replace(run, data_fingerprint=prepare(run.data, run.problem).fingerprint)
+        dataclasses.replace(run, data_fingerprint=load_task_data(run.data, run.problem).fingerprint)
         for run in suite.runs()
     ]
 

@@ -1,7 +1,10 @@
-"""Forward fixed-point solvers: thin wrappers around torchdeq's solver registry.
+"""Forward fixed-point solvers: a registry of solve functions, run by :class:`FixedPointSolver`.
 
 A solver is any callable ``solver(f, z0) -> (z_star, info)`` that runs without building an
-autograd graph; ``info`` maps str to a Python number.
+autograd graph; ``info`` maps str to a Python number. ``SOLVERS`` maps a ``[solver] name`` to a
+solve function with torchdeq's signature, ``fn(f, z0, max_iter=, tol=, stop_mode=, **kwargs) ->
+(z, trajectory, stats)`` with ``stats`` holding ``nstep`` and ``<stop_mode>_lowest`` per sample;
+torchdeq's three solvers are registered, and :func:`register_solver` adds another.
 """
 
 from __future__ import annotations
@@ -14,7 +17,18 @@ from torchdeq.solver import get_solver as _torchdeq_solver
 
 from strategies import Jacobian
 
-SOLVERS = ("anderson", "fixed_point_iter", "broyden")
+from .registry import Registry
+
+SOLVERS: Registry = Registry("solver")
+
+
+def register_solver(name: str):
+    """Decorator: register a solve function (torchdeq's signature, see above) under ``name``."""
+    return SOLVERS.register(name)
+
+
+for _name in ("anderson", "fixed_point_iter", "broyden"):
+    register_solver(_name)(_torchdeq_solver(_name))
 
 
 class FixedPointSolver:
@@ -34,8 +48,7 @@ class FixedPointSolver:
         stop_mode: str = "rel",
         **kwargs,
     ):
-        if name not in SOLVERS:
-            raise ValueError(f"unknown solver {name!r}; accepted: {', '.join(SOLVERS)}")
+        solve = SOLVERS.get(name)  # ValueError naming the accepted solvers
         if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
             raise ValueError(f"solver max_iter must be an int >= 1, got {max_iter!r}")
         if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
@@ -44,7 +57,7 @@ class FixedPointSolver:
             raise ValueError(f"solver stop_mode must be 'rel' or 'abs', got {stop_mode!r}")
         self.name, self.max_iter, self.tol, self.stop_mode = name, max_iter, float(tol), stop_mode
         self.kwargs = kwargs
-        self._solve = _torchdeq_solver(name)
+        self._solve = solve
 
     def __call__(self, f, z0: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         with torch.no_grad():
@@ -73,7 +86,7 @@ class FixedPointSolver:
 
 
 def make_solver(name: str = "anderson", **settings) -> FixedPointSolver:
-    """Build a forward solver by torchdeq name ('anderson', 'fixed_point_iter', 'broyden')."""
+    """Build a forward solver by its registered name (see ``SOLVERS``)."""
     return FixedPointSolver(name, **settings)
 
 

@@ -13,6 +13,8 @@ import math
 import pandas as pd
 from scipy.stats import norm
 
+from .metrics import METRICS
+
 # Steps excluded from every median as warm-up. Measured on the quick layer (2-core CPU): step 1
 # took 1.5-2.2x the median (allocator growth, oneDNN primitive creation, and it is also the step
 # whose saved tensors are counted), steps 2 and 3 were within the spread of the rest. The peak
@@ -64,8 +66,7 @@ def run_summary(
     lipschitz = epochs["layer_lipschitz"] if "layer_lipschitz" in epochs else pd.Series(dtype=float)
     return {
         "final_train_loss": float(last.get("train_loss", math.nan)),
-        "final_test_psnr": float(last.get("test_psnr", math.nan)),
-        "final_test_ssim": float(last.get("test_ssim", math.nan)),
+        **{f"final_test_{m}": float(last.get(f"test_{m}", math.nan)) for m in METRICS},
         "train_time_s": float(steps["step_time_s"].sum()) if n else 0.0,
         "median_step_time_s": median(timed, "step_time_s"),
         "median_forward_time_s": median(timed, "forward_time_s"),

@@ -32,9 +32,9 @@ import torch.nn.functional as F
 
 from bench.data import load_dataset
 from bench.measure import JacobianProducts
-from bench.model import DeblurDEQ
-from bench.problem import DeblurProblem, GaussianBlur
+from bench.model import ReconstructionDEQ
 from bench.solver import FixedPointSolver, make_solver
+from bench.tasks import GaussianBlur
 from strategies import get_strategy, list_strategies, strategy_class
 
 TARGET = 1e-4
@@ -61,10 +61,14 @@ def trained_layer(name: str, device, train_steps: int = 30, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     extra = {"patch_size": spec.size, "channels": 3} if spec.dataset == "patches" else {}
     images = load_dataset(spec.dataset, **extra).train.to(device)
-    model = DeblurDEQ(
-        GaussianBlur(5, 1.0), spec.channels, width=16, depth=3, alpha=0.05, lipschitz=0.97
+    model = ReconstructionDEQ(
+        GaussianBlur(5, 1.0, noise_std=0.01),
+        spec.channels,
+        width=16,
+        depth=3,
+        alpha=0.05,
+        lipschitz=0.97,
     ).to(device)
-    problem = DeblurProblem(model.operator, noise_std=0.01)
     solver = make_solver("anderson", max_iter=50, tol=1e-3, m=5, lam=1e-4)
     optimiser = torch.optim.Adam(model.parameters(), lr=2e-2)
     jfb = get_strategy("jfb")
@@ -73,11 +77,11 @@ def trained_layer(name: str, device, train_steps: int = 30, seed: int = 0):
     for step in range(train_steps):
         x = batch(step)
         optimiser.zero_grad(set_to_none=True)
-        xhat, _ = model(problem.measure(x, g), jfb, solver)
+        xhat, _ = model(model.task.simulate(x, g), jfb, solver)
         F.mse_loss(xhat, x).backward()
         optimiser.step()
     x = batch(train_steps)
-    return model.eval(), x, problem.measure(x, g)
+    return model.eval(), x, model.task.simulate(x, g)
 
 
 class Backward:

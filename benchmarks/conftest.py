@@ -1,4 +1,4 @@
-"""Shared set-up of the micro-benchmarks: one fixed DeblurDEQ layer, batch and forward solver.
+"""Shared set-up of the micro-benchmarks: one fixed ReconstructionDEQ layer, batch and forward solver.
 
 Everything here is the same for every strategy. Environment variables: ``IMPLICIT_BENCH_DEVICE``
 (default ``cpu``), ``IMPLICIT_BENCH_ROUNDS`` (timed rounds, default 3) and, on the CPU,
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from bench.model import DeblurDEQ
-from bench.problem import DeblurProblem, GaussianBlur
+from bench.model import ReconstructionDEQ
 from bench.solver import FixedPointSolver
+from bench.tasks import GaussianBlur
 
 DEVICE = torch.device(os.environ.get("IMPLICIT_BENCH_DEVICE", "cpu"))
 ROUNDS = int(os.environ.get("IMPLICIT_BENCH_ROUNDS", "3"))
@@ -43,7 +43,7 @@ def _sync() -> None:
 class Deblur:
     """The benchmark's model, ground truth ``x``, measurements ``d`` and forward solver."""
 
-    model: DeblurDEQ
+    model: ReconstructionDEQ
     x: torch.Tensor
     d: torch.Tensor
     solver: FixedPointSolver
@@ -51,11 +51,11 @@ class Deblur:
 
 def _make_deblur(dtype: torch.dtype = torch.float32, seed: int = 0) -> Deblur:
     torch.manual_seed(seed)
-    model = DeblurDEQ(GaussianBlur(5, 1.0), channels=CHANNELS, width=WIDTH, depth=DEPTH)
+    model = ReconstructionDEQ(GaussianBlur(5, 1.0), channels=CHANNELS, width=WIDTH, depth=DEPTH)
     model = model.to(device=DEVICE, dtype=dtype)
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(BATCH, CHANNELS, SIZE, SIZE, generator=g, dtype=dtype).to(DEVICE)
-    d = DeblurProblem(model.operator).measure(x, g)
+    d = model.task.simulate(x, g)
     return Deblur(model, x, d, FixedPointSolver(**SOLVER))
 
 

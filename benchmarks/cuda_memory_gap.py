@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 
 from bench.measure import PeakLiveBytes
-from bench.model import DeblurDEQ
-from bench.problem import GaussianBlur
+from bench.model import ReconstructionDEQ
+from bench.tasks import GaussianBlur
 from bench.solver import FixedPointSolver
 from strategies import parse_spec
 
@@ -22,9 +22,9 @@ from strategies import parse_spec
 def gap(control: str, cudnn: bool) -> tuple[int, int]:
     device = torch.device("cuda")
     torch.manual_seed(0)
-    model = DeblurDEQ(GaussianBlur(5, 1.0), 1, 4, 3, lipschitz_control=control).to(device)
+    model = ReconstructionDEQ(GaussianBlur(5, 1.0), 1, 4, 3, lipschitz_control=control).to(device)
     x = torch.rand(2, 1, 12, 12, device=device)
-    d = model.operator.A(x)
+    d = model.task.A(x)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     solver = FixedPointSolver("fixed_point_iter", max_iter=20, tol=1e-12)
 

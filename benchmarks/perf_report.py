@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from bench.measure import SavedBytes, StepClock, saved_bytes
-from bench.model import DeblurDEQ, Denoiser
-from bench.problem import DeblurProblem, GaussianBlur
+from bench.model import Denoiser, ReconstructionDEQ
 from bench.runner import train_step
 from bench.solver import make_solver
+from bench.tasks import GaussianBlur
 from strategies import get_strategy
 
 BATCH, SIZE, WIDTH, DEPTH = 16, 25, 16, 3
@@ -32,12 +32,12 @@ BATCH, SIZE, WIDTH, DEPTH = 16, 25, 16, 3
 def setup(device):
     torch.manual_seed(0)
     # the before/after rows were measured on the gradient-step layer with kernel normalisation
-    model = DeblurDEQ(
+    model = ReconstructionDEQ(
         GaussianBlur(5, 1.0), 1, WIDTH, DEPTH, form="grad", lipschitz_control="kernel"
     ).to(device)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(BATCH, 1, SIZE, SIZE, generator=g).to(device)
-    d = DeblurProblem(model.operator).measure(x, g)
+    d = model.task.simulate(x, g)
     solver = make_solver("anderson", max_iter=50, tol=1e-3, m=5, lam=1e-4)
     return model, x, d, solver
 
@@ -64,7 +64,7 @@ def compare(a, b, repeats, device, warmup=3):
 
 def old_layer(model, d, hoist=True, weights_once=True, transpose_adjoint=False):
     """The layer as it would be without each optimisation (for the before/after rows)."""
-    op, lip = model.operator, model.denoiser.lipschitz
+    op, lip = model.task, model.denoiser.lipschitz
 
     def adjoint(y):
         if transpose_adjoint:

@@ -13,7 +13,7 @@ from torch.profiler import ProfilerActivity, profile
 from bench.config import load_suite
 from bench.measure import StepClock
 from bench.model import build_model
-from bench.runner import prepare, train_step
+from bench.runner import load_task_data, train_step
 from bench.solver import make_solver
 from strategies import parse_spec
 
@@ -24,11 +24,11 @@ def main():
     p.add_argument("--steps", type=int, default=5)
     args = p.parse_args()
     run = load_suite("quick").runs()[0]
-    data = prepare(run.data, run.problem)
+    data = load_task_data(run.data, run.problem)
     x = data.train_x[: run.train.batch_size].float()
-    d = data.problem.measure(x, torch.Generator().manual_seed(0))
+    d = data.task.simulate(x, torch.Generator().manual_seed(0))
     torch.manual_seed(0)
-    model = build_model(run.model, data.problem.operator, 1)
+    model = build_model(run.model, data.task, 1)
     s = run.solver
     solver = make_solver(s.name, max_iter=s.max_iter, tol=s.tol, m=s.m, lam=s.lam)
     optimizer = torch.optim.Adam(model.parameters(), lr=run.train.lr)

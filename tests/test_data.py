@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from skimage import data
 
-from bench.data import DATASETS, ImageData, load_dataset
+from bench.data import DATASETS, ImageData, load_dataset, register_dataset
 
 
 def _check_images(x: torch.Tensor, n: int, c: int, size: int) -> None:
@@ -267,7 +267,26 @@ def test_bad_arguments_raise_value_error(kwargs, message):
         load_dataset(**kwargs)
 
 
-def test_datasets_and_imagedata():
-    assert DATASETS == ("faces", "patches", "celeba", "folder")
+def test_an_unknown_data_set_names_the_registered_ones():
+    with pytest.raises(ValueError, match=r"unknown data set 'mnist'; accepted: faces, patches, "):
+        load_dataset("mnist")
+
+
+def test_a_registered_data_set_loads_through_load_dataset():
+    @register_dataset("test-gradients")
+    def _gradients(*, n_images, test_fraction, split_seed, **_):
+        ramp = torch.linspace(0, 1, 8).expand(8, 8)
+        images = torch.stack([ramp * (i + 1) / 10 for i in range(10)]).unsqueeze(1)
+        return images[:7], images[7:]
+
+    try:
+        data = load_dataset("test-gradients")
+        assert data.train.shape == (7, 1, 8, 8) and data.test.shape == (3, 1, 8, 8)
+        assert torch.equal(data.test[0, 0, 0], torch.linspace(0, 1, 8) * 0.8)
+    finally:
+        DATASETS._entries.pop("test-gradients")
+
+
+def test_imagedata_refuses_mismatched_shapes():
     with pytest.raises(ValueError, match="differ in shape"):
         ImageData(train=torch.zeros(2, 1, 8, 8), test=torch.zeros(2, 3, 8, 8), name="x")

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from bench.measure import PeakLiveBytes, peak_live_bytes
-from bench.model import DeblurDEQ
-from bench.problem import GaussianBlur
+from bench.model import ReconstructionDEQ
 from bench.solver import FixedPointSolver
+from bench.tasks import GaussianBlur
 from strategies import Strategy, parse_spec
 
 F32, F64 = torch.float32, torch.float64
@@ -169,15 +169,15 @@ def test_mlp_step_matches_profiler_allocator_events():
     assert m.peak_bytes > 64 * 20 * 4 + 20 * 30 * 4
 
 
-# --- DeblurDEQ training steps --------------------------------------------------------------
+# --- ReconstructionDEQ training steps --------------------------------------------------------------
 
 
 def deq_setup(spec: str, max_iter: int = 20, device="cpu"):
     torch.manual_seed(0)
-    model = DeblurDEQ(GaussianBlur(5, 1.0), 1, 4, 3).to(device=device, dtype=F64)
+    model = ReconstructionDEQ(GaussianBlur(5, 1.0), 1, 4, 3).to(device=device, dtype=F64)
     g = torch.Generator().manual_seed(1)
     x = torch.rand(2, 1, 12, 12, generator=g, dtype=F64)
-    d = model.operator.A(x) + 0.01 * torch.randn(x.shape, generator=g, dtype=F64)
+    d = model.task.A(x) + 0.01 * torch.randn(x.shape, generator=g, dtype=F64)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     solver = FixedPointSolver("fixed_point_iter", max_iter=max_iter, tol=1e-12)
     return model, parse_spec(spec), solver, optimizer, x.to(device), d.to(device)
@@ -281,16 +281,15 @@ def test_agrees_with_cuda_max_memory_allocated(case):
 
 
 def _step_row(strategy, solver=None):
-    """The ``steps`` row of one training step of a tiny float64 DeblurDEQ (lr 0)."""
+    """The ``steps`` row of one training step of a tiny float64 ReconstructionDEQ (lr 0)."""
     from bench.measure import StepClock
-    from bench.problem import DeblurProblem
     from bench.runner import train_step
 
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
-    model = DeblurDEQ(GaussianBlur(5, 1.0), channels=1, width=4, depth=2).double()
+    model = ReconstructionDEQ(GaussianBlur(5, 1.0), channels=1, width=4, depth=2).double()
     x = torch.rand(2, 1, 12, 12, generator=g, dtype=F64)
-    d = DeblurProblem(model.operator).measure(x, g)
+    d = model.task.simulate(x, g)
     solver = solver or FixedPointSolver("anderson", max_iter=100, tol=1e-10)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     row, _ = train_step(model, strategy, solver, optimizer, x, d, StepClock("cpu"))

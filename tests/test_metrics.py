@@ -10,7 +10,7 @@ import torch
 from scipy import ndimage
 from skimage import data, metrics
 
-from bench.metrics import mean_psnr_ssim, psnr, ssim
+from bench.metrics import METRICS, mean_metrics, psnr, register_metric, ssim
 
 
 def _degrade(img: np.ndarray, kind: str, seed: int) -> np.ndarray:
@@ -149,7 +149,8 @@ def test_batch_psnr_is_the_mean_of_per_image_psnr_not_a_pooled_mse():
     x = y.clone()
     x[0] += 0.001  # MSE 1e-6 -> 60 dB
     x[1] += 0.1  # MSE 1e-2 -> 20 dB
-    mean_psnr, mean_ssim = mean_psnr_ssim(x, y)
+    means = mean_metrics(x, y)
+    mean_psnr, mean_ssim = means["psnr"], means["ssim"]
     assert mean_psnr == pytest.approx(40.0, abs=1e-4)
     pooled = 10 * math.log10(1 / ((1e-6 + 1e-2) / 2))  # ~23 dB: what a pooled MSE would give
     assert abs(mean_psnr - pooled) > 10
@@ -178,7 +179,7 @@ def test_float32_inputs_give_float64_results_close_to_float64_inputs():
     torch.testing.assert_close(s32, ssim(x, y), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("fn", [psnr, ssim, mean_psnr_ssim])
+@pytest.mark.parametrize("fn", [psnr, ssim, mean_metrics])
 def test_bad_inputs_raise(fn):
     with pytest.raises(ValueError, match="shape"):
         fn(torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 15))
@@ -195,3 +196,12 @@ def test_ssim_rejects_images_smaller_than_its_window():
     with pytest.raises(ValueError, match="11x11"):
         ssim(torch.rand(1, 1, 10, 32), torch.rand(1, 1, 10, 32))
     assert ssim(torch.rand(1, 1, 11, 11), torch.rand(1, 1, 11, 11)).shape == (1,)
+
+
+def test_the_registry_names_each_metric_with_its_direction_and_refuses_unknown_names():
+    assert METRICS.get("psnr").fn is psnr and METRICS.get("ssim").fn is ssim
+    assert METRICS.get("psnr").higher_is_better and METRICS.get("ssim").higher_is_better
+    with pytest.raises(ValueError, match=r"unknown metric 'lpips'; accepted: psnr, ssim"):
+        METRICS.get("lpips")
+    with pytest.raises(ValueError, match="taken"):  # a second plug-in cannot replace psnr
+        register_metric("psnr", "other")(lambda x, y: x.flatten(1).mean(1))

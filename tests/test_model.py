@@ -16,18 +16,30 @@ from bench.config import (
     SolverConfig,
     TrainConfig,
 )
-from bench.model import DeblurDEQ, Denoiser, aol_rescale, build_model, conv_operator_norm
-from bench.problem import GaussianBlur
-from bench.runner import FIDELITY_BATCH, FIDELITY_SEED, prepare, train
+from bench.model import (
+    Denoiser,
+    ReconstructionDEQ,
+    aol_rescale,
+    build_model,
+    conv_operator_norm,
+    eta_max,
+)
+from bench.runner import FIDELITY_BATCH, FIDELITY_SEED, load_task_data, train
 from bench.solver import FixedPointSolver, lipschitz_estimate
+from bench.tasks import TASKS, BlurTask, GaussianBlur, InpaintTask, Task, make_task
 
 STRATEGIES = ["jfb", "cg:tol=1e-6:max_iter=200", "neumann:k=10", "unrolled:k=10"]
 PEERS = ["torchdeq-ift", "phantom"]
 
 
-def _model(channels=1, seed=0, **kwargs):
+def _model(channels=1, seed=0, task=None, **kwargs):
     torch.manual_seed(seed)
-    return DeblurDEQ(GaussianBlur(5, 1.0), channels=channels, width=8, depth=3, **kwargs).double()
+    task = GaussianBlur(5, 1.0) if task is None else task
+    return ReconstructionDEQ(task, channels=channels, width=8, depth=3, **kwargs).double()
+
+
+# every registered task, at its defaults
+TASK_NAMES = list(TASKS)
 
 
 def _dense_jacobian_norm(f, z: torch.Tensor) -> float:
@@ -58,14 +70,15 @@ def _dense_conv_norm(weight: torch.Tensor, size: tuple[int, int]) -> float:
     return torch.linalg.matrix_norm(torch.autograd.functional.jacobian(conv, x), 2).item()
 
 
+@pytest.mark.parametrize("task", TASK_NAMES)
 @pytest.mark.parametrize("form", ["prox", "grad"])
-def test_layer_matches_its_definition(form):
-    model = _model(form=form).eval()
+def test_layer_matches_its_definition(form, task):
+    model = _model(form=form, task=make_task(ProblemConfig(task=task))).eval()
     g = torch.Generator().manual_seed(1)
     d = torch.rand(2, 1, 12, 12, generator=g, dtype=torch.float64)
     z = torch.rand(2, 1, 12, 12, generator=g, dtype=torch.float64)
     f = model.make_layer(d)
-    A, alpha = model.operator, model.alpha
+    A, alpha = model.task, model.alpha
     D = model.denoiser(z)
     if form == "prox":  # (A^T A + alpha I) T(z) = A^T d + alpha D(z)
         t = f(z)
@@ -74,20 +87,6 @@ def test_layer_matches_its_definition(form):
         expected = z - model.eta * (A.A_adjoint(A.A(z) - d) + alpha * (z - D))
         torch.testing.assert_close(f(z), expected)
     torch.testing.assert_close(model.initial_iterate(d), A.A_adjoint(d))
-
-
-def test_normal_solve_matches_a_dense_solve():
-    op = GaussianBlur(5, 1.3)
-    y = torch.rand(2, 3, 7, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    n = 7 * 9
-    AtA = torch.autograd.functional.jacobian(
-        lambda u: op.AtA(u.view(1, 1, 7, 9)).flatten(), torch.zeros(n, dtype=torch.float64)
-    )
-    lam = 0.03
-    dense = torch.linalg.solve(AtA + lam * torch.eye(n, dtype=torch.float64), y.reshape(-1, n).T)
-    torch.testing.assert_close(
-        op.normal_solve(y, lam), dense.T.reshape(y.shape), atol=1e-12, rtol=0
-    )
 
 
 def test_conv_operator_norm_is_a_tight_upper_bound_and_differentiable():
@@ -118,11 +117,35 @@ def test_kernel_spectral_norm_does_not_bound_the_convolution():
     assert max(norms) > 1.2
 
 
-@pytest.mark.parametrize("form", ["prox", "grad"])
-@pytest.mark.parametrize("control", ["operator", "aol"])
-@pytest.mark.parametrize("channels, seed", [(1, 0), (1, 1), (3, 2)])
-def test_fresh_layer_is_a_contraction_within_its_certified_bound(form, control, channels, seed):
-    model = _model(channels, seed=seed, form=form, lipschitz_control=control, lipschitz=0.97)
+# the full grid for blur; for every other task each form and control once, and colour once
+_CONTRACTION_CASES = [
+    ("blur", form, control, channels, seed)
+    for form in ("prox", "grad")
+    for control in ("operator", "aol")
+    for channels, seed in [(1, 0), (1, 1), (3, 2)]
+] + [
+    (task, form, control, channels, seed)
+    for task in TASK_NAMES
+    if task != "blur"
+    for form, control, channels, seed in [
+        ("prox", "operator", 1, 0), ("prox", "aol", 1, 1), ("grad", "operator", 1, 2),
+        ("grad", "aol", 1, 3), ("prox", "operator", 3, 4),
+    ]
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("task, form, control, channels, seed", _CONTRACTION_CASES)
+def test_fresh_layer_is_a_contraction_within_its_certified_bound(
+    task, form, control, channels, seed
+):
+    model = _model(
+        channels,
+        seed=seed,
+        task=make_task(ProblemConfig(task=task)),
+        form=form,
+        lipschitz_control=control,
+        lipschitz=0.97,
+    )
     g = torch.Generator().manual_seed(seed)
     d = torch.rand(2, channels, 10, 10, generator=g, dtype=torch.float64)
     z = torch.rand(2, channels, 10, 10, generator=g, dtype=torch.float64)
@@ -156,7 +179,7 @@ def _trained(strategy: str, control: str = "operator", lr: float = 5e-2):
         TrainConfig(epochs=12, batch_size=8, lr=lr, grad_fidelity=False, eval_every=24),
     )
     tables = train(run, torch.device("cpu"))
-    model = build_model(run.model, prepare(run.data, run.problem).problem.operator, 1)
+    model = build_model(run.model, load_task_data(run.data, run.problem).task, 1)
     model.load_state_dict(tables["model"])
     return run, tables, model.double().eval()
 
@@ -168,9 +191,9 @@ def test_layer_stays_a_contraction_after_training_at_a_high_learning_rate(strate
     runs = tables["runs"].iloc[0]
     assert runs["status"] == "ok", runs["status_reason"]
     assert tables["steps"]["step"].max() == 48  # 12 epochs x 4 steps
-    data = prepare(run.data, run.problem)
+    data = load_task_data(run.data, run.problem)
     fid_x = data.train_x[:FIDELITY_BATCH]
-    fid_d = data.problem.measure(fid_x, torch.Generator().manual_seed(FIDELITY_SEED))
+    fid_d = data.task.simulate(fid_x, torch.Generator().manual_seed(FIDELITY_SEED))
     f = model.make_layer(fid_d)
     z, info = FixedPointSolver("anderson", max_iter=200, tol=1e-10)(f, model.initial_iterate(fid_d))
     assert info["forward_converged"] == 1.0
@@ -192,8 +215,8 @@ def test_kernel_normalisation_is_measured_not_assumed():
     run, tables, model = _trained("jfb", control="kernel")
     runs = tables["runs"].iloc[0]
     assert math.isnan(runs["certified_lipschitz_bound"])
-    data = prepare(run.data, run.problem)
-    fid_d = data.problem.measure(
+    data = load_task_data(run.data, run.problem)
+    fid_d = data.task.simulate(
         data.train_x[:FIDELITY_BATCH], torch.Generator().manual_seed(FIDELITY_SEED)
     )
     f = model.make_layer(fid_d)
@@ -231,11 +254,47 @@ def test_the_model_rebuilds_from_its_config():
         (lambda: Denoiser(width=0), "width"),
         (lambda: Denoiser(lipschitz=1.0), "lipschitz"),
         (lambda: Denoiser(lipschitz_control="spectral"), "spectral"),
-        (lambda: DeblurDEQ(GaussianBlur(), form="grad", eta=0.9), "eta"),
-        (lambda: DeblurDEQ(GaussianBlur(), alpha=0.0), "alpha"),
-        (lambda: DeblurDEQ(GaussianBlur(), form="newton"), "newton"),
+        (lambda: ReconstructionDEQ(GaussianBlur(), form="grad", eta=0.9), "eta"),
+        (lambda: ReconstructionDEQ(GaussianBlur(), alpha=0.0), "alpha"),
+        (lambda: ReconstructionDEQ(GaussianBlur(), form="newton"), "newton"),
+        # no exact normal solve (a non-separable kernel): the prox form's bound would not hold
+        (lambda: ReconstructionDEQ(BlurTask(torch.rand(3, 3))), "normal_solve"),
     ],
 )
 def test_bad_settings_raise_value_error(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+class _ScaledMask(InpaintTask):
+    """A mask times 2: ||A|| = 2, so the grad form's step must shrink to keep T contractive."""
+
+    def A(self, x):
+        return 2 * super().A(x)
+
+    def A_adjoint(self, y):
+        return 2 * super().A_adjoint(y)
+
+    def AtA(self, x):
+        return self.A_adjoint(self.A(x))
+
+    @property
+    def norm_bound(self):
+        return 2.0
+
+    def normal_solve(self, y, lam):
+        return y / (4 * self.mask(y) + lam)
+
+
+def test_grad_form_step_bound_follows_the_task_norm_bound():
+    task = _ScaledMask(0.5, seed=0)
+    assert isinstance(task, Task) and eta_max(task) == pytest.approx(2 / (4 + 2 * 1.5))
+    assert eta_max(GaussianBlur()) == eta_max(InpaintTask()) == 0.5
+    with pytest.raises(ValueError, match="eta"):  # allowed for ||A|| = 1, not for 2
+        _model(task=task, form="grad", eta=0.45)
+    # the largest step it allows, with the largest alpha, still contracts (dense Jacobian)
+    model = _model(task=task, form="grad", eta=0.2857, alpha=1.499, lipschitz=0.97)
+    g = torch.Generator().manual_seed(0)
+    d = torch.rand(2, 1, 8, 8, generator=g, dtype=torch.float64)
+    z = torch.rand(2, 1, 8, 8, generator=g, dtype=torch.float64)
+    assert _dense_jacobian_norm(model.make_layer(d), z) <= model.contraction_bound() + 1e-9 < 1

@@ -248,10 +248,10 @@ def test_gmres_reports_when_max_iter_stops_it_short():
 
 def _saved_bytes_of(strategy, solver_iters):
     torch.manual_seed(0)
-    from bench.model import DeblurDEQ
-    from bench.problem import GaussianBlur
+    from bench.model import ReconstructionDEQ
+    from bench.tasks import GaussianBlur
 
-    model = DeblurDEQ(GaussianBlur(5, 1.0), channels=1, width=8, depth=3)
+    model = ReconstructionDEQ(GaussianBlur(5, 1.0), channels=1, width=8, depth=3)
     d = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     # tol below reach: the solver runs exactly `solver_iters` iterations
     solver = FixedPointSolver("fixed_point_iter", max_iter=solver_iters, tol=1e-30)

@@ -148,7 +148,7 @@ def test_the_trained_model_is_saved_and_rebuilds(tmp_path):
     assert execute(run, tmp_path).status == "ok"
     part = tmp_path / "parts" / run.run_id
     model = load_trained_model(part)
-    data = runner.prepare(run.data, run.problem)
+    data = runner.load_task_data(run.data, run.problem)
     solver = runner.make_solver("anderson", max_iter=100, tol=1e-4, m=5, lam=1e-4)
     from strategies import parse_spec
 
@@ -176,18 +176,18 @@ def test_the_peak_memory_replay_leaves_training_unchanged(monkeypatch):
 def test_float32_gradient_on_cuda_matches_float64_once_tf32_is_off():
     """With cuDNN's default TF32 convolutions, cg's float32 gradient stayed 1.6e-4 from the
     float64 one (H100, tol 1e-7); the harness turns TF32 off so float32 means float32."""
-    from bench.model import DeblurDEQ
-    from bench.problem import DeblurProblem, GaussianBlur
+    from bench.model import ReconstructionDEQ
     from bench.solver import FixedPointSolver
+    from bench.tasks import GaussianBlur
     from strategies import get_strategy
 
     device = torch.device("cuda")
     runner.strict_fp32(device)
     torch.manual_seed(0)
-    model = DeblurDEQ(GaussianBlur(5, 1.0), channels=1, width=8, depth=2)
+    model = ReconstructionDEQ(GaussianBlur(5, 1.0), channels=1, width=8, depth=2)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(4, 1, 24, 24, generator=g, dtype=torch.float64)
-    d = DeblurProblem(model.operator).measure(x, g)
+    d = model.task.simulate(x, g)
     grads = {}
     for dtype in (torch.float64, torch.float32):
         m = model.to(device=device, dtype=dtype)

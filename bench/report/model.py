@@ -27,8 +27,7 @@ HARNESS_SCALING = {
     "solver_max_iter": "forward solver max_iter",
     "image_size": "image size (pixels per side)",
 }
-# What the naive reconstruction of each task is called (the row and line it is shown as).
-NAIVE_NAMES = {"deblur": "blurred input", "inpaint": "masked input"}
+# What the naive reconstruction of a task that is not registered here is called.
 NAIVE_DEFAULT = "naive reconstruction"
 
 
@@ -117,10 +116,13 @@ def finite_rows(frame: pd.DataFrame, column: str) -> pd.DataFrame:
 
 
 def naive_name(task) -> str:
-    """What the task's naive reconstruction is called (older results: deblurring)."""
+    """What the task's naive reconstruction is called: the registered task's ``naive_label``
+    (bench/tasks; e.g. "blurred input"); results without a task column are deblurring."""
+    from bench.tasks import TASKS
+
     if task is None or (isinstance(task, float) and math.isnan(task)):
-        return NAIVE_NAMES["deblur"]
-    return NAIVE_NAMES.get(str(task), NAIVE_DEFAULT)
+        task = "blur"
+    return TASKS.get(str(task)).naive_label if str(task) in TASKS else NAIVE_DEFAULT
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ SETUP_FIELDS = (
     ("batch_size", "batch size"), ("epochs", "epochs"), ("lr", "learning rate"),
     ("lr_schedule", "learning-rate schedule"),
     ("blur_kernel_size", "blur kernel size"), ("blur_sigma", "blur sigma"),
+    ("mask_keep_fraction", "mask keep fraction"), ("mask_seed", "mask seed"),
     ("noise_std", "noise std"), ("model_width", "model width"), ("model_depth", "model depth"),
     ("model_form", "model form"), ("lipschitz_control", "Lipschitz control"),
     ("model_lipschitz", "model Lipschitz target"),

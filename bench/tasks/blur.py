@@ -1,13 +1,15 @@
-"""The inverse problem: a blur operator A with its exact adjoint, and noisy measurements d = A x + e."""
+"""The ``blur`` task: convolution with a kernel (Gaussian from a suite), d = A x + noise."""
 
 from __future__ import annotations
 
 import math
 import weakref
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+from . import Task, register_task
 
 
 def gaussian_kernel(kernel_size: int = 5, sigma: float = 1.0) -> torch.Tensor:
@@ -24,18 +26,21 @@ def gaussian_kernel(kernel_size: int = 5, sigma: float = 1.0) -> torch.Tensor:
     return k / k.sum()
 
 
-class Blur:
+class BlurTask(Task):
     """Convolution with a fixed kernel, zero 'same' padding, applied to each channel alone.
 
     ``A`` is a cross-correlation (torch's conv2d) and ``A_adjoint`` its exact transpose, for any
     kernel, symmetric or not: with stride 1 and symmetric 'same' padding of an odd kernel, the
     transpose is the correlation with the flipped kernel. (conv_transpose2d computes the same
-    thing but is several times slower on CPUs, and the adjoint runs in every layer evaluation.) With a
-    non-negative kernel that sums to 1, ``||A||_2 <= 1`` (Young's inequality), which the model's
-    contraction argument relies on.
+    thing but is several times slower on CPUs, and the adjoint runs in every layer evaluation.)
+    ``||A||_2 <= sum |k|`` (Young's inequality): 1 for a non-negative kernel that sums to 1.
     """
 
-    def __init__(self, kernel: torch.Tensor):
+    naive_label = "blurred input"
+    config_keys = ("kernel_size", "sigma")
+
+    def __init__(self, kernel: torch.Tensor, noise_std: float = 0.01):
+        super().__init__(noise_std)
         if kernel.ndim != 2 or kernel.shape[0] % 2 == 0 or kernel.shape[1] % 2 == 0:
             raise ValueError(f"kernel must be 2-D with odd sides, got shape {tuple(kernel.shape)}")
         self.kernel = kernel.detach().to(torch.float64)
@@ -62,9 +67,31 @@ class Blur:
         w = self._weight(y, flipped=True)
         return F.conv2d(y, w, padding=self.padding, groups=y.shape[1])
 
-    def AtA(self, x: torch.Tensor) -> torch.Tensor:
-        """The normal operator A^T A."""
-        return self.A_adjoint(self.A(x))
+    @classmethod
+    def from_config(cls, config: Any) -> BlurTask:
+        return GaussianBlur(config.kernel_size, config.sigma, config.noise_std)
+
+    @property
+    def norm_bound(self) -> float:
+        """sum |k| (Young's inequality), for every image size."""
+        return float(self.kernel.abs().sum())
+
+    @property
+    def has_normal_solve(self) -> bool:
+        return _is_plain_blur(self) and _separable_taps(self.kernel) is not None
+
+    def fast_operator(self, x: torch.Tensor) -> Any:
+        """For a separable kernel, A as two small matmuls per image (:class:`_SeparableBlur`):
+        the same linear map, ~10x faster than float64 convolutions on CPUs."""
+        plan = _separable_plan(self, x)
+        return self if plan is None else plan
+
+    def naive(self, d: torch.Tensor) -> torch.Tensor:
+        """The blurred measurements themselves, clamped to [0, 1]."""
+        return d.clamp(0, 1)
+
+    def setting_columns(self) -> dict[str, Any]:
+        return {"blur_kernel_size": int(self.kernel.shape[0]), "blur_sigma": math.nan}
 
     def normal_solve(self, y: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
         """(A^T A + lam I)^-1 y, exactly, for a separable kernel (every Gaussian); lam > 0.
@@ -92,9 +119,13 @@ class Blur:
 
 
 def _is_plain_blur(operator) -> bool:
-    """A ``Blur`` whose A / A^T are the stock convolutions (so its kernel describes it)."""
+    """A ``BlurTask`` whose A / A^T are the stock convolutions (so its kernel describes it)."""
     cls = type(operator)
-    return isinstance(operator, Blur) and cls.A is Blur.A and cls.A_adjoint is Blur.A_adjoint
+    return (
+        isinstance(operator, BlurTask)
+        and cls.A is BlurTask.A
+        and cls.A_adjoint is BlurTask.A_adjoint
+    )
 
 
 def _separable_taps(kernel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -118,7 +149,7 @@ def _band_matrix(taps: torch.Tensor, n: int, pad: int) -> torch.Tensor:
 
 
 class _SeparableBlur(NamedTuple):
-    """A plain separable ``Blur`` on H x W images as 1-D matrices, with their SVDs.
+    """A plain separable ``BlurTask`` on H x W images as 1-D matrices, with their SVDs.
 
     A X = Mh X Mw^T for every (H, W) slice X. With Mh = Uh diag(s_h) Vh^T and
     Mw = Uw diag(s_w) Vw^T, A^T A + lam I = (Vh (x) Vw) diag(sigma^2 + lam) (Vh (x) Vw)^T with
@@ -155,7 +186,7 @@ _PLAN_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _separable_plan(operator, x: torch.Tensor) -> _SeparableBlur | None:
-    """The matrix form of a plain separable ``Blur`` for images like ``x``, else None."""
+    """The matrix form of a plain separable ``BlurTask`` for images like ``x``, else None."""
     if not _is_plain_blur(operator):
         return None
     per_op = _PLAN_CACHE.setdefault(operator, {})
@@ -174,35 +205,19 @@ def _separable_plan(operator, x: torch.Tensor) -> _SeparableBlur | None:
     return per_op[key]
 
 
-class GaussianBlur(Blur):
-    """Gaussian blur (default 5x5, sigma 1.0, as in the reference work)."""
+@register_task("blur")
+class GaussianBlur(BlurTask):
+    """Gaussian blur (default 5x5, sigma 1.0, as in the reference work) with noise_std 0.01."""
 
-    def __init__(self, kernel_size: int = 5, sigma: float = 1.0):
-        super().__init__(gaussian_kernel(kernel_size, sigma))
+    def __init__(self, kernel_size: int = 5, sigma: float = 1.0, noise_std: float = 0.01):
+        super().__init__(gaussian_kernel(kernel_size, sigma), noise_std)
         self.kernel_size, self.sigma = kernel_size, sigma
 
+    def setting_columns(self) -> dict[str, Any]:
+        return {"blur_kernel_size": self.kernel_size, "blur_sigma": self.sigma}
+
     def __repr__(self) -> str:
-        return f"GaussianBlur(kernel_size={self.kernel_size}, sigma={self.sigma})"
-
-
-class DeblurProblem:
-    """Measurements d = A x + noise_std * e, e ~ N(0, I), for images x in [0, 1]."""
-
-    def __init__(self, operator: Blur, noise_std: float = 0.01):
-        if not (
-            isinstance(noise_std, (int, float)) and math.isfinite(noise_std) and noise_std >= 0
-        ):
-            raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
-        self.operator = operator
-        self.noise_std = float(noise_std)
-
-    def measure(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Blur ``x`` and add Gaussian noise drawn from ``generator`` (reproducible when seeded).
-
-        The noise is drawn on the CPU and moved, so a seed gives the same data on every device.
-        """
-        d = self.operator.A(x)
-        if self.noise_std > 0:
-            e = torch.randn(x.shape, generator=generator, dtype=torch.float64)
-            d = d + self.noise_std * e.to(dtype=x.dtype, device=x.device)
-        return d
+        return (
+            f"GaussianBlur(kernel_size={self.kernel_size}, sigma={self.sigma}, "
+            f"noise_std={self.noise_std})"
+        )
