@@ -14,8 +14,8 @@ import torch
 
 from bench.measure import PeakLiveBytes
 from bench.model import ReconstructionDEQ
-from bench.tasks import GaussianBlur
 from bench.solver import FixedPointSolver
+from bench.tasks import GaussianBlur
 from strategies import parse_spec
 
 
