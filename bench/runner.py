@@ -9,7 +9,6 @@ is trained, so concurrent processes on one folder share the work instead of repe
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import hashlib
 import io
@@ -27,14 +26,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from strategies import get_strategy, parse_spec
+from strategies import parse_spec
 
-from . import provenance, results
+from . import diagnostics, provenance, results
 from .config import DataConfig, ProblemConfig, RunConfig, Suite
 from .data import load_dataset
 from .measure import (
     JacobianProducts,
-    PeakLiveBytes,
     PeakMemory,
     RecordingSolver,
     SavedBytes,
@@ -43,15 +41,13 @@ from .measure import (
 )
 from .metrics import mean_metrics
 from .model import build_model
-from .solver import lipschitz_estimate, make_solver
+from .solver import make_solver
 from .summary import run_summary, timing_verdict
 from .tasks import Task, make_task
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 TEST_NOISE_SEED = 10_000  # test measurements are the same for every run and seed
 FIDELITY_SEED = 20_000  # the fixed batch for gradient fidelity
-FIDELITY_MAX_ITER = 500
-FIDELITY_TOL = 1e-6
 FIDELITY_BATCH = 8  # images in the fixed batch for gradient fidelity and ||dT/dx||
 STEP_INFO = (
     "forward_iters", "forward_residual", "forward_converged", "backward_iters", "backward_residual"
@@ -153,10 +149,6 @@ def _batches(n: int, batch_size: int, generator: torch.Generator):
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
-def _flat_grad(model: torch.nn.Module) -> torch.Tensor:
-    return torch.cat([p.grad.detach().flatten().double() for p in model.parameters()])
-
-
 def _evaluate(model, strategy, solver, x, d, batch_size) -> tuple[dict[str, float], torch.Tensor]:
     """Every metric's mean per-image test value on the clamped reconstructions, and those."""
     model.eval()
@@ -168,61 +160,6 @@ def _evaluate(model, strategy, solver, x, d, batch_size) -> tuple[dict[str, floa
     model.train()
     recon = torch.cat(recon)
     return mean_metrics(recon, x), recon
-
-
-def _gradient_cosine(model, strategy, solver, x, d) -> dict[str, float]:
-    """Cosine between the strategy's gradient and the exact implicit gradient on a fixed batch.
-
-    The reference is a float64 copy of the model with a forward solve (Broyden) and a GMRES adjoint
-    solve, both to 1e-6. Its residuals are recorded; where either solve did not reach its tolerance the
-    cosine is NaN: a number computed from an unconverged reference would look like a finding.
-    Both gradients are taken in eval mode, so that nothing in the model changes between them.
-    """
-
-    def grad_of(m, strat, solv, dtype):
-        m.eval()
-        m.zero_grad(set_to_none=True)
-        xhat, info = m(d.to(dtype), strat, solv)
-        torch.nn.functional.mse_loss(xhat, x.to(dtype)).backward()
-        g = _flat_grad(m)
-        m.zero_grad(set_to_none=True)
-        m.train()
-        return g, info
-
-    dtype = next(model.parameters()).dtype
-    g, _ = grad_of(model, strategy, solver, dtype)
-    reference = copy.deepcopy(model).double()
-    # Broyden, not the training default Anderson (m=5, lam=1e-4): measured on the quick layer
-    # after training, in float64 to 1e-6, Anderson stagnated (78 iterations, 1.76 s; the run's
-    # largest cost after its steps) where Broyden took 16 (0.24 s) to the same tolerance and the
-    # same fixed point (relative difference 2e-6). The residual check below is unchanged.
-    ref_solver = make_solver("broyden", max_iter=FIDELITY_MAX_ITER, tol=FIDELITY_TOL)
-    # GMRES needs one J^T u per iteration where CGLS needs a J u and a J^T u and squares the
-    # condition number: on the float64 quick layer 20 products against 76, agreeing to 9e-11.
-    ref_strategy = get_strategy("gmres", tol=FIDELITY_TOL, max_iter=FIDELITY_MAX_ITER)
-    g_ref, info = grad_of(reference, ref_strategy, ref_solver, torch.float64)
-    converged = bool(info["forward_converged"] and info["backward_converged"])
-    cosine = torch.nn.functional.cosine_similarity(g, g_ref, dim=0).item()
-    return {
-        "grad_cosine": cosine if converged else math.nan,
-        "grad_reference_converged": float(converged),
-        "grad_reference_forward_residual": info["forward_residual"],
-        "grad_reference_backward_residual": info["backward_residual"],
-    }
-
-
-def _layer_lipschitz(model, solver, d) -> dict[str, float]:
-    """||dT/dx|| at the fixed point of a fixed batch (power iteration run to convergence)."""
-    model.eval()
-    with torch.no_grad():
-        f = model.make_layer(d)
-        z, _ = solver(f, model.initial_iterate(d))
-    estimate = lipschitz_estimate(f, z)
-    model.train()
-    return {
-        "layer_lipschitz": estimate.value,
-        "layer_lipschitz_converged": float(estimate.converged),
-    }
 
 
 def _solver_extras(run: RunConfig) -> dict:
@@ -377,10 +314,10 @@ def _evaluation(s: _Setup, rec: _Record, epoch: int, epoch_end: bool, fidelity: 
         "grad_reference_converged": math.nan,
         "grad_reference_forward_residual": math.nan,
         "grad_reference_backward_residual": math.nan,
-        **_layer_lipschitz(s.model, s.solver, s.fid_d),
+        **diagnostics.layer_lipschitz(s.model, s.solver, s.fid_d),
     }
     if fidelity:
-        row.update(_gradient_cosine(s.model, s.strategy, s.solver, s.fid_x, s.fid_d))
+        row.update(diagnostics.gradient_cosine(s.model, s.strategy, s.solver, s.fid_x, s.fid_d))
     rec.evals.append(row)
     rec.eval_time_s += t1 - t0
     rec.diagnostics_time_s += time.perf_counter() - t1
@@ -431,14 +368,8 @@ def _train_loop(s: _Setup, rec: _Record, memory: PeakMemory, device, progress: b
 
 def _peak_step_bytes(s: _Setup, x, d, clock: StepClock) -> int:
     """Peak live tensor bytes of a training step on (x, d), replayed and then undone."""
-    model_state = copy.deepcopy(s.model.state_dict())
-    optimizer_state = copy.deepcopy(s.optimizer.state_dict())
-    with PeakLiveBytes() as tracker:
-        train_step(s.model, s.strategy, s.solver, s.optimizer, x, d, clock)
-    s.model.load_state_dict(model_state)
-    s.optimizer.load_state_dict(optimizer_state)
-    s.optimizer.zero_grad(set_to_none=True)
-    return tracker.peak_bytes
+    step = lambda: train_step(s.model, s.strategy, s.solver, s.optimizer, x, d, clock)  # noqa: E731
+    return diagnostics.peak_step_bytes(s.model, s.optimizer, step)
 
 
 def _evaluates(run: RunConfig, step: int, epoch_end: bool, total_steps: int) -> bool:

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+import bench.diagnostics as diagnostics
 import bench.runner as runner
 from bench.config import (
     DataConfig,
@@ -57,21 +58,21 @@ def test_fidelity_reference_converges_and_records_its_residuals():
     fid = epochs[epochs["grad_reference_converged"].notna()]
     assert len(fid) == 2  # first and last evaluation
     assert (fid["grad_reference_converged"] == 1).all()
-    assert (fid["grad_reference_forward_residual"] <= runner.FIDELITY_TOL).all()
-    assert (fid["grad_reference_backward_residual"] <= runner.FIDELITY_TOL).all()
+    assert (fid["grad_reference_forward_residual"] <= diagnostics.FIDELITY_TOL).all()
+    assert (fid["grad_reference_backward_residual"] <= diagnostics.FIDELITY_TOL).all()
     assert ((fid["grad_cosine"] > 0) & (fid["grad_cosine"] <= 1 + 1e-9)).all()
     runs = tables["runs"].iloc[0]
     assert runs["grad_cosine_first"] == fid["grad_cosine"].iloc[0]
 
 
 def test_unconverged_fidelity_reference_gives_nan_not_a_number(monkeypatch):
-    monkeypatch.setattr(runner, "FIDELITY_MAX_ITER", 2)  # the reference cannot converge
+    monkeypatch.setattr(diagnostics, "FIDELITY_MAX_ITER", 2)  # the reference cannot converge
     tables = train(_run("jfb"), CPU)
     fid = tables["epochs"].dropna(subset=["grad_reference_converged"])
     assert (fid["grad_reference_converged"] == 0).all()
     assert fid["grad_cosine"].isna().all()
-    assert (fid["grad_reference_backward_residual"] > runner.FIDELITY_TOL).any() or (
-        fid["grad_reference_forward_residual"] > runner.FIDELITY_TOL
+    assert (fid["grad_reference_backward_residual"] > diagnostics.FIDELITY_TOL).any() or (
+        fid["grad_reference_forward_residual"] > diagnostics.FIDELITY_TOL
     ).any()
     assert math.isnan(tables["runs"].iloc[0]["grad_cosine_last"])
 
@@ -135,7 +136,7 @@ def test_memory_figures_cover_training_steps_only(monkeypatch):
         return {"layer_lipschitz": 0.5, "layer_lipschitz_converged": 1.0}
 
     baseline = train(_run("jfb", grad_fidelity=False), CPU)["runs"].iloc[0]
-    monkeypatch.setattr(runner, "_layer_lipschitz", greedy)
+    monkeypatch.setattr(diagnostics, "layer_lipschitz", greedy)
     greedy_run = train(_run("jfb", grad_fidelity=False), CPU)["runs"].iloc[0]
     assert greedy_run["peak_step_bytes"] == baseline["peak_step_bytes"]
     # the RSS peak is sampled inside steps: the first 64 MiB arrive after the first step
