@@ -22,7 +22,7 @@ bench: $(STAMP)
 	$(VENV)/bin/implicit-bench report results/$(SUITE)
 
 benchmark: $(STAMP)
-	$(PY) -m pytest benchmarks -q --benchmark-only --benchmark-json=results/benchmark.json
+	$(PY) -m pytest perf -q --benchmark-only --benchmark-json=results/benchmark.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .

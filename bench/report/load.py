@@ -9,6 +9,7 @@ names, and columns a folder predates become NaN ("not measured"); both are said 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from bench.report.model import (
     strategy_palette,
 )
 from bench.results import COLUMNS, TEXT_COLUMNS
+from bench.summary import run_summary
 
 # Columns renamed since results folders were first written: old name -> current name, per table.
 # runs.csv total_wall_time_s and epochs.csv wall_time_s were the SUM of training-step times, not
@@ -264,41 +266,29 @@ def _strategy_sort_key(label: str, strategy: str, order: list[str]) -> tuple:
     return (order.index(strategy), natural_key(label))
 
 
-def _fill_from(runs: pd.DataFrame, column: str, per_run: pd.Series) -> None:
-    """Fill NaN cells of ``runs[column]`` from a run_id-indexed series (in place)."""
-    runs[column] = runs[column].fillna(runs["run_id"].map(per_run))
-
-
 def _complete_from_tables(runs: pd.DataFrame, epochs: pd.DataFrame, steps: pd.DataFrame) -> None:
-    """Derive summary columns a runs row lacks from its epochs / steps rows (in place).
+    """Fill the summary cells a runs row lacks (older or partial folders) from its epochs / steps
+    rows, with the runner's own summary function: one definition of every summary column."""
+    by_epochs = dict(tuple(epochs.groupby("run_id"))) if len(epochs) else {}
+    by_steps = dict(tuple(steps.groupby("run_id"))) if len(steps) else {}
+    empty_epochs, empty_steps = epochs.iloc[:0], steps.iloc[:0]
+    for index, run_id in runs["run_id"].items():
+        if run_id not in by_epochs and run_id not in by_steps:
+            continue
+        run_epochs = by_epochs.get(run_id, empty_epochs)
+        summary = run_summary(by_steps.get(run_id, empty_steps), run_epochs)
+        if len(run_epochs):  # the naive reconstruction's metrics are recorded per evaluation
+            last = run_epochs.iloc[-1]
+            summary.update({c: last[c] for c in run_epochs if c.startswith("naive_test_")})
+        for column, value in summary.items():
+            if column not in runs:
+                runs[column] = np.nan
+            if pd.isna(runs.at[index, column]) and not _is_missing(value):
+                runs.at[index, column] = value
 
-    The per-run summary the runner writes, recomputed where a row lacks it (older or partial
-    folders); to be replaced by the runner's own summary function (issue 10 §2).
-    """
-    if len(epochs):
-        last = epochs.groupby("run_id").last()  # last non-NaN value per column (rows in order)
-        for run_col, epoch_col in (
-            ("final_train_loss", "train_loss"), ("final_test_psnr", "test_psnr"),
-            ("final_test_ssim", "test_ssim"), ("train_time_s", "train_time_s"),
-            ("naive_test_psnr", "naive_test_psnr"), ("naive_test_ssim", "naive_test_ssim"),
-        ):  # fmt: skip
-            _fill_from(runs, run_col, last[epoch_col])
-        cosines = epochs.dropna(subset=["grad_cosine"]).groupby("run_id")["grad_cosine"]
-        _fill_from(runs, "grad_cosine_first", cosines.first())
-        _fill_from(runs, "grad_cosine_last", cosines.last()[cosines.count() >= 2])
-    if len(steps):
-        by_run = steps.groupby("run_id")
-        for run_col, step_col in (
-            ("median_step_time_s", "step_time_s"), ("median_forward_time_s", "forward_time_s"),
-            ("median_backward_time_s", "backward_time_s"),
-            ("median_optimizer_time_s", "optimizer_time_s"),
-        ):  # fmt: skip
-            _fill_from(runs, run_col, by_run[step_col].median())
-        _fill_from(runs, "mean_forward_iters", by_run["forward_iters"].mean())
-        _fill_from(runs, "forward_converged_frac", by_run["forward_converged"].mean())
-        _fill_from(runs, "mean_backward_iters", by_run["backward_iters"].mean())
-        _fill_from(runs, "backward_converged_frac", by_run["backward_converged"].mean())
-        _fill_from(runs, "jacobian_products_per_step", by_run["jacobian_products"].mean())
+
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _drop_unconverged_cosines(epochs: pd.DataFrame) -> None:

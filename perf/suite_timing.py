@@ -1,6 +1,6 @@
 """Where a suite's time goes, and what ``-j 2`` buys: one suite run with ``-j 1``, then ``-j 2``.
 
-    python benchmarks/suite_timing.py [SUITE] [--epochs N] [--seeds N] [--strategies S]
+    python perf/suite_timing.py [SUITE] [--epochs N] [--seeds N] [--strategies S]
                                       [--jobs 1,2] [--keep DIR]
 
 Each command is the real CLI (``python -m bench.cli run SUITE -j N``), run into a fresh temporary

@@ -1,6 +1,6 @@
 """One training step, and the backward pass alone, for every registered strategy.
 
-The layer, batch, forward solver and optimiser are fixed (benchmarks/conftest.py), so the
+The layer, batch, forward solver and optimiser are fixed (perf/conftest.py), so the
 strategies differ only in how they produce the gradient. ``extra_info`` records the bytes
 autograd saves for backward and the solver iterations (and whether the solves converged) of the
 last round; None where a strategy has no such solve.

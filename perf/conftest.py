@@ -3,7 +3,7 @@
 Everything here is the same for every strategy. Environment variables: ``IMPLICIT_BENCH_DEVICE``
 (default ``cpu``), ``IMPLICIT_BENCH_ROUNDS`` (timed rounds, default 3) and, on the CPU,
 ``IMPLICIT_BENCH_THREADS`` (torch threads, default 1). Run with
-``pytest benchmarks --benchmark-only``; ``make test`` does not collect this folder.
+``pytest perf --benchmark-only``; ``make test`` does not collect this folder.
 """
 
 from __future__ import annotations

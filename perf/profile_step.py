@@ -1,6 +1,6 @@
 """Profile training steps of the quick suite's layer with torch.profiler.
 
-python benchmarks/profile_step.py [--strategies jfb,cg:tol=1e-4:max_iter=30] [--steps 5]
+python perf/profile_step.py [--strategies jfb,cg:tol=1e-4:max_iter=30] [--steps 5]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Where the CUDA allocator's peak exceeds the tracked tensor bytes of a training step.
 
-    python benchmarks/cuda_memory_gap.py
+    python perf/cuda_memory_gap.py
 
 ``PeakLiveBytes`` counts tensors; the caching allocator also hands out library workspaces (cuDNN
 convolution algorithms, cuFFT plans, cuSOLVER). This prints, for one JFB step of a small layer,

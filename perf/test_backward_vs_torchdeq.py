@@ -2,7 +2,7 @@
 matched gradient error, on the quick suite's layer and a 64x64 RGB layer after 30 JFB steps; and
 JFB's performance targets. Each is measured side by side in one run.
 
-The machinery (layers, matching, interleaved timing) is ``benchmarks/backward_report.py``'s,
+The machinery (layers, matching, interleaved timing) is ``perf/backward_report.py``'s,
 which prints the same table as Markdown for reports/PERFORMANCE.md. Every exact strategy of ours
 must reach the error target (asserted: it is a correctness claim); timing ratios are printed and
 saved in ``extra_info``, never asserted: the machine's load decides them as much as the code does.

@@ -1,6 +1,6 @@
 """Performance targets and before/after optimisations, measured side by side in one run.
 
-    python benchmarks/perf_report.py [--device cpu|cuda] [--repeats N] [--out reports/PERFORMANCE.md]
+    python perf/perf_report.py [--device cpu|cuda] [--repeats N] [--out reports/PERFORMANCE.md]
 
 Each comparison interleaves its two variants (A, B, A, B, ...) so that machine noise hits both
 alike, and reports medians and their ratio. Absolute times depend on the machine; the ratios are

@@ -1,7 +1,7 @@
 """Exact backward passes side by side at matched gradient error: every exact strategy of this
 project against torchdeq's IFT backward with each of its solvers, on two trained layers.
 
-    python benchmarks/backward_report.py [--device cpu|cuda] [--repeats 15] [--threads 1]
+    python perf/backward_report.py [--device cpu|cuda] [--repeats 15] [--threads 1]
         [--layers quick,rgb64] [--train-steps 30]
 
 Layers: the quick suite's (1x25x25 faces, batch 16, width 16, depth 3, prox form with
