@@ -24,7 +24,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from bench.metrics import psnr
+from bench.metrics import METRICS, psnr
 from bench.report.model import (
     PHASES,
     PlotResult,
@@ -73,7 +73,7 @@ def _baseline_lines(data: ReportData, ax, metric: str, with_target: bool = False
     handles = []
     baselines = finite_rows(data.baselines, metric)
     means = baselines.groupby("baseline_name")[metric].mean()
-    naive = data.naive_psnr if metric.endswith("psnr") else data.naive_ssim
+    naive = data.naive_metrics.get(metric.removeprefix("final_test_"))
     for i, (name, value) in enumerate(sorted(means.items(), key=lambda item: -item[1])):
         if naive is not None and value < naive:
             # Worse than doing nothing (e.g. the noise-amplifying direct inverse): a line there
@@ -153,14 +153,13 @@ def plot_loss(data: ReportData) -> Figure:
 def plot_quality_vs_epoch(data: ReportData) -> Figure:
     """Test PSNR and SSIM vs epoch (mean ± sd over seeds), baselines as horizontal lines."""
     epochs = data.end_of_epoch()
-    if finite_rows(epochs, "test_psnr").empty and finite_rows(epochs, "test_ssim").empty:
-        raise PlotSkipped("epochs.csv has no test PSNR/SSIM for an ok learned run")
+    metrics = _quality_metrics(epochs)
+    if not metrics:
+        raise PlotSkipped("epochs.csv has no test metric for an ok learned run")
     labels = data.plotted_labels(epochs)
-    fig, axes = _figure(1, 2, width=4.6)
+    fig, axes = _figure(1, len(metrics), width=4.6)
     handles = _strategy_handles(data, labels)
-    for ax, metric, name in zip(
-        axes[0], ("test_psnr", "test_ssim"), ("PSNR (dB)", "SSIM"), strict=True
-    ):
+    for ax, (metric, name) in zip(axes[0], metrics.items(), strict=True):
         rows = finite_rows(epochs, metric)
         if not rows.empty:
             sns.lineplot(
@@ -170,12 +169,22 @@ def plot_quality_vs_epoch(data: ReportData) -> Figure:
         extra = _baseline_lines(
             data, ax, metric.replace("test_", "final_test_"), metric == "test_psnr"
         )
-        if metric == "test_psnr":
+        if metric == next(iter(metrics)):  # the reference lines' legend, once
             handles += extra
         _epoch_axis(ax, epochs["epoch"])
         ax.set(xlabel="epoch", ylabel=f"test {name}", title=f"Test {name} vs epoch")
     _legend(fig, handles)
     return fig
+
+
+def _quality_metrics(epochs: pd.DataFrame) -> dict[str, str]:
+    """``test_<m>`` column -> axis label, for each registered metric with values in ``epochs``
+    (the metric registry decides the panels: adding a metric adds one)."""
+    return {
+        f"test_{name}": metric.label
+        for name, metric in METRICS.items()
+        if not finite_rows(epochs, f"test_{name}").empty
+    }
 
 
 def _mean_curves(epochs: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -193,17 +202,14 @@ def _mean_curves(epochs: pd.DataFrame, metric: str) -> pd.DataFrame:
 def plot_quality_vs_time(data: ReportData) -> Figure:
     """Test PSNR and SSIM vs cumulative training time (the sum of step times): who reaches a
     quality first."""
-    curves = {m: _mean_curves(data.epochs, m) for m in ("test_psnr", "test_ssim")}
+    metrics = _quality_metrics(data.epochs)
+    curves = {m: _mean_curves(data.epochs, m) for m in metrics}
     if all(c.empty for c in curves.values()):
-        raise PlotSkipped(
-            "epochs.csv has no test PSNR/SSIM with train_time_s for an ok learned run"
-        )
+        raise PlotSkipped("epochs.csv has no test metric with train_time_s for an ok learned run")
     labels = data.plotted_labels(pd.concat(list(curves.values())))
-    fig, axes = _figure(1, 2, width=4.6)
+    fig, axes = _figure(1, len(metrics), width=4.6)
     handles = _strategy_handles(data, labels)
-    for ax, metric, name in zip(
-        axes[0], ("test_psnr", "test_ssim"), ("PSNR (dB)", "SSIM"), strict=True
-    ):
+    for ax, (metric, name) in zip(axes[0], metrics.items(), strict=True):
         curve = curves[metric]
         for label in data.plotted_labels(curve):
             part = curve[curve["label"] == label]
@@ -216,7 +222,7 @@ def plot_quality_vs_time(data: ReportData) -> Figure:
         extra = _baseline_lines(
             data, ax, metric.replace("test_", "final_test_"), metric == "test_psnr"
         )
-        if metric == "test_psnr":
+        if metric == next(iter(metrics)):  # the reference lines' legend, once
             handles += extra
         times = curve["time"]
         if len(times) and times.min() > 0 and times.max() / times.min() > 50:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.metrics import METRICS
 from bench.report.fmt import DASH, fmt_value
 from bench.report.model import (
     BASELINE_PREFIX,
@@ -393,10 +394,23 @@ def prepare(results_dir: Path) -> tuple[ReportData, list[str]]:
         recons_dir=results_dir / "recons",
         naive_psnr=_mean_or_none(runs["naive_test_psnr"], epochs["naive_test_psnr"]),
         naive_ssim=_mean_or_none(runs["naive_test_ssim"], epochs["naive_test_ssim"]),
+        naive_metrics=_naive_metrics(runs, epochs),
         naive_name=naive_name(tasks[0] if len(tasks) == 1 else None),
     )  # fmt: skip
     notes += _coverage_notes(results_dir, data, ok_step_rows=len(steps))
     return data, notes
+
+
+def _naive_metrics(runs: pd.DataFrame, epochs: pd.DataFrame) -> dict[str, float]:
+    """Each registered metric's mean value for the naive reconstruction, where recorded."""
+    values = {}
+    for name in METRICS:
+        column = f"naive_test_{name}"
+        found = [frame[column] for frame in (runs, epochs) if column in frame]
+        value = _mean_or_none(*found)
+        if value is not None:
+            values[name] = value
+    return values
 
 
 def _mean_or_none(*candidates: pd.Series) -> float | None:
@@ -597,5 +611,6 @@ def _subset(data: ReportData, run_ids: set[str]) -> ReportData:
         labels=[label for label in data.labels if label in present],
         naive_psnr=_mean_or_none(runs["naive_test_psnr"], epochs["naive_test_psnr"]),
         naive_ssim=_mean_or_none(runs["naive_test_ssim"], epochs["naive_test_ssim"]),
+        naive_metrics=_naive_metrics(runs, epochs),
         scaling_runs=data.learned_ok,  # the scaling figures compare across settings
     )

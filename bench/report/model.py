@@ -70,6 +70,8 @@ class ReportData:
     strategy_colors: dict[str, tuple] = field(default_factory=dict)
     naive_psnr: float | None = None
     naive_ssim: float | None = None
+    # every registered metric of the naive reconstruction (e.g. the blurred input): name -> value
+    naive_metrics: dict[str, float] = field(default_factory=dict)
     naive_name: str = NAIVE_DEFAULT
     target_psnr: float | None = None
     notes: list[str] = field(default_factory=list)  # missing pieces found while plotting
