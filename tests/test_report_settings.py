@@ -730,3 +730,22 @@ def test_sparse_evaluations_are_not_missing_epochs_but_an_early_stop_is(tmp_path
     markdown = _build(folder.write(tmp_path / "res"), tmp_path)
     notes = [line for line in markdown.splitlines() if "before their last epoch" in line]
     assert len(notes) == 1 and short_id in notes[0] and "jfb-s0" not in notes[0]
+
+
+def test_a_registered_metric_gets_its_own_quality_panels(tmp_path, monkeypatch):
+    from bench.metrics import METRICS, Metric
+
+    mae = Metric("mae", lambda x, y: (x - y).abs().flatten(1).mean(1), "MAE", False)
+    monkeypatch.setitem(METRICS._entries, "mae", mae)
+    folder = Folder()
+    for seed in (0, 1):
+        folder.learned("jfb", seed, 26.0 + seed / 10, 2.0)
+    for row in folder.epochs:
+        row["test_mae"] = 0.05
+    for row in folder.runs:
+        row["naive_test_mae"] = 0.2
+    data, _ = prepare(folder.write(tmp_path / "res"))
+    assert data.naive_metrics["mae"] == pytest.approx(0.2)
+    for plot in (plots.plot_quality_vs_epoch, plots.plot_quality_vs_time):
+        axes = [ax for ax in plot(data).axes if ax.get_ylabel()]
+        assert [ax.get_ylabel() for ax in axes] == ["test PSNR (dB)", "test SSIM", "test MAE"]

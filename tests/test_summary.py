@@ -137,12 +137,14 @@ QUIET = dict(load_avg_max=1.9, machine_cpus=2, cpu_util=0.97, robust_cv=0.08)
 
 def test_a_quiet_run_is_reliable():
     assert timing_verdict(**QUIET) == (True, "")
+    # a 2-thread run alone on 2 cores: its own threads and the OS put the load a little above 2
+    assert timing_verdict(**(QUIET | {"load_avg_max": 2.4})) == (True, "")
 
 
 @pytest.mark.parametrize(
     "change, words",
     [
-        ({"load_avg_max": 3.5}, "load average 3.50 > 2 cores"),
+        ({"load_avg_max": 3.5}, "load average 3.50 > 2 cores + 1"),
         ({"cpu_util": 0.5}, "CPU utilisation 0.50"),
         ({"robust_cv": 0.8}, "step-time spread 0.80"),
     ],
