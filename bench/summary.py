@@ -127,9 +127,9 @@ def timing_verdict(
       has cores, on average over the minute before some sample. The load average counts the
       whole machine, so it is compared with the machine's cores, not with the cores this process
       may use; and it counts the run's own threads: a 2-thread run alone on the quiet 2-core
-      machine measured 1.0-2.4 (its threads, the parent process, the OS), which the plain
-      ``> cores`` rule flagged in 7 of 12 quick-suite runs whose CPU utilisation was 0.99.
-      Contended runs measured 3-11.
+      machine reads about 2 (its threads, the parent process, the OS; 1.03 and 1.37 measured),
+      and the plain ``> cores`` rule flagged 7 of 12 quiet quick-suite runs whose CPU
+      utilisation was 0.99. With other processes competing, the machine read 4-11.
     - ``cpu_util < MIN_CPU_UTIL`` on the CPU: the process got less CPU time than its threads
       x the steps' wall time, i.e. its threads waited for cores. Measured on the shared 2-core
       machine (a quick-layer jfb run, 20 steps): 0.97-0.99 with one thread that had its core;
