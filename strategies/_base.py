@@ -144,6 +144,15 @@ class Strategy:
     def __call__(self, f, z0: torch.Tensor, solver) -> tuple[torch.Tensor, Info]:
         raise NotImplementedError
 
+    @staticmethod
+    def fixed_point(f, z0: torch.Tensor, solver) -> tuple[torch.Tensor, Info]:
+        """Solve z = f(z) from ``z0`` without building a graph: ``(z*, info)``, z* detached and
+        ``info`` a copy the strategy may extend. The solver the harness passes records the
+        forward solve's statistics itself, so a strategy neither reports nor can invent them."""
+        with torch.no_grad():
+            z_star, info = solver(f, z0)
+        return z_star.detach(), dict(info)
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"{self.name}({args})"

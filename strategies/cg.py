@@ -28,9 +28,7 @@ class CG(Strategy):
     }
 
     def __call__(self, f, z0, solver):
-        with torch.no_grad():
-            z_star, info = solver(f, z0)
-        info = dict(info)
+        z_star, info = self.fixed_point(f, z0, solver)
 
         def adjoint(J, g):
             v, iters, residual = cgls(J, g, self.tol, self.max_iter)

@@ -27,9 +27,7 @@ class GMRES(Strategy):
     }
 
     def __call__(self, f, z0, solver):
-        with torch.no_grad():
-            z_star, info = solver(f, z0)
-        info = dict(info)
+        z_star, info = self.fixed_point(f, z0, solver)
 
         def adjoint(J, g):
             M = lambda u: u - J.T(u)  # noqa: E731

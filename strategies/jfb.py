@@ -1,7 +1,5 @@
 """Jacobian-free backprop (Fung et al., AAAI 2022): replace (I - J)^{-1} by I."""
 
-import torch
-
 from strategies import Strategy, register
 
 
@@ -15,6 +13,5 @@ class JFB(Strategy):
     name = "jfb"
 
     def __call__(self, f, z0, solver):
-        with torch.no_grad():
-            z_star, info = solver(f, z0)
-        return f(z_star.detach()), dict(info)
+        z_star, info = self.fixed_point(f, z0, solver)
+        return f(z_star), info

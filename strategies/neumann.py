@@ -1,7 +1,5 @@
 """Truncated Neumann series for the implicit gradient: v = sum_{i<=k} (J^T)^i g."""
 
-import torch
-
 from strategies import Param, Strategy, register
 from strategies._implicit import implicit_output
 
@@ -18,9 +16,7 @@ class Neumann(Strategy):
     parameters = {"k": Param(10, ge=0, le=1000, doc="number of J^T products")}
 
     def __call__(self, f, z0, solver):
-        with torch.no_grad():
-            z_star, info = solver(f, z0)
-        info = dict(info)
+        z_star, info = self.fixed_point(f, z0, solver)
 
         def adjoint(J, g):
             v = term = g

@@ -1,6 +1,5 @@
 """Phantom gradient (Geng et al., NeurIPS 2021), built on torchdeq's ``backward_factory``."""
 
-import torch
 from torchdeq.grad import backward_factory
 
 from strategies import Param, Strategy, register
@@ -23,10 +22,9 @@ class Phantom(Strategy):
     }
 
     def __call__(self, f, z0, solver):
-        with torch.no_grad():
-            z_star, info = solver(f, z0)
+        z_star, info = self.fixed_point(f, z0, solver)
         grad_func = backward_factory(grad_type=self.k, tau=self.tau)
-        return grad_func(None, damped(f), z_star.detach())[0], dict(info)
+        return grad_func(None, damped(f), z_star)[0], info
 
 
 def damped(f):

@@ -1,6 +1,5 @@
 """Exact implicit gradient by torchdeq's own backward (``grad_type="ift"``), a peer of cg."""
 
-import torch
 from torchdeq.grad import backward_factory
 from torchdeq.solver import get_solver
 
@@ -32,9 +31,7 @@ class TorchDEQIFT(Strategy):
     }
 
     def __call__(self, f, z0, solver):
-        with torch.no_grad():
-            z_star, info = solver(f, z0)
-        info = dict(info)
+        z_star, info = self.fixed_point(f, z0, solver)
 
         def writer(stat):  # torchdeq calls this in backward with the b_solver's SolverStat
             residual = float(stat["rel_lowest"].max())

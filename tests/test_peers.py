@@ -6,15 +6,15 @@ memory); this checks what their gradients are. Reference layer and exact gradien
 
 import pytest
 import torch
-from test_strategies import (
+from dense_layer import (
     N,
     TanhLayer,
     _inputs,
-    _saved_bytes_of,
     accurate_solver,
     loss_fn,
     reference_gradients,
     rel_err,
+    saved_bytes_of,
     strategy_gradient,
 )
 
@@ -134,9 +134,9 @@ def test_phantom_error_falls_as_k_grows(problem):
 
 
 def test_phantom_saves_one_layer_per_step():
-    jfb = _saved_bytes_of(get_strategy("jfb"), 10)
-    assert _saved_bytes_of(get_strategy("phantom", k=1, tau=1.0), 10) == jfb
-    assert _saved_bytes_of(get_strategy("phantom", k=3, tau=0.5), 10) > 2 * jfb
+    jfb = saved_bytes_of(get_strategy("jfb"), 10)
+    assert saved_bytes_of(get_strategy("phantom", k=1, tau=1.0), 10) == jfb
+    assert saved_bytes_of(get_strategy("phantom", k=3, tau=0.5), 10) > 2 * jfb
 
 
 # ---- parameters -------------------------------------------------------------------------------

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import colorsys
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import matplotlib.colors
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import markdown_tables
+from helpers import ROOT, cli, markdown_tables
 from scipy import stats
 
 from bench import plots
@@ -450,13 +448,6 @@ def test_peak_step_memory_is_the_main_memory_figure(tmp_path, monkeypatch):
 # Issue 9 item 10: foreign tables
 
 
-def _cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "bench.cli", "report", *map(str, args)],
-        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=120,
-    )  # fmt: skip
-
-
 @pytest.mark.parametrize(
     ("table", "content", "message"),
     [
@@ -495,7 +486,7 @@ def test_cli_exits_2_with_one_line_on_a_foreign_runs_csv(tmp_path):
     folder = tmp_path / "res"
     folder.mkdir()
     (folder / "runs.csv").write_text("name,value\nfoo,1\n")
-    result = _cli(folder, "--out", tmp_path / "out")
+    result = cli("report", folder, "--out", tmp_path / "out", cwd=ROOT, timeout=120)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
