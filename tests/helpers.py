@@ -34,6 +34,30 @@ n_recon = 3
 """
 
 
+# The smallest suite that trains through the whole pipeline (width 2, one epoch, no fidelity
+# check): for tests of the machinery around training (resume, locks, parallel sweeps).
+MINI = """
+strategies = ["jfb"]
+seeds = 3
+[data]
+dataset = "faces"
+n_images = 6
+[model]
+width = 2
+depth = 1
+[solver]
+name = "fixed_point_iter"
+max_iter = 30
+tol = 1e-3
+[train]
+epochs = 1
+batch_size = 4
+n_recon = 1
+grad_fidelity = false
+device = "cpu"
+"""
+
+
 def markdown_tables(markdown: str) -> list[list[list[str]]]:
     """Every Markdown table of a report as rows of cells (header first, rule dropped)."""
     tables, current = [], []

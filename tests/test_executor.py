@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from helpers import TINY, cli, subprocess_env
+from helpers import MINI, TINY, cli, subprocess_env
 
 from bench import results, runner
 from bench.cli import main
@@ -66,26 +66,11 @@ def test_submitit_without_slurm_is_a_clear_usage_error(tmp_path, capsys):
 
 # ---- local parallel sweeps (-j N) -------------------------------------------------------------
 
-FAST = """
-strategies = ["jfb", "unrolled:k=2"]
-seeds = 2
-[data]
-dataset = "faces"
-n_images = 12
-[model]
-width = 2
-depth = 1
-[solver]
-name = "fixed_point_iter"
-max_iter = 30
-tol = 1e-3
-[train]
-epochs = 1
-batch_size = 4
-n_recon = 1
-grad_fidelity = false
-device = "cpu"
-"""
+FAST = (
+    MINI.replace('strategies = ["jfb"]', 'strategies = ["jfb", "unrolled:k=2"]')
+    .replace("seeds = 3", "seeds = 2")
+    .replace("n_images = 6", "n_images = 12")
+)
 
 
 def _cores() -> int:

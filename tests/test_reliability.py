@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
+from helpers import MINI
 from PIL import Image
 
 from bench import results, runner
@@ -39,26 +40,7 @@ from strategies import parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = """
-strategies = ["jfb"]
-seeds = 3
-[data]
-dataset = "faces"
-n_images = 6
-[model]
-width = 2
-depth = 1
-[solver]
-name = "fixed_point_iter"
-max_iter = 30
-tol = 1e-3
-[train]
-epochs = 1
-batch_size = 4
-n_recon = 1
-grad_fidelity = false
-device = "cpu"
-"""
+TINY = MINI
 
 
 def tiny_suite(tmp_path: Path, text: str = TINY, name: str = "tiny") -> Path:
