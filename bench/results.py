@@ -101,11 +101,11 @@ TEXT_COLUMNS = (
 # Tables written before the task became a plug-in (issue 10): the naive reconstruction's
 # metrics were the blurred input's, and blur was the only task. Read as the new names.
 LEGACY_COLUMNS = {
-    "blurred_test_psnr": "naive_test_psnr",
-    "blurred_test_ssim": "naive_test_ssim",
     # the sum of step times, named for what it is (it never was wall-clock)
     "total_wall_time_s": "train_time_s",
     "wall_time_s": "train_time_s",
+    "blurred_test_psnr": "naive_test_psnr",
+    "blurred_test_ssim": "naive_test_ssim",
 }
 
 

@@ -28,24 +28,15 @@ from bench.report.model import (
     strategy_order,
     strategy_palette,
 )
-from bench.results import COLUMNS, TEXT_COLUMNS
+from bench.results import COLUMNS, LEGACY_COLUMNS, TEXT_COLUMNS
 from bench.summary import run_summary
 
-# Columns renamed since results folders were first written: old name -> current name, per table.
-# runs.csv total_wall_time_s and epochs.csv wall_time_s were the SUM of training-step times, not
-# wall-clock; the "blurred" columns are the task's naive reconstruction (issue 10).
+# Columns renamed since results folders were first written: old name -> current name, per table,
+# from the one list bench.results keeps (the old "wall-clock" columns were sums of step times;
+# the "blurred" columns are the task's naive reconstruction).
 RENAMED = {
-    "runs": {
-        "total_wall_time_s": "train_time_s",
-        "blurred_test_psnr": "naive_test_psnr",
-        "blurred_test_ssim": "naive_test_ssim",
-    },
-    "epochs": {
-        "wall_time_s": "train_time_s",
-        "blurred_test_psnr": "naive_test_psnr",
-        "blurred_test_ssim": "naive_test_ssim",
-    },
-    "steps": {},
+    name: {old: new for old, new in LEGACY_COLUMNS.items() if new in columns}
+    for name, columns in COLUMNS.items()
 }
 # Columns of the current schema that bench.results may or may not declare yet (several helpers
 # add them): read when present; an older table lacking them is reported as "not measured".
