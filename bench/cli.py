@@ -23,6 +23,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     from .data import DATASETS
+    from .metrics import METRICS, PRIMARY_METRIC
 
     p = _Parser(prog="implicit-bench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -84,7 +85,19 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write plots, tables and report.html from results")
     report.add_argument("results", type=Path, help="a results folder (holding runs.csv)")
     report.add_argument("--out", type=Path, help="report folder (default reports/<name>)")
-    report.add_argument("--target-psnr", type=float, help="PSNR target for time-to-target (dB)")
+    report.add_argument(
+        "--metric",
+        help=f"primary metric: rankings, comparisons and the target (default {PRIMARY_METRIC}; "
+        f"registered: {', '.join(METRICS)})",
+    )
+    report.add_argument(
+        "--target",
+        "--target-psnr",
+        type=float,
+        dest="target",
+        help="target for time-to-target, in the primary metric's unit (default: chosen from the "
+        "results)",
+    )
 
     sub.add_parser("strategies", help="list registered strategies and their parameters")
     sub.add_parser("suites", help="list built-in suites")
@@ -159,7 +172,7 @@ def _check_data(suite) -> None:
 def _report(args) -> int:
     from .report import build_report
 
-    html = build_report(args.results, args.out, target_psnr=args.target_psnr)
+    html = build_report(args.results, args.out, metric=args.metric, target=args.target)
     print(f"report: {html}")
     return 0
 

@@ -29,25 +29,58 @@ from .registry import Registry
 
 @dataclass(frozen=True)
 class Metric:
-    """A registered metric: ``fn(x, y)`` gives one float64 value per image, shape (B,)."""
+    """A registered metric: ``fn(x, y)`` gives one float64 value per image, shape (B,).
+
+    ``label`` names it in tables and sentences ("PSNR"), ``unit`` follows its values ("dB", or
+    "" for none), ``decimals`` is how many digits the report shows, and ``higher_is_better``
+    says which way "best", "reaches the target" and the Pareto front point.
+    """
 
     name: str
     fn: Callable[[Tensor, Tensor], Tensor]
-    label: str  # for tables and figure axes, e.g. "PSNR (dB)"
+    label: str
     higher_is_better: bool = True
+    unit: str = ""
+    decimals: int = 4
 
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
         return self.fn(x, y)
 
+    @property
+    def axis_label(self) -> str:
+        """The label with its unit, for figure axes and table headers: "PSNR (dB)"."""
+        return f"{self.label} ({self.unit})" if self.unit else self.label
+
+    def format(self, value: float, signed: bool = False, unit: bool = False) -> str:
+        """``value`` with the metric's decimals (``+`` sign when ``signed``, unit when ``unit``)."""
+        text = f"{value:{'+' if signed else ''}.{self.decimals}f}"
+        return f"{text} {self.unit}" if unit and self.unit else text
+
+    def oriented(self, values):
+        """``values`` turned so that larger is better (negated for a lower-is-better metric):
+        rank, take the best (max) or compare with a target (>=) on the result."""
+        return values if self.higher_is_better else -values
+
 
 METRICS: Registry[Metric] = Registry("metric")
+# The metric the report ranks, compares and sets its target in, unless the user names another
+# (``implicit-bench report --metric``); every registered metric still gets its columns.
+PRIMARY_METRIC = "psnr"
 
 
-def register_metric(name: str, label: str, higher_is_better: bool = True):
-    """Decorator: register a per-image metric function ``fn(x, y) -> (B,)`` under ``name``."""
+def register_metric(
+    name: str, label: str, higher_is_better: bool = True, *, unit: str = "", decimals: int = 4
+):
+    """Decorator: register a per-image metric function ``fn(x, y) -> (B,)`` under ``name``.
+
+    ``label``, ``unit`` and ``decimals`` are how the report shows it; ``higher_is_better`` which
+    way is better (see :class:`Metric`).
+    """
+    if isinstance(decimals, bool) or not isinstance(decimals, int) or decimals < 0:
+        raise ValueError(f"metric decimals must be an int >= 0, got {decimals!r}")
 
     def add(fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
-        METRICS.register(name)(Metric(name, fn, label, higher_is_better))
+        METRICS.register(name)(Metric(name, fn, label, higher_is_better, unit, decimals))
         return fn
 
     return add
@@ -71,7 +104,7 @@ def _check_pair(x: Tensor, y: Tensor) -> None:
         )
 
 
-@register_metric("psnr", "PSNR (dB)")
+@register_metric("psnr", "PSNR", unit="dB", decimals=2)
 def psnr(x: Tensor, y: Tensor) -> Tensor:
     """Per-image PSNR in dB, shape (B,), float64, with data range 1.
 
@@ -84,7 +117,7 @@ def psnr(x: Tensor, y: Tensor) -> Tensor:
     return peak_signal_noise_ratio(x, y, data_range=1.0, reduction="none", dim=(1, 2, 3))
 
 
-@register_metric("ssim", "SSIM")
+@register_metric("ssim", "SSIM", decimals=4)
 def ssim(x: Tensor, y: Tensor) -> Tensor:
     """Per-image SSIM, shape (B,), float64, with data range 1 (``x`` prediction, ``y`` target).
 

@@ -24,7 +24,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from bench.metrics import METRICS, psnr
+from bench.metrics import METRICS, Metric
 from bench.report.model import (
     PHASES,
     PlotResult,
@@ -67,15 +67,17 @@ def _strategy_handles(data: ReportData, labels: list[str], marker: str | None = 
     ]
 
 
-def _baseline_lines(data: ReportData, ax, metric: str, with_target: bool = False) -> list:
-    """Horizontal reference lines: classical baselines, the naive reconstruction (e.g. the
-    blurred input), and the target PSNR."""
+def _baseline_lines(data: ReportData, ax, metric: str) -> list:
+    """Horizontal reference lines in column ``metric`` (``final_test_<name>``): classical
+    baselines, the naive reconstruction (e.g. the blurred input), and, in the primary metric's
+    panel, the target."""
     handles = []
+    oriented = METRICS.get(metric.removeprefix("final_test_")).oriented
     baselines = finite_rows(data.baselines, metric)
     means = baselines.groupby("baseline_name")[metric].mean()
     naive = data.naive_metrics.get(metric.removeprefix("final_test_"))
-    for i, (name, value) in enumerate(sorted(means.items(), key=lambda item: -item[1])):
-        if naive is not None and value < naive:
+    for i, (name, value) in enumerate(sorted(means.items(), key=lambda item: -oriented(item[1]))):
+        if naive is not None and oriented(value) < oriented(naive):
             # Worse than doing nothing (e.g. the noise-amplifying direct inverse): a line there
             # would stretch the axis and squash every curve of interest.
             handles.append(
@@ -93,13 +95,10 @@ def _baseline_lines(data: ReportData, ax, metric: str, with_target: bool = False
         handles.append(
             Line2D([], [], color="black", linestyle=":", label=f"{data.naive_name} ({naive:.3g})")
         )
-    if with_target and data.target_psnr is not None:
-        ax.axhline(data.target_psnr, color="crimson", linestyle="--", linewidth=0.9, alpha=0.8)
-        handles.append(
-            Line2D(
-                [], [], color="crimson", linestyle="--", label=f"target {data.target_psnr:.2f} dB"
-            )
-        )
+    if metric == f"final_test_{data.primary}" and data.target is not None:
+        ax.axhline(data.target, color="crimson", linestyle="--", linewidth=0.9, alpha=0.8)
+        target = data.primary_metric.format(data.target, unit=True)
+        handles.append(Line2D([], [], color="crimson", linestyle="--", label=f"target {target}"))
     return handles
 
 
@@ -151,7 +150,8 @@ def plot_loss(data: ReportData) -> Figure:
 
 
 def plot_quality_vs_epoch(data: ReportData) -> Figure:
-    """Test PSNR and SSIM vs epoch (mean ± sd over seeds), baselines as horizontal lines."""
+    """Test quality in each registered metric vs epoch (mean ± sd over seeds), baselines as
+    horizontal lines."""
     epochs = data.end_of_epoch()
     metrics = _quality_metrics(epochs)
     if not metrics:
@@ -166,9 +166,7 @@ def plot_quality_vs_epoch(data: ReportData) -> Figure:
                 data=rows, x="epoch", y=metric, hue="label", hue_order=data.plotted_labels(rows),
                 palette=data.palette, errorbar="sd", marker="o", markersize=4, legend=False, ax=ax,
             )  # fmt: skip
-        extra = _baseline_lines(
-            data, ax, metric.replace("test_", "final_test_"), metric == "test_psnr"
-        )
+        extra = _baseline_lines(data, ax, metric.replace("test_", "final_test_"))
         if metric == next(iter(metrics)):  # the reference lines' legend, once
             handles += extra
         _epoch_axis(ax, epochs["epoch"])
@@ -181,7 +179,7 @@ def _quality_metrics(epochs: pd.DataFrame) -> dict[str, str]:
     """``test_<m>`` column -> axis label, for each registered metric with values in ``epochs``
     (the metric registry decides the panels: adding a metric adds one)."""
     return {
-        f"test_{name}": metric.label
+        f"test_{name}": metric.axis_label
         for name, metric in METRICS.items()
         if not finite_rows(epochs, f"test_{name}").empty
     }
@@ -200,8 +198,8 @@ def _mean_curves(epochs: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def plot_quality_vs_time(data: ReportData) -> Figure:
-    """Test PSNR and SSIM vs cumulative training time (the sum of step times): who reaches a
-    quality first."""
+    """Test quality in each registered metric vs cumulative training time (the sum of step
+    times): who reaches a quality first."""
     metrics = _quality_metrics(data.epochs)
     curves = {m: _mean_curves(data.epochs, m) for m in metrics}
     if all(c.empty for c in curves.values()):
@@ -219,9 +217,7 @@ def plot_quality_vs_time(data: ReportData) -> Figure:
             ax.fill_between(
                 part["time"], part["mean"] - sd, part["mean"] + sd, color=color, alpha=0.2
             )
-        extra = _baseline_lines(
-            data, ax, metric.replace("test_", "final_test_"), metric == "test_psnr"
-        )
+        extra = _baseline_lines(data, ax, metric.replace("test_", "final_test_"))
         if metric == next(iter(metrics)):  # the reference lines' legend, once
             handles += extra
         times = curve["time"]
@@ -406,11 +402,11 @@ def plot_grad_cosine(data: ReportData) -> Figure:
 # 6. Reconstructions
 
 
-def _tile_psnr(images: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Per-image PSNR (dB) of ``images`` (clamped to [0, 1], as shown) against ``reference``:
-    bench.metrics' PSNR, the one the tables report."""
+def _tile_scores(images: np.ndarray, reference: np.ndarray, metric: Metric) -> np.ndarray:
+    """Per-image ``metric`` of ``images`` (clamped to [0, 1], as shown) against ``reference``:
+    the registered function, the one the tables report."""
     x = torch.from_numpy(np.asarray(images, dtype=np.float64)).clamp(0.0, 1.0)
-    return psnr(x, torch.from_numpy(np.asarray(reference, dtype=np.float64))).numpy()
+    return metric(x, torch.from_numpy(np.asarray(reference, dtype=np.float64))).numpy()
 
 
 def _to_image(array: np.ndarray) -> tuple[np.ndarray, str | None]:
@@ -437,24 +433,23 @@ def recon_columns(data: ReportData) -> list[tuple[str, np.ndarray]]:
     columns = [("original", original), (data.naive_name, arrays[naive_key])]
     if "baseline_direct_inverse" in arrays:
         columns.append(("direct inverse", arrays["baseline_direct_inverse"]))
-    # Best classical baseline (other than the direct inverse, already shown) by final PSNR.
+    # Best classical baseline (other than the direct inverse, already shown) in the primary metric.
     stored = {
         k.removeprefix("baseline_"): v for k, v in arrays.items() if k.startswith("baseline_")
     }
     stored.pop("direct_inverse", None)
     if stored:
-        scores = (
-            finite_rows(data.baselines, "final_test_psnr")
-            .groupby("baseline_name")["final_test_psnr"]
-            .mean()
-        )
+        metric = data.primary_metric
+        column = f"final_test_{metric.name}"
+        scores = finite_rows(data.baselines, column).groupby("baseline_name")[column].mean()
 
         def score(name: str) -> float:
-            return (
+            value = (
                 float(scores[name])
                 if name in scores
-                else float(_tile_psnr(stored[name], original).mean())
+                else float(_tile_scores(stored[name], original, metric).mean())
             )
+            return metric.oriented(value)
 
         best = max(stored, key=score)
         columns.append((f"best baseline:\n{best}", stored[best]))
@@ -489,7 +484,7 @@ def recon_columns(data: ReportData) -> list[tuple[str, np.ndarray]]:
 
 def plot_reconstructions(data: ReportData) -> Figure:
     """Grid of the same test images: original, naive reconstruction, baselines and each strategy
-    (PSNR below).
+    (the primary metric below each tile).
 
     Drawn as one montage image in a single axes: a grid of dozens of axes costs seconds to lay out.
     """
@@ -500,7 +495,8 @@ def plot_reconstructions(data: ReportData) -> Figure:
         raise PlotSkipped("recons/reference.npz holds no images")
     height, width = original.shape[2:]
     gap = max(2, width // 16)  # white gutter between tiles
-    band = max(6, int(0.25 * height))  # room under each tile for its PSNR
+    band = max(6, int(0.25 * height))  # room under each tile for its score
+    metric = data.primary_metric
     canvas = np.ones((n_images * (height + band), len(columns) * (width + gap) - gap, 3))
     fig_width = 1.45 * len(columns) + 0.3
     fig_height = (fig_width - 0.3) * canvas.shape[0] / canvas.shape[1] + 0.9  # + titles
@@ -510,7 +506,7 @@ def plot_reconstructions(data: ReportData) -> Figure:
     for col, (_, images) in enumerate(columns):
         x0 = col * (width + gap)
         centers.append(x0 + width / 2)
-        scores = _tile_psnr(images[:n_images], original[:n_images])
+        scores = _tile_scores(images[:n_images], original[:n_images], metric)
         for row in range(n_images):
             y0 = row * (height + band)
             image, _ = _to_image(images[row])
@@ -520,7 +516,7 @@ def plot_reconstructions(data: ReportData) -> Figure:
             if col > 0:
                 ax.text(
                     x0 + width / 2, y0 + height + band / 2,
-                    f"{scores[row]:.2f} dB",
+                    metric.format(scores[row], unit=True),
                     ha="center", va="center", fontsize="x-small",
                 )  # fmt: skip
     ax.imshow(canvas, vmin=0, vmax=1, interpolation="nearest")
@@ -531,7 +527,9 @@ def plot_reconstructions(data: ReportData) -> Figure:
     ax.grid(False)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    fig.suptitle("Reconstructions of the same test images (PSNR vs original)", fontsize="small")
+    fig.suptitle(
+        f"Reconstructions of the same test images ({metric.label} vs original)", fontsize="small"
+    )
     return fig
 
 
@@ -540,34 +538,44 @@ def plot_reconstructions(data: ReportData) -> Figure:
 
 
 def pareto_table(data: ReportData) -> pd.DataFrame:
-    """Per label: mean final PSNR, median step time, memory (bytes) and whether it is on the front."""
+    """Per label: mean final value of the primary metric (``quality``), median step time, memory
+    (bytes) and whether it is on the front."""
     medians = step_phase_medians(data)["step_time_s"]
     runs = data.learned_ok
     memory_col, memory_name = memory_column(runs)
+    metric = data.primary_metric
+    column = f"final_test_{metric.name}"
     table = pd.DataFrame(
         {
-            "psnr": finite_rows(runs, "final_test_psnr").groupby("label")["final_test_psnr"].mean(),
+            "quality": finite_rows(runs, column).groupby("label")[column].mean(),
             "step_time": medians,
             "memory": finite_rows(runs, memory_col).groupby("label")[memory_col].mean(),
         }
     ).reindex(data.labels)
-    table = table.dropna(subset=["psnr", "step_time"])
+    table = table.dropna(subset=["quality", "step_time"])
     table.attrs["memory_name"] = memory_name
     # A label is on the front if no other label is at least as fast and strictly better.
+    better = metric.oriented(table["quality"])
     best_so_far = -math.inf
     on_front = {}
-    for label, row in table.sort_values(["step_time", "psnr"], ascending=[True, False]).iterrows():
-        on_front[label] = row["psnr"] > best_so_far
-        best_so_far = max(best_so_far, row["psnr"])
+    for label in (
+        table.assign(better=better)
+        .sort_values(["step_time", "better"], ascending=[True, False])
+        .index
+    ):
+        on_front[label] = better[label] > best_so_far
+        best_so_far = max(best_so_far, better[label])
     table["pareto"] = pd.Series(on_front)
     return table
 
 
 def plot_pareto(data: ReportData) -> Figure:
-    """Final PSNR vs median time per step; marker area = memory; the Pareto front dashed."""
+    """Final primary metric vs median time per step; marker area = memory; the Pareto front
+    dashed."""
     table = pareto_table(data)
+    metric = data.primary_metric
     if table.empty:
-        raise PlotSkipped("no ok learned run with both a final PSNR and a step time")
+        raise PlotSkipped(f"no ok learned run with both a final {metric.label} and a step time")
     fig, axes = _figure(width=6.5, height=4.2)
     ax = axes[0, 0]
     memory = table["memory"]
@@ -577,27 +585,27 @@ def plot_pareto(data: ReportData) -> Figure:
         sizes = pd.Series(120.0, index=table.index)
     for label, row in table.iterrows():
         ax.scatter(
-            row["step_time"], row["psnr"], s=sizes[label], color=data.palette[label],
+            row["step_time"], row["quality"], s=sizes[label], color=data.palette[label],
             edgecolor="black", linewidth=0.6, alpha=0.85, zorder=3,
         )  # fmt: skip
         offset = 2 + math.sqrt(sizes[label]) / 2  # clear of the marker, whatever its size
         ax.annotate(
-            label, (row["step_time"], row["psnr"]), xytext=(offset, offset),
+            label, (row["step_time"], row["quality"]), xytext=(offset, offset),
             textcoords="offset points", fontsize="x-small",
         )  # fmt: skip
     front = table[table["pareto"]].sort_values("step_time")
     ax.plot(
-        front["step_time"], front["psnr"], linestyle="--", color="gray", drawstyle="steps-post",
+        front["step_time"], front["quality"], linestyle="--", color="gray", drawstyle="steps-post",
         zorder=2,
     )  # fmt: skip
-    handles = _baseline_lines(data, ax, "final_test_psnr")
+    handles = _baseline_lines(data, ax, f"final_test_{metric.name}")
     times = table["step_time"]
     if times.min() > 0 and times.max() / times.min() > 10:
         ax.set_xscale("log")
     ax.margins(0.15)
     ax.set(
-        xlabel="median time per training step (s)", ylabel="final test PSNR (dB)",
-        title="Quality vs cost (up and left is better)",
+        xlabel="median time per training step (s)", ylabel=f"final test {metric.axis_label}",
+        title=f"Quality vs cost ({'up' if metric.higher_is_better else 'down'} and left is better)",
     )  # fmt: skip
     handles.append(Line2D([], [], linestyle="--", color="gray", label="Pareto front"))
     memory_name = table.attrs["memory_name"]
@@ -632,14 +640,14 @@ def plot_specs(data: ReportData) -> list[PlotSpec]:
         PlotSpec("loss_vs_epoch", "Training loss", plot_loss,
                  "Training loss per epoch, mean over seeds of the ok runs, band ±1 sd."),
         PlotSpec("quality_vs_epoch", "Test quality vs epoch", plot_quality_vs_epoch,
-                 "Test PSNR and SSIM at the end of each epoch (mean ± sd over seeds); gray lines: "
-                 "classical baselines (those worse than the naive reconstruction only named in "
-                 "the legend), dotted: the naive reconstruction (e.g. the blurred input), red: "
-                 "target PSNR."),
+                 "Test quality in each registered metric at the end of each epoch (mean ± sd over "
+                 "seeds); gray lines: classical baselines (those worse than the naive "
+                 "reconstruction only named in the legend), dotted: the naive reconstruction (e.g. "
+                 f"the blurred input), red: the target {data.primary_metric.label}."),
         PlotSpec("quality_vs_time", "Test quality vs training time", plot_quality_vs_time,
-                 "Test PSNR and SSIM at every evaluation against cumulative training-step time "
-                 "(mean over seeds): the first curve to cross the red target line reaches that "
-                 "quality first."),
+                 "Test quality in each registered metric at every evaluation against cumulative "
+                 "training-step time (mean over seeds): the first curve to cross the red target "
+                 "line reaches that quality first."),
         PlotSpec("step_time", "Time per training step", plot_step_time,
                  "Medians over all steps of the ok runs of each phase (forward solve, backward, "
                  "optimizer), stacked; the black tick is the median whole step."),
@@ -668,9 +676,11 @@ def plot_specs(data: ReportData) -> list[PlotSpec]:
                  "whose reference did not converge there are left out (n/a)."),
         PlotSpec("reconstructions", "Reconstructions", plot_reconstructions,
                  "The same test images for every method, last epoch of one run per strategy label "
-                 "(lowest seed); PSNR of each tile against the original below it."),
+                 f"(lowest seed); {data.primary_metric.label} of each tile against the original "
+                 "below it."),
         PlotSpec("pareto", "Quality-cost trade-off", plot_pareto,
-                 "Final test PSNR (mean over seeds) against median time per step; marker area "
+                 f"Final test {data.primary_metric.label} (mean over seeds) against median time "
+                 "per step; marker area "
                  "grows with memory; dashed: the Pareto front (no other label is both faster and "
                  "better)."),
     ]  # fmt: skip

@@ -39,7 +39,7 @@ from .measure import (
     StepClock,
     device_name,
 )
-from .metrics import mean_metrics
+from .metrics import METRICS, mean_metrics
 from .model import build_model
 from .solver import make_solver
 from .summary import run_summary, timing_verdict
@@ -559,8 +559,13 @@ class RunOutcome:
         text = f"{self.run_id}: {self.status}{reason}"
         if self.status == "failed":
             return text
+        quality = "".join(
+            f"  {m.name} {m.format(row[f'final_test_{m.name}'], unit=True)}"
+            for _, m in METRICS.items()
+            if f"final_test_{m.name}" in row
+        )
         return (
-            f"{text}  psnr {row['final_test_psnr']:.2f} dB  ssim {row['final_test_ssim']:.3f}"
+            f"{text}{quality}"
             f"  step {row['median_step_time_s'] * 1e3:.1f} ms"
             f"  saved {row['saved_bytes'] / 2**20:.2f} MiB  [{row['run_wall_time_s']:.1f} s]"
             + ("" if row.get("timing_reliable", True) else "  timing unreliable")

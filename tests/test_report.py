@@ -293,13 +293,13 @@ def test_target_override_and_seeds_that_miss_it(tmp_path, only_figures):
     only_figures()
     results = fabricate(tmp_path / "res", with_recons=False)
     markdown = (
-        build_report(results, tmp_path / "out", target_psnr=26.2).parent / "report.md"
+        build_report(results, tmp_path / "out", target=26.2).parent / "report.md"
     ).read_text()
     assert "Target PSNR: **26.20 dB** — given by the caller" in markdown
     assert "jfb reached 26.20 dB first (3.15 s, mean over seeds)" in markdown
     assert _cell(markdown, "unrolled:k=5", "time to 26.20 dB") == "12.6 s (1/2 seeds)"
-    with pytest.raises(ValueError, match="target_psnr"):
-        build_report(results, tmp_path / "out", target_psnr=float("nan"))
+    with pytest.raises(ValueError, match="target"):
+        build_report(results, tmp_path / "out", target=float("nan"))
 
 
 def test_default_out_dir_and_missing_runs_csv(tmp_path, monkeypatch, only_figures):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import colorsys
 import json
+import re
 from pathlib import Path
 
 import matplotlib.colors
@@ -144,6 +145,18 @@ def _cells(markdown: str, first_cell: str, header: str) -> list[str]:
     ]
 
 
+def _compared(markdown: str, name: str, metric: str, header: str) -> list[str]:
+    """The cells of column ``header`` in the comparisons table's rows for comparison ``name`` in
+    ``metric`` (its axis label, e.g. "PSNR (dB)"): one row per comparison and metric."""
+    return [
+        row[rows[0].index(header)]
+        for rows in markdown_tables(markdown)
+        if rows[0][:2] == ["comparison", "metric"]
+        for row in rows[1:]
+        if row[0] == name and row[1] == metric
+    ]
+
+
 def _build(folder: Path, tmp_path: Path, **kwargs) -> str:
     html = build_report(folder, tmp_path / "out", **kwargs)
     return (html.parent / "report.md").read_text()
@@ -259,7 +272,7 @@ def test_paired_differences_to_jfb_and_the_best_baseline_with_t_intervals(tmp_pa
     assert ci.low < 0 < ci.high
     expected = f"no significant difference ({np.mean(cg) - np.mean(jfb):+.2f} {interval(*ci)})"
     assert _cells(markdown, "cg", "Δ PSNR vs jfb (95% CI)") == [expected]
-    assert _cells(markdown, "cg − jfb", "PSNR") == ["no significant difference"]
+    assert _compared(markdown, "cg − jfb", "PSNR (dB)", "verdict") == ["no significant difference"]
 
     paired = np.array(neumann[:3]) - np.array(jfb)
     ci = stats.ttest_rel(neumann[:3], jfb).confidence_interval(0.95)
@@ -267,14 +280,14 @@ def test_paired_differences_to_jfb_and_the_best_baseline_with_t_intervals(tmp_pa
     assert _cells(markdown, "neumann:k=20", "Δ PSNR vs jfb (95% CI)") == [
         f"{paired.mean():+.2f} {interval(*ci)}"
     ]
-    assert _cells(markdown, "neumann:k=20 − jfb", "seeds") == ["3"]
-    assert _cells(markdown, "neumann:k=20 − jfb", "PSNR") == ["significant"]
+    assert _compared(markdown, "neumann:k=20 − jfb", "PSNR (dB)", "seeds") == ["3"]
+    assert _compared(markdown, "neumann:k=20 − jfb", "PSNR (dB)", "verdict") == ["significant"]
     assert _cells(markdown, "jfb", "Δ PSNR vs jfb (95% CI)") == ["reference"]
     # SSIM difference, paired the same way (SSIM = 0.7 + PSNR / 100 here).
     ssim_ci = stats.ttest_rel(np.array(neumann[:3]) / 100, np.array(jfb) / 100).confidence_interval(
         0.95
     )
-    assert _cells(markdown, "neumann:k=20 − jfb", "Δ SSIM [95% CI]") == [
+    assert _compared(markdown, "neumann:k=20 − jfb", "SSIM", "Δ [95% CI]") == [
         f"{paired.mean() / 100:+.4f} [{ssim_ci.low:+.4f}, {ssim_ci.high:+.4f}]"
     ]
 
@@ -283,10 +296,10 @@ def test_paired_differences_to_jfb_and_the_best_baseline_with_t_intervals(tmp_pa
     name = "best learned (neumann:k=20) − best baseline (tv)"
     assert ci.low < 0 < ci.high  # four seeds spread too widely to tell
     # The comparisons table gives the verdict its own column: the difference cell is numbers only.
-    assert _cells(markdown, name, "Δ PSNR (dB) [95% CI]") == [
+    assert _compared(markdown, name, "PSNR (dB)", "Δ [95% CI]") == [
         f"{np.mean(neumann) - 26:+.2f} {interval(*ci)}"
     ]
-    assert _cells(markdown, name, "PSNR") == ["no significant difference"]
+    assert _compared(markdown, name, "PSNR (dB)", "verdict") == ["no significant difference"]
     assert f"95% CI {interval(*ci)} over 4 seeds" in markdown
     # The mean ± half-width of each label's own interval.
     assert _cells(markdown, "neumann:k=20", "PSNR (dB)") == [
@@ -302,7 +315,7 @@ def test_one_seed_says_the_interval_is_not_available(tmp_path, no_figures):
     markdown = _build(folder.write(tmp_path / "res"), tmp_path)
     assert _cells(markdown, "cg", "PSNR (dB)") == ["25.40 (1 seed: no CI)"]
     assert _cells(markdown, "cg", "Δ PSNR vs jfb (95% CI)") == ["+0.40 (1 seed: CI not available)"]
-    assert _cells(markdown, "cg − jfb", "PSNR") == ["CI not available (1 seed)"]
+    assert _compared(markdown, "cg − jfb", "PSNR (dB)", "verdict") == ["CI not available (1 seed)"]
     assert "-0.60 dB from one seed: no confidence interval available" in markdown
 
 
@@ -340,7 +353,7 @@ def test_psnr_at_a_common_training_time_budget(tmp_path, no_figures):
         expected = f"{np.mean(values):.2f} ± {_half(values):.2f}"
         assert _cells(markdown, label, "PSNR at 6.6 s") == [expected]
     # Time to target stays, at evaluation (not epoch) granularity: target = 23.0 dB given.
-    markdown = _build(tmp_path / "res", tmp_path, target_psnr=23.0)
+    markdown = _build(tmp_path / "res", tmp_path, target=23.0)
     first = np.mean([5.0, 4.8])  # jfb's first evaluations at >= 23 dB
     assert _cells(markdown, "jfb", "time to 23.00 dB") == [f"{first:.3g} s"]
 
@@ -550,7 +563,7 @@ def test_a_folder_of_the_older_schema_is_read_under_the_new_names(tmp_path, no_f
     folder.mkdir()
     pd.DataFrame(runs, columns=list(OLD_RUN_COLUMNS)).to_csv(folder / "runs.csv", index=False)
     pd.DataFrame(epochs, columns=list(OLD_EPOCH_COLUMNS)).to_csv(folder / "epochs.csv", index=False)
-    markdown = _build(folder, tmp_path, target_psnr=24.0)
+    markdown = _build(folder, tmp_path, target=24.0)
     # Renamed columns are read: training time, the naive reconstruction, time to target.
     assert _cells(markdown, "jfb", "train time") == [f"{np.mean(list(totals.values())):.3g} s"]
     assert _cells(markdown, "blurred input", "PSNR (dB)") == ["21.00"]
@@ -740,3 +753,107 @@ def test_a_registered_metric_gets_its_own_quality_panels(tmp_path, monkeypatch):
     for plot in (plots.plot_quality_vs_epoch, plots.plot_quality_vs_time):
         axes = [ax for ax in plot(data).axes if ax.get_ylabel()]
         assert [ax.get_ylabel() for ax in axes] == ["test PSNR (dB)", "test SSIM", "test MAE"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 10 §1: the report loops over the metric registry; any metric can be the primary one
+
+# Final MAE per seed (lower is better): cg is better than jfb in MAE although jfb has the higher
+# PSNR, and tv is the better baseline in MAE although tikhonov has the higher PSNR, so every
+# ranking below tells which metric it used.
+MAE = {"jfb": [0.040, 0.042, 0.041], "cg": [0.030, 0.034, 0.031]}
+PSNR = {"jfb": [26.0, 26.2, 26.1], "cg": [25.0, 25.3, 25.1]}
+BASELINE_MAE = {"tv": 0.035, "tikhonov": 0.050}
+BASELINE_PSNR = {"tv": 24.0, "tikhonov": 25.5}
+
+
+@pytest.fixture
+def mae(monkeypatch):
+    """MAE registered as a lower-is-better metric, for this test only."""
+    from bench.metrics import METRICS, Metric
+
+    metric = Metric("mae", lambda x, y: (x - y).abs().flatten(1).mean(1), "MAE", False, "", 4)
+    monkeypatch.setitem(METRICS._entries, "mae", metric)
+    return metric
+
+
+def _mae_folder(path: Path) -> Path:
+    folder = Folder()
+    for label in ("jfb", "cg"):
+        for seed, (psnr, final) in enumerate(zip(PSNR[label], MAE[label], strict=True)):
+            folder.learned(label, seed, psnr, 8.0, final_test_mae=final, naive_test_mae=0.08)
+            # four evaluations, MAE falling to its final value: 1.6, 1.4, 1.2, 1.0 times it
+            for i, row in enumerate(folder.epochs[-4:]):
+                row["test_mae"] = final * (1.6 - 0.2 * i)
+    for name in ("tv", "tikhonov"):
+        folder.baseline(name, BASELINE_PSNR[name])
+        folder.runs[-1]["final_test_mae"] = BASELINE_MAE[name]
+    return folder.write(path)
+
+
+def test_a_registered_metric_gets_columns_comparisons_and_a_table_of_its_own(
+    tmp_path, no_figures, mae
+):
+    markdown = _build(_mae_folder(tmp_path / "res"), tmp_path)
+    summary = markdown[markdown.index("## Summary tables") : markdown.index("## Observations")]
+    tables = markdown_tables(summary)
+    # PSNR stays primary; three metrics and the six other quality columns do not fit in eight
+    # columns, so MAE continues in a table of its own, and no table gets wider.
+    assert max(len(t[0]) for t in tables) <= 8
+    quality = next(t for t in tables if "Δ PSNR vs jfb (95% CI)" in t[0])
+    assert "PSNR (dB)" in quality[0] and "MAE" not in quality[0]
+    further = [t for t in tables if "MAE" in t[0]]
+    assert len(further) == 1
+    cells = {row[0]: row[further[0][0].index("MAE")] for row in further[0][1:]}
+    assert cells["cg"] == f"{np.mean(MAE['cg']):.4f} ± {_half(MAE['cg']):.4f}"
+    assert cells["baseline: tv"] == f"{BASELINE_MAE['tv']:.4f}"
+    assert cells["blurred input"] == "0.0800"
+    # The paired difference in MAE, against scipy's paired t interval.
+    ci = stats.ttest_rel(MAE["cg"], MAE["jfb"]).confidence_interval(0.95)
+    difference = np.mean(MAE["cg"]) - np.mean(MAE["jfb"])
+    assert _compared(markdown, "cg − jfb", "MAE", "Δ [95% CI]") == [
+        f"{difference:+.4f} [{ci.low:+.4f}, {ci.high:+.4f}]"
+    ]
+    # The findings still rank by PSNR.
+    assert "**Best learned vs best baseline**: jfb − tikhonov" in markdown
+
+
+def test_a_lower_is_better_metric_as_the_primary_one_ranks_the_other_way(tmp_path, no_figures, mae):
+    markdown = _build(_mae_folder(tmp_path / "res"), tmp_path, metric="mae")
+    findings = markdown[markdown.index("## Findings") : markdown.index("## Figures")]
+    # Lowest MAE wins: cg among strategies, tv among baselines (PSNR would pick jfb, tikhonov).
+    assert "**Best learned vs best baseline**: cg − tv" in findings
+    assert re.search(r"\*\*Best at equal training time\*\* \([^)]*\): \*\*cg\*\*", findings)
+    learned = np.array(MAE["cg"]) - BASELINE_MAE["tv"]
+    ci = stats.ttest_1samp(learned, 0.0).confidence_interval(0.95)
+    assert _compared(markdown, "best learned (cg) − best baseline (tv)", "MAE", "Δ [95% CI]") == [
+        f"{learned.mean():+.4f} [{ci.low:+.4f}, {ci.high:+.4f}]"
+    ]
+    ci = stats.ttest_rel(MAE["cg"], MAE["jfb"]).confidence_interval(0.95)
+    assert _cells(markdown, "cg", "Δ MAE vs jfb (95% CI)") == [
+        f"{np.mean(MAE['cg']) - np.mean(MAE['jfb']):+.4f} [{ci.low:+.4f}, {ci.high:+.4f}]"
+    ]
+    # Default target: cg's mean final MAE is below tv's, so the target is tv's MAE, and a run
+    # reaches it at its first evaluation with MAE <= 0.035 (computed here per seed).
+    assert f"Target MAE: **{BASELINE_MAE['tv']:.4f}**" in markdown
+    header = f"time to {BASELINE_MAE['tv']:.4f}"
+    reached = [
+        [t for t, f in zip((2.0, 4.0, 6.0, 8.0), 1.6 - 0.2 * np.arange(4), strict=True)
+         if final * f <= BASELINE_MAE["tv"]][0]
+        for final in MAE["cg"]
+    ]  # fmt: skip
+    assert _cells(markdown, "cg", header) == [f"{np.mean(reached):.3g} s"]
+    assert _cells(markdown, "jfb", header) == ["not reached"]
+
+
+def test_an_unknown_or_unrecorded_primary_metric_is_a_clear_error(tmp_path, no_figures, mae):
+    results = _mae_folder(tmp_path / "res")
+    with pytest.raises(ValueError, match="unknown metric 'lpips'; accepted: psnr, ssim"):
+        build_report(results, tmp_path / "out", metric="lpips")
+    folder = Folder()
+    folder.learned("jfb", 0, 25.0, 8.0)
+    with pytest.raises(ValueError, match="metric 'mae' has no final value in any run"):
+        build_report(folder.write(tmp_path / "plain"), tmp_path / "out", metric="mae")
+    done = cli("report", results, "--out", tmp_path / "o", "--metric", "lpips", cwd=tmp_path)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "unknown metric 'lpips'" in done.stderr and "Traceback" not in done.stderr

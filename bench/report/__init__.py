@@ -4,10 +4,12 @@
 maps an older schema's column names, checks that they are this tool's tables (a foreign table is
 a ValueError naming the file), splits the runs into settings (runs whose configuration differs
 only by seed and strategy) and summarises every strategy label of each setting separately: final
-quality over seeds with 95 % Student-t confidence intervals, the paired difference to ``jfb``, the
-best learned strategy against the best classical baseline, PSNR at a common training-time budget,
-cost, memory, convergence, gradient fidelity, time to a target PSNR, and flags for runs whose
-numbers rest on a broken assumption or an unreliable timing. The report opens with its verdict.
+quality in every registered metric over seeds with 95 % Student-t confidence intervals, the paired
+difference to ``jfb``, the best learned strategy against the best classical baseline, quality at a
+common training-time budget, cost, memory, convergence, gradient fidelity, time to a target, and
+flags for runs whose numbers rest on a broken assumption or an unreliable timing. Rankings, the
+budget and the target use the primary metric (PSNR unless ``metric=`` names another registered
+one). The report opens with its verdict.
 
 The package, in the order data flows through it:
 

@@ -16,10 +16,11 @@ from pathlib import Path
 import pandas as pd
 
 from bench import plots
+from bench.metrics import METRICS, PRIMARY_METRIC, Metric
 from bench.report import document as doc
 from bench.report.fmt import fmt_seconds
 from bench.report.load import Setting, prepare, split_settings
-from bench.report.model import PlotResult, ReportData
+from bench.report.model import PlotResult, ReportData, finite_rows
 from bench.report.observe import (
     assumption_findings,
     observations,
@@ -32,6 +33,7 @@ from bench.report.tables import (
     convergence_table,
     cost_table,
     memory_table,
+    more_metrics_tables,
     problem_runs_table,
     quality_table,
     runs_table,
@@ -40,17 +42,26 @@ from bench.report.tables import (
 )
 from bench.results import atomic_write_bytes
 
-TABLES_NOTE = (
-    "PSNR and SSIM: mean ± half-width of the 95% confidence interval (Student t, n - 1 degrees of "
-    "freedom) over the seeds of each label's ok runs; one seed gives no interval. Δ PSNR vs jfb: "
-    "the mean paired difference over the seeds both have, with its 95% interval; an interval "
-    "containing 0 is reported as no significant difference. PSNR at the budget: each run's last "
-    "evaluation at or before the equal training-time budget. Time to target: training time (the "
-    "sum of step times) at the first evaluation whose test PSNR reaches the target (mean over the "
-    "seeds that reach it). Validity flags: runs whose layer was not a contraction, whose forward "
-    "or backward solves converged in fewer than 95% of steps, whose gradient-fidelity reference "
-    "did not converge, or that skipped steps (see Observations)."
-)
+
+def tables_note(metric: Metric) -> str:
+    """How the quality table's numbers were computed, naming the primary metric."""
+    what = metric.label
+    return (
+        "Quality in every registered metric: mean ± half-width of the 95% confidence interval "
+        "(Student t, n - 1 degrees of freedom) over the seeds of each label's ok runs; one seed "
+        f"gives no interval. The primary metric is {what} ({metric.name}; "
+        f"{'higher' if metric.higher_is_better else 'lower'} is better; choose another with "
+        f"`implicit-bench report --metric`). Δ {what} vs jfb: the mean paired difference over the "
+        "seeds both have, with its 95% interval; an interval containing 0 is reported as no "
+        f"significant difference. {what} at the budget: each run's last evaluation at or before "
+        "the equal training-time budget. Time to target: training time (the sum of step times) at "
+        f"the first evaluation whose test {what} reaches the target (mean over the seeds that "
+        "reach it). Validity flags: runs whose layer was not a contraction, whose forward or "
+        "backward solves converged in fewer than 95% of steps, whose gradient-fidelity reference "
+        "did not converge, or that skipped steps (see Observations)."
+    )
+
+
 COST_NOTE = (
     "Median step: median per-step time after the warm-up steps (reported apart as warm-up step); "
     "train time: the sum of training-step times; J products / step: Jacobian-vector products "
@@ -89,11 +100,9 @@ class SettingSection:
         return self.summary.attrs.get("budget")
 
 
-def _section(setting: Setting, target_psnr: float | None) -> SettingSection:
-    data = setting.data
-    psnr_by_label = data.learned_ok.groupby("label")["final_test_psnr"].mean()
-    target, rule = choose_target(data, psnr_by_label, target_psnr)
-    return SettingSection(setting, summarize(data, target), target, rule)
+def _section(setting: Setting, target: float | None) -> SettingSection:
+    target, rule = choose_target(setting.data, target)
+    return SettingSection(setting, summarize(setting.data, target), target, rule)
 
 
 def _findings(sections: list[SettingSection], data: ReportData, older: list[str]) -> list:
@@ -117,8 +126,9 @@ def _tables(section: SettingSection, several: bool) -> list:
     blocks: list = []
     if several:
         blocks.append(doc.Heading(f"Setting: {section.title}", 3))
-    target = f"{section.target:.2f} dB" if section.target is not None else "none"
-    blocks.append(doc.Paragraph(f"Target PSNR: **{target}** — {section.target_rule}."))
+    metric = section.data.primary_metric
+    target = metric.format(section.target, unit=True) if section.target is not None else "none"
+    blocks.append(doc.Paragraph(f"Target {metric.label}: **{target}** — {section.target_rule}."))
     if section.budget is not None:
         blocks.append(
             doc.Paragraph(
@@ -128,6 +138,8 @@ def _tables(section: SettingSection, several: bool) -> list:
         )
     data, summary = section.data, section.summary
     blocks += [doc.Paragraph("Quality:"), quality_table(data, summary, section.target)]
+    for table in more_metrics_tables(data, summary):
+        blocks += [doc.Paragraph("Quality, further metrics:"), table]
     found = comparisons_table(comparisons(data, summary))
     if found is not None:
         blocks += [doc.Paragraph("Paired comparisons:"), found]
@@ -153,34 +165,50 @@ def _remove_stale_figures(out_dir: Path, results: list[PlotResult]) -> None:
 
 
 def build_report(
-    results_dir: str | Path, out_dir: str | Path | None = None, *, target_psnr: float | None = None
+    results_dir: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    metric: str | None = None,
+    target: float | None = None,
 ) -> Path:
     """Write the comparison report of a results folder and return the path of ``report.html``.
 
     Writes ``report.md``, a self-contained ``report.html`` (figures embedded as data URIs) and
     every figure as ``<name>.png`` and ``<name>.svg`` into ``out_dir`` (default
     ``reports/<name of results_dir>/``, relative to the working directory), each file atomically.
-    ``target_psnr`` (dB) overrides the default target of the "time to target" column (see
+    ``metric`` names the primary metric (default :data:`bench.metrics.PRIMARY_METRIC`): the one
+    the findings rank by, the paired differences lead with and the target is set in; every
+    registered metric with values still gets its columns. ``target`` (in that metric's unit)
+    overrides the default target of the "time to target" column (see
     :func:`bench.report.stats.choose_target`). Partial results (diverged or failed runs, missing
     tables or reconstructions, tables of an older schema) are reported, not fatal. Raises
-    ValueError when ``results_dir`` has no readable ``runs.csv`` or a table is not this tool's.
+    ValueError when ``results_dir`` has no readable ``runs.csv``, a table is not this tool's, or
+    ``metric`` is not registered or has no value in any run.
     """
     results_dir = Path(results_dir)
-    if target_psnr is not None and not (
-        isinstance(target_psnr, (int, float)) and math.isfinite(target_psnr)
+    primary = METRICS.get(PRIMARY_METRIC if metric is None else metric)  # ValueError: unknown
+    if target is not None and not (
+        isinstance(target, (int, float)) and not isinstance(target, bool) and math.isfinite(target)
     ):
-        raise ValueError(f"target_psnr must be a finite number of dB, got {target_psnr!r}")
+        raise ValueError(f"target must be a finite number, got {target!r}")
     data, missing = prepare(results_dir)
+    data.primary = primary.name
+    if metric is not None and finite_rows(data.runs, f"final_test_{metric}").empty:
+        recorded = [m.name for m in data.metrics() if m.name != metric]
+        raise ValueError(
+            f"metric {metric!r} has no final value in any run of {results_dir}; recorded: "
+            f"{', '.join(recorded) or 'none'}"
+        )
     out_dir = Path(out_dir) if out_dir is not None else Path("reports") / results_dir.resolve().name
     out_dir.mkdir(parents=True, exist_ok=True)
 
     settings = split_settings(data)
-    sections = [_section(setting, target_psnr) for setting in settings]
+    sections = [_section(setting, target) for setting in settings]
     several = len(settings) > 1
     # Figures pool seeds only: with several settings they show the first one (the scaling
     # figures compare settings, so they use every setting's runs).
     shown = settings[0]
-    shown.data.target_psnr = sections[0].target
+    shown.data.target = sections[0].target
     figures = plots.render_plots(shown.data, out_dir)
     if several:
         for figure in figures:
@@ -208,7 +236,7 @@ def build_report(
             )
         )
     blocks += [doc.Figure(plot) for plot in figures]
-    blocks += [doc.Heading("Summary tables"), doc.Paragraph(TABLES_NOTE, "note")]
+    blocks += [doc.Heading("Summary tables"), doc.Paragraph(tables_note(primary), "note")]
     blocks += [doc.Paragraph(COST_NOTE, "note"), doc.Paragraph(MEMORY_NOTE, "note")]
     if several:
         blocks.append(doc.Paragraph(SETTINGS_NOTE.format(n=len(settings))))

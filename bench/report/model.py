@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from bench.metrics import METRICS, PRIMARY_METRIC, Metric
+
 BASELINE_PREFIX = "baseline:"
 # Known strategies first (in the order the project introduces them), others alphabetically.
 STRATEGY_ORDER = ("jfb", "cg", "neumann", "unrolled", "phantom", "torchdeq-ift", "gmres")
@@ -68,14 +70,29 @@ class ReportData:
     palette: dict[str, tuple]
     recons_dir: Path
     strategy_colors: dict[str, tuple] = field(default_factory=dict)
-    naive_psnr: float | None = None
-    naive_ssim: float | None = None
     # every registered metric of the naive reconstruction (e.g. the blurred input): name -> value
     naive_metrics: dict[str, float] = field(default_factory=dict)
     naive_name: str = NAIVE_DEFAULT
-    target_psnr: float | None = None
+    # the metric the report ranks by and sets its target in (bench.metrics.PRIMARY_METRIC unless
+    # the user names another), and that target
+    primary: str = PRIMARY_METRIC
+    target: float | None = None
     notes: list[str] = field(default_factory=list)  # missing pieces found while plotting
     scaling_runs: pd.DataFrame | None = None
+
+    @property
+    def primary_metric(self) -> Metric:
+        return METRICS.get(self.primary)
+
+    def metrics(self) -> list[Metric]:
+        """The primary metric, then the other registered metrics with a final value in some run
+        (a metric registered after these runs were made has no column and is left out)."""
+        found = [
+            metric
+            for name, metric in METRICS.items()
+            if name == self.primary or not finite_rows(self.runs, f"final_test_{name}").empty
+        ]
+        return sorted(found, key=lambda metric: metric.name != self.primary)
 
     def plotted_labels(self, frame: pd.DataFrame) -> list[str]:
         """The labels present in ``frame``, in display order."""

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
+from bench.metrics import Metric
 from bench.report.fmt import (
     fmt_bytes,
     fmt_difference,
@@ -19,12 +20,13 @@ from bench.report.fmt import (
 )
 from bench.report.model import (
     ReportData,
-    finite_rows,
     memory_column,
     scaling_rows,
     scaling_variables,
 )
 from bench.report.stats import (
+    baseline_means,
+    best_of,
     comparisons,
     validity,
 )
@@ -57,41 +59,44 @@ CAP_ITERATION_FRACTION = 0.95
 
 
 def observe_best_quality(data: ReportData, summary: pd.DataFrame, target) -> list[str]:
-    """The best final PSNR, against the best baseline and the naive reconstruction."""
+    """Per metric (the primary first): the best final value, against the best baseline and the
+    naive reconstruction; then the paired differences and learned vs baseline."""
     ok = summary[summary["n_ok"] > 0]
-    psnr = ok["final_test_psnr_mean"].dropna()
-    baseline_psnr = finite_rows(data.baselines, "final_test_psnr")
-    baseline_psnr = baseline_psnr.groupby("baseline_name")["final_test_psnr"].mean()
-    naive = f"{data.naive_name}: {data.naive_psnr:.2f} dB" if data.naive_psnr is not None else None
-    if len(psnr):
-        best = psnr.idxmax()
-        text = (
-            f"Best final test PSNR: {best} with {psnr[best]:.2f} dB "
-            f"(mean over {ok.loc[best, 'n_ok']} seed(s))"
-        )
-        if len(baseline_psnr):
-            name = baseline_psnr.idxmax()
-            text += (
-                f"; best classical baseline {name}: {baseline_psnr.max():.2f} dB "
-                f"({psnr[best] - baseline_psnr.max():+.2f} dB)"
+    found = []
+    for metric in data.metrics():
+        values = ok[f"final_test_{metric.name}_mean"].dropna()
+        baselines = baseline_means(data, metric)
+        naive = data.naive_metrics.get(metric.name)
+        naive = f"{data.naive_name}: {metric.format(naive, unit=True)}" if naive is not None else ""
+        if len(values):
+            best = best_of(values, metric)
+            text = (
+                f"Best final test {metric.label}: {best} with "
+                f"{metric.format(values[best], unit=True)} (mean over {ok.loc[best, 'n_ok']} "
+                "seed(s))"
             )
-        if naive:
-            text += f"; {naive}"
-        return [text + ".", *_statistics_observations(data, summary)]
-    if len(baseline_psnr):  # classical baselines only (e.g. no learned run finished yet)
-        text = (
-            f"Best classical baseline: {baseline_psnr.idxmax()} with {baseline_psnr.max():.2f} dB"
-        )
-        if naive:
-            text += f" ({naive})"
-        return [text + "; no learned run finished ok."]
-    return []
+            if len(baselines):
+                name = best_of(baselines, metric)
+                difference = metric.format(values[best] - baselines[name], signed=True, unit=True)
+                text += (
+                    f"; best classical baseline {name}: "
+                    f"{metric.format(baselines[name], unit=True)} ({difference})"
+                )
+            found.append(text + (f"; {naive}" if naive else "") + ".")
+        elif len(baselines) and metric.name == data.primary:  # no learned run finished yet
+            name = best_of(baselines, metric)
+            text = (
+                f"Best classical baseline: {name} with {metric.format(baselines[name], unit=True)}"
+            )
+            return [text + (f" ({naive})" if naive else "") + "; no learned run finished ok."]
+    return found + _statistics_observations(data, summary) if found else []
 
 
 def observe_time_to_target(data: ReportData, summary: pd.DataFrame, target) -> list[str]:
-    """Who reaches the target PSNR first, who only in some seeds, who never."""
+    """Who reaches the target (in the primary metric) first, who only in some seeds, who never."""
     if target is None:
         return []
+    goal = data.primary_metric.format(target, unit=True)
     found = []
     ok = summary[summary["n_ok"] > 0]
     everyone = ok[(ok["target_runs"] > 0) & (ok["target_reached"] == ok["target_runs"])]
@@ -100,18 +105,18 @@ def observe_time_to_target(data: ReportData, summary: pd.DataFrame, target) -> l
     never = ok[(ok["target_runs"] > 0) & (ok["target_reached"] == 0)]
     if len(ranking):
         first = ranking.index[0]
-        text = f"{first} reached {target:.2f} dB first ({ranking.iloc[0]:.3g} s"
+        text = f"{first} reached {goal} first ({ranking.iloc[0]:.3g} s"
         text += ", mean over seeds)" if everyone.loc[first, "target_runs"] > 1 else ")"
         if len(ranking) > 1:
             text += "; then " + ", ".join(f"{lab} ({t:.3g} s)" for lab, t in ranking[1:].items())
         found.append(text + ".")
     for label, row in partly.iterrows():
         found.append(
-            f"{label} reached {target:.2f} dB in only {row['target_reached']} of "
+            f"{label} reached {goal} in only {row['target_reached']} of "
             f"{row['target_runs']} seeds ({row['target_time']:.3g} s for those)."
         )
     if len(never):
-        found.append(f"Never reached {target:.2f} dB: {', '.join(never.index)}.")
+        found.append(f"Never reached {goal}: {', '.join(never.index)}.")
     return found
 
 
@@ -129,7 +134,7 @@ def observe_step_cost(data: ReportData, summary: pd.DataFrame, target) -> list[s
 
 def observe_equal_time(data: ReportData, summary: pd.DataFrame, target) -> list[str]:
     ok = summary[summary["n_ok"] > 0]
-    return _equal_time_observations(ok, summary.attrs.get("budget"))
+    return _equal_time_observations(ok, summary.attrs.get("budget"), data.primary_metric)
 
 
 def observe_validity(data: ReportData, summary: pd.DataFrame, target) -> list[str]:
@@ -226,54 +231,62 @@ def observations(data: ReportData, summary: pd.DataFrame, target: float | None) 
 
 
 def _statistics_observations(data: ReportData, summary: pd.DataFrame) -> list[str]:
-    """The paired differences to jfb and the best learned strategy against the best baseline."""
+    """Per metric, the paired differences to jfb; in the primary metric, the best learned strategy
+    against the best baseline."""
     found = []
     found_comparisons = comparisons(data, summary)
     reference = summary.attrs.get("reference")
     paired = [c for c in found_comparisons if c.note == "paired by seed"]
-    if paired:
-        found.append(
-            f"Final test PSNR minus {reference}'s, paired by seed (mean, 95% CI): "
-            + "; ".join(
-                f"{c.name.split(' − ')[0]} {fmt_difference(c.psnr, 2, ' dB')}" for c in paired
+    for metric in data.metrics():
+        unit = f" {metric.unit}" if metric.unit else ""
+        shown = [c for c in paired if metric.name in c.deltas]
+        if shown:
+            found.append(
+                f"Final test {metric.label} minus {reference}'s, paired by seed (mean, 95% CI): "
+                + "; ".join(
+                    f"{c.minuend} {fmt_difference(c.deltas[metric.name], metric.decimals, unit)}"
+                    for c in shown
+                )
+                + "."
             )
-            + "."
-        )
-    versus = [c for c in found_comparisons if c.name.startswith("best learned")]
-    for c in versus:
-        text = f"{c.name[0].upper()}{c.name[1:]}: "
-        if c.psnr.has_interval:
-            text += f"{c.psnr.mean:+.2f} dB, 95% CI {fmt_interval(c.psnr, 2)} over {c.psnr.n} seeds"
-            text += (
-                "" if c.psnr.significant
-                else " — no significant difference"
-            )  # fmt: skip
+    metric = data.primary_metric
+    for c in found_comparisons:
+        delta = c.deltas.get(metric.name)
+        if not c.name.startswith("best learned") or delta is None:
+            continue
+        text = f"{c.name[0].upper()}{c.name[1:]}: {metric.format(delta.mean, True, True)}"
+        if delta.has_interval:
+            text += f", 95% CI {fmt_interval(delta, metric.decimals)} over {delta.n} seeds"
+            text += "" if delta.significant else " — no significant difference"
             text += (
                 " (the baseline is deterministic: the interval is the learned strategy's, shifted)"
             )
         else:
-            text += f"{c.psnr.mean:+.2f} dB from one seed: no confidence interval available"
+            text += " from one seed: no confidence interval available"
         found.append(text + ".")
     return found
 
 
-def _equal_time_observations(ok: pd.DataFrame, budget: float | None) -> list[str]:
+def _equal_time_observations(ok: pd.DataFrame, budget: float | None, metric: Metric) -> list[str]:
     if budget is None:
         return []
-    values = {label: estimate for label, estimate in ok["budget_psnr"].items() if estimate.n > 0}
+    column = f"budget_{metric.name}"
+    values = {label: estimate for label, estimate in ok[column].items() if estimate.n > 0}
     if not values:
         return [f"At the equal training-time budget of {fmt_seconds(budget)} no strategy had an "
                 "evaluation yet."]  # fmt: skip
-    best = max(values, key=lambda label: values[label].mean)
-    late = [label for label, e in ok["budget_psnr"].items() if e.n == 0]
+    best = max(values, key=lambda label: metric.oriented(values[label].mean))
+    late = [label for label, e in ok[column].items() if e.n == 0]
+    unit = f" {metric.unit}" if metric.unit else ""
     return [
         f"At an equal training-time budget of {fmt_seconds(budget)} (the smallest median "
-        "training time of any strategy), test PSNR: "
-        + ", ".join(f"{label} {fmt_estimate(e, 2)} dB" for label, e in values.items())
+        f"training time of any strategy), test {metric.label}: "
+        + ", ".join(f"{label} {fmt_estimate(e, metric.decimals)}{unit}"
+                    for label, e in values.items())
         + f"; best: {best}"
         + (f"; no evaluation by then: {', '.join(late)}" if late else "")
         + "."
-    ]
+    ]  # fmt: skip
 
 
 def _runs_text(flags: pd.DataFrame, column: str | None = None, pattern: str = "") -> str:
@@ -426,19 +439,25 @@ def setting_findings(data: ReportData, summary: pd.DataFrame) -> list[str]:
     step, least memory, and the best learned strategy against the best baseline."""
     found = []
     ok = summary[summary["n_ok"] > 0]
+    metric = data.primary_metric
+    unit = f" {metric.unit}" if metric.unit else ""
     budget = summary.attrs.get("budget")
-    at_budget = {label: e for label, e in ok["budget_psnr"].items() if e.n > 0 and e.mean == e.mean}
+    at_budget = {
+        label: e for label, e in ok[f"budget_{metric.name}"].items() if e.n > 0 and e.mean == e.mean
+    }
     if budget is not None and at_budget:
-        ranked = sorted(at_budget, key=lambda label: -at_budget[label].mean)
+        ranked = sorted(at_budget, key=lambda label: -metric.oriented(at_budget[label].mean))
         best = ranked[0]
         text = (
             f"**Best at equal training time** ({fmt_seconds(budget)} of training): **{best}**, "
-            f"{fmt_estimate(at_budget[best], 2)} dB (mean ± 95% CI over "
-            f"{at_budget[best].n} seed(s))"
+            f"{metric.label} {fmt_estimate(at_budget[best], metric.decimals)}{unit} (mean ± 95% CI "
+            f"over {at_budget[best].n} seed(s))"
         )
         if len(ranked) > 1:
             runner_up = ranked[1]
-            text += f"; next {runner_up} {fmt_estimate(at_budget[runner_up], 2)} dB"
+            text += (
+                f"; next {runner_up} {fmt_estimate(at_budget[runner_up], metric.decimals)}{unit}"
+            )
         found.append(text + ".")
     elif len(ok):
         found.append(
@@ -470,10 +489,11 @@ def setting_findings(data: ReportData, summary: pd.DataFrame) -> list[str]:
             text += f" (most: {most}, {fmt_bytes(memory[most])})"
         found.append(text + ".")
     for c in comparisons(data, summary):
-        if c.name.startswith("best learned"):
+        if c.name.startswith("best learned") and metric.name in c.deltas:
             found.append(
                 f"**Best learned vs best baseline**: {c.minuend} − {c.subtrahend} = "
-                f"{fmt_difference(c.psnr, 2, ' dB')} in final test PSNR."
+                f"{fmt_difference(c.deltas[metric.name], metric.decimals, unit)} in final test "
+                f"{metric.label}."
             )
     return found
 

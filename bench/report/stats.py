@@ -1,17 +1,23 @@
-"""Statistics over seeds for one setting: the target PSNR, 95 % Student-t intervals, paired
-differences to jfb, the best learned strategy against the best baseline, the equal training-time
-budget, validity and timing flags, and the per-label summary the tables and findings read.
+"""Statistics over seeds for one setting: the target in the primary metric, 95 % Student-t
+intervals, paired differences to jfb, the best learned strategy against the best baseline, the
+equal training-time budget, validity and timing flags, and the per-label summary the tables and
+findings read.
+
+Every registered metric with values gets its estimates and differences (``final_test_<m>_ci``,
+``vs_reference_<m>``, ``budget_<m>``); rankings, the target and "best" use the primary metric
+(``ReportData.primary``) in its own direction (:meth:`bench.metrics.Metric.oriented`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from bench.metrics import Metric
 from bench.report.fmt import status_counts
 from bench.report.model import ReportData, finite_rows, step_phase_medians
 
@@ -22,41 +28,67 @@ CONFIDENCE = 0.95
 CONTRACTION_LIMIT = 1.0
 CONVERGED_SHARE = 0.95
 
-# Target PSNR and the summary
+# Target and the summary
 
 
-def choose_target(data: ReportData, psnr_by_label: pd.Series, override: float | None):
-    """The target PSNR for "time to target", and the rule that chose it (a sentence)."""
+def best_of(values: pd.Series, metric: Metric):
+    """The index of the best value of ``values`` in ``metric``'s direction (NaNs ignored)."""
+    return metric.oriented(values.dropna()).idxmax()
+
+
+def baseline_means(data: ReportData, metric: Metric) -> pd.Series:
+    """Per classical baseline, its mean final value of ``metric`` (deterministic: repeated rows,
+    e.g. two suites in one folder, are averaged)."""
+    column = f"final_test_{metric.name}"
+    rows = finite_rows(data.baselines, column)
+    return rows.groupby("baseline_name")[column].mean()
+
+
+def choose_target(data: ReportData, override: float | None):
+    """The target for "time to target", in the primary metric, and the rule that chose it."""
+    metric = data.primary_metric
+    what = metric.label
     if override is not None:
-        return float(override), "given by the caller (`target_psnr`)"
-    best_learned = psnr_by_label.max() if psnr_by_label.notna().any() else None
-    baseline_psnr = finite_rows(data.baselines, "final_test_psnr")
-    baseline_psnr = baseline_psnr.groupby("baseline_name")["final_test_psnr"].mean()
-    if len(baseline_psnr) and best_learned is not None and best_learned >= baseline_psnr.max():
-        name = baseline_psnr.idxmax()
-        return float(baseline_psnr.max()), (
-            f"the best classical baseline's PSNR ({name}), which at least one learned strategy "
-            "reaches on average"
+        return float(override), "given by the caller (`--target`)"
+    learned = data.learned_ok.groupby("label")[f"final_test_{metric.name}"].mean().dropna()
+    best_learned = learned[best_of(learned, metric)] if len(learned) else None
+    baselines = baseline_means(data, metric)
+    best_base = baselines[best_of(baselines, metric)] if len(baselines) else None
+    naive = data.naive_metrics.get(metric.name)
+    if (
+        best_base is not None
+        and best_learned is not None
+        and (metric.oriented(best_learned) >= metric.oriented(best_base))
+    ):
+        return float(best_base), (
+            f"the best classical baseline's {what} ({best_of(baselines, metric)}), which at least "
+            "one learned strategy reaches on average"
         )
-    if best_learned is not None and data.naive_psnr is not None:
-        return (data.naive_psnr + best_learned) / 2, (
-            f"midway between the {data.naive_name}'s PSNR and the best learned strategy's mean final "
-            "PSNR"
-            + (" (no learned strategy reaches the best baseline)" if len(baseline_psnr) else "")
-        )
-    if len(baseline_psnr):
-        return float(baseline_psnr.max()), "the best classical baseline's PSNR"
+    if best_learned is not None and naive is not None:
+        return (naive + best_learned) / 2, (
+            f"midway between the {data.naive_name}'s {what} and the best learned strategy's mean "
+            f"final {what}" + (" (no learned strategy reaches the best baseline)"
+                               if best_base is not None else "")
+        )  # fmt: skip
+    if best_base is not None:
+        return float(best_base), f"the best classical baseline's {what}"
     if best_learned is not None:
-        return float(best_learned), "the best learned strategy's mean final PSNR"
-    return None, "no PSNR was recorded"
+        return float(best_learned), f"the best learned strategy's mean final {what}"
+    return None, f"no {what} was recorded"
 
 
 def time_to_target(data: ReportData, target: float | None) -> pd.DataFrame:
-    """Per ok run: training time (sum of step times) at its first evaluation with PSNR >= target."""
-    epochs = finite_rows(data.epochs, "test_psnr")
+    """Per ok run: training time (sum of step times) at its first evaluation whose primary metric
+    reaches ``target`` (>= it, or <= for a lower-is-better metric)."""
+    metric = data.primary_metric
+    column = f"test_{metric.name}"
+    epochs = finite_rows(data.epochs, column)
     rows = []
     for run_id, group in epochs.groupby("run_id"):
-        reached = group[group["test_psnr"] >= target] if target is not None else group.iloc[0:0]
+        if target is None:
+            reached = group.iloc[0:0]
+        else:
+            reached = group[metric.oriented(group[column]) >= metric.oriented(target)]
         seconds = float(reached["train_time_s"].iloc[0]) if len(reached) else math.nan
         rows.append({"run_id": run_id, "label": group["label"].iloc[0], "time": seconds,
                      "reached": bool(len(reached))})  # fmt: skip
@@ -124,37 +156,40 @@ def reference_label(data: ReportData) -> str | None:
     return jfb[0] if jfb else None
 
 
-def best_baseline(data: ReportData) -> tuple[str, float, float] | None:
-    """(name, PSNR, SSIM) of the classical baseline with the highest final PSNR, or None."""
-    rows = finite_rows(data.baselines, "final_test_psnr")
-    if rows.empty:
+def best_baseline(data: ReportData) -> tuple[str, dict[str, float]] | None:
+    """The classical baseline best in the primary metric, with its mean of every metric; None
+    when no baseline has a value."""
+    means = baseline_means(data, data.primary_metric)
+    if means.empty:
         return None
-    means = rows.groupby("baseline_name")[["final_test_psnr", "final_test_ssim"]].mean()
-    name = means["final_test_psnr"].idxmax()
-    return (
-        name,
-        float(means.loc[name, "final_test_psnr"]),
-        float(means.loc[name, "final_test_ssim"]),
-    )
+    name = best_of(means, data.primary_metric)
+    values = {}
+    for metric in data.metrics():
+        other = baseline_means(data, metric)
+        if name in other.index:
+            values[metric.name] = float(other[name])
+    return name, values
 
 
 @dataclass
 class Comparison:
-    """One paired comparison of a setting: ``minuend - subtrahend`` per seed."""
+    """One paired comparison of a setting: ``minuend - subtrahend`` per seed, in each metric
+    (``deltas``: metric name -> :class:`Estimate`, the primary metric first)."""
 
     name: str
-    psnr: Estimate
-    ssim: Estimate
+    deltas: dict[str, Estimate] = field(default_factory=dict)
     note: str = ""
     minuend: str = ""
     subtrahend: str = ""
 
 
 def comparisons(data: ReportData, summary: pd.DataFrame) -> list[Comparison]:
-    """Each strategy minus ``jfb`` (paired by seed), then the best learned strategy minus the best
-    classical baseline (deterministic: one value, so the interval is the learned one's, shifted)."""
+    """Each strategy minus ``jfb`` (paired by seed), then the strategy best in the primary metric
+    minus the best classical baseline (deterministic: one value, so the interval is the learned
+    one's, shifted); each in every metric with values."""
     found = []
     ok = data.learned_ok
+    metrics = data.metrics()
     reference = reference_label(data)
     if reference is not None:
         base = ok[ok["label"] == reference]
@@ -162,47 +197,46 @@ def comparisons(data: ReportData, summary: pd.DataFrame) -> list[Comparison]:
             if label == reference or summary.loc[label, "n_ok"] == 0:
                 continue
             runs = ok[ok["label"] == label]
-            found.append(
-                Comparison(
-                    f"{label} − {reference}",
-                    paired_difference(
-                        _per_seed(runs, "final_test_psnr"), _per_seed(base, "final_test_psnr")
-                    ),
-                    paired_difference(
-                        _per_seed(runs, "final_test_ssim"), _per_seed(base, "final_test_ssim")
-                    ),
-                    "paired by seed",
-                    label,
-                    reference,
+            deltas = {
+                m.name: paired_difference(
+                    _per_seed(runs, f"final_test_{m.name}"), _per_seed(base, f"final_test_{m.name}")
                 )
+                for m in metrics
+            }
+            found.append(
+                Comparison(f"{label} − {reference}", deltas, "paired by seed", label, reference)
             )
     baseline = best_baseline(data)
-    psnr = summary["final_test_psnr_mean"].dropna() if len(summary) else pd.Series(dtype=float)
-    if baseline is not None and len(psnr):
-        name, base_psnr, base_ssim = baseline
-        best = psnr.idxmax()
+    primary = f"final_test_{data.primary}_mean"
+    learned = summary[primary].dropna() if len(summary) else pd.Series(dtype=float)
+    if baseline is not None and len(learned):
+        name, values = baseline
+        best = best_of(learned, data.primary_metric)
         runs = ok[ok["label"] == best]
+        deltas = {
+            m.name: mean_ci(runs[f"final_test_{m.name}"] - values[m.name])
+            for m in metrics
+            if m.name in values
+        }
         found.append(
             Comparison(
-                f"best learned ({best}) − best baseline ({name})",
-                mean_ci(runs["final_test_psnr"] - base_psnr),
-                mean_ci(runs["final_test_ssim"] - base_ssim),
-                "baseline fixed: the learned CI, shifted",
-                best,
-                name,
+                f"best learned ({best}) − best baseline ({name})", deltas,
+                "baseline fixed: the learned CI, shifted", best, name,
             )
-        )
+        )  # fmt: skip
     return found
 
 
 def equal_time_budget(data: ReportData) -> tuple[float | None, pd.DataFrame]:
-    """The common training-time budget and each ok run's test PSNR/SSIM at it.
+    """The common training-time budget and each ok run's test value of every metric at it.
 
     Budget: the smallest over labels of the median over seeds of each run's final evaluation
     time (epochs.csv ``train_time_s``, cumulative training-step time). A run's value at the budget
     is that of its last evaluation at or before it (NaN when its first evaluation came later).
+    Columns: run_id, label, seed and one per metric name.
     """
-    columns = ["run_id", "label", "seed", "psnr", "ssim"]
+    names = [m.name for m in data.metrics()]
+    columns = ["run_id", "label", "seed", *names]
     evaluations = finite_rows(data.epochs, "train_time_s")
     if evaluations.empty:
         return None, pd.DataFrame(columns=columns)
@@ -214,11 +248,11 @@ def equal_time_budget(data: ReportData) -> tuple[float | None, pd.DataFrame]:
     rows = []
     for run_id, group in evaluations.groupby("run_id"):
         before = group[group["train_time_s"] <= budget].sort_values("train_time_s", kind="stable")
-        psnr = finite_rows(before, "test_psnr")["test_psnr"]
-        ssim = finite_rows(before, "test_ssim")["test_ssim"]
-        rows.append([run_id, group["label"].iloc[0], seeds.get(run_id, math.nan),
-                     psnr.iloc[-1] if len(psnr) else math.nan,
-                     ssim.iloc[-1] if len(ssim) else math.nan])  # fmt: skip
+        values = []
+        for name in names:
+            found = finite_rows(before, f"test_{name}")[f"test_{name}"]
+            values.append(found.iloc[-1] if len(found) else math.nan)
+        rows.append([run_id, group["label"].iloc[0], seeds.get(run_id, math.nan), *values])
     return budget, pd.DataFrame(rows, columns=columns)
 
 
@@ -260,9 +294,11 @@ def validity(data: ReportData) -> pd.DataFrame:
 def summarize(data: ReportData, target: float | None) -> pd.DataFrame:
     """Numbers per learned strategy label (index) of one setting, means over its ok runs (seeds).
 
-    ``*_ci`` columns hold :class:`Estimate` objects (mean and 95 % interval over seeds);
-    ``vs_reference_psnr`` the paired difference to ``jfb``; ``budget_psnr`` the PSNR at the
-    equal-time budget (``summary.attrs["budget"]``, seconds).
+    Per metric ``m`` with values: ``final_test_<m>_mean``/``_std``/``_ci`` (``*_ci`` hold
+    :class:`Estimate` objects: mean and 95 % interval over seeds), ``vs_reference_<m>`` the
+    paired difference to ``jfb`` and ``budget_<m>`` the value at the equal-time budget
+    (``summary.attrs["budget"]``, seconds). Time to ``target`` is in the primary metric
+    (``summary.attrs["primary"]``).
     """
     learned = data.runs[~data.runs["is_baseline"]]
     ok = data.learned_ok.groupby("label")
@@ -270,7 +306,8 @@ def summarize(data: ReportData, target: float | None) -> pd.DataFrame:
     summary["strategy"] = learned.groupby("label")["strategy"].first()
     summary["status"] = learned.groupby("label")["status"].apply(status_counts)
     summary["n_ok"] = ok.size().reindex(summary.index).fillna(0).astype(int)
-    for column in ("final_test_psnr", "final_test_ssim"):
+    metrics = data.metrics()
+    for column in (f"final_test_{m.name}" for m in metrics):
         summary[column + "_mean"] = ok[column].mean()
         summary[column + "_std"] = ok[column].std()  # sample sd (ddof=1); NaN for one seed
         summary[column + "_ci"] = pd.Series(
@@ -297,17 +334,19 @@ def summarize(data: ReportData, target: float | None) -> pd.DataFrame:
     )
     reference = reference_label(data)
     summary.attrs["reference"] = reference
-    differences = {c.name.split(" − ")[0]: c for c in comparisons(data, summary)}
-    summary["vs_reference_psnr"] = pd.Series(
-        {label: differences[label].psnr for label in summary.index if label in differences},
-        dtype=object,
-    )
+    summary.attrs["primary"] = data.primary
+    paired = {c.minuend: c for c in comparisons(data, summary) if c.note == "paired by seed"}
     budget, at_budget = equal_time_budget(data)
     summary.attrs["budget"] = budget
-    summary["budget_psnr"] = pd.Series(
-        {label: mean_ci(at_budget.loc[at_budget["label"] == label, "psnr"])
-         for label in summary.index}, dtype=object,
-    )  # fmt: skip
+    for m in metrics:
+        summary[f"vs_reference_{m.name}"] = pd.Series(
+            {label: c.deltas[m.name] for label, c in paired.items() if label in summary.index},
+            dtype=object,
+        )
+        summary[f"budget_{m.name}"] = pd.Series(
+            {label: mean_ci(at_budget.loc[at_budget["label"] == label, m.name])
+             for label in summary.index}, dtype=object,
+        )  # fmt: skip
     flags = validity(data)
     by_label = flags.groupby("label")
     for column in (

@@ -1,5 +1,6 @@
-"""The report's tables, as formatted cells: per setting a quality, a cost, a memory and a
-convergence table (each at most :data:`MAX_TABLE_COLUMNS` columns, so that it fits a 1280-pixel
+"""The report's tables, as formatted cells: per setting a quality table (every registered metric
+with values, the primary one compared; metrics that do not fit continue in further tables), a
+cost, a memory and a convergence table (each at most :data:`MAX_TABLE_COLUMNS` columns, so that it fits a 1280-pixel
 screen without horizontal scrolling), the paired comparisons, the runs that did not finish, every
 run, and the setup.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from bench.metrics import METRICS, Metric
 from bench.report.document import Table
 from bench.report.fmt import (
     DASH,
@@ -51,10 +53,10 @@ SETUP_FIELDS = (
 LABEL = "strategy label"
 
 
-def _fmt_budget(estimate: Estimate, n_ok: int) -> str:
+def _fmt_budget(estimate: Estimate, n_ok: int, digits: int) -> str:
     if n_ok and estimate.n == 0:
         return "no evaluation by then"
-    return fmt_estimate(estimate, 2)
+    return fmt_estimate(estimate, digits)
 
 
 def _flags_cell(row: pd.Series) -> str:
@@ -111,50 +113,90 @@ def _drop_empty(headers: list[str], rows: list[list[str]], optional: set[str]) -
     return Table([headers[i] for i in keep], [[r[i] for i in keep] for r in rows])
 
 
-def quality_table(data: ReportData, summary: pd.DataFrame, target: float | None) -> Table:
-    """Per strategy label, then per baseline and the naive reconstruction: final quality with 95 %
-    intervals, the paired difference to jfb, PSNR at the equal-time budget, time to the target,
-    and the validity flags of the runs behind the numbers."""
-    target_header = f"time to {target:.2f} dB" if target is not None else "time to target"
-    budget = summary.attrs.get("budget")
-    budget_header = f"PSNR at {fmt_seconds(budget)}" if budget is not None else "PSNR at budget"
-    reference = summary.attrs.get("reference")
-    headers = [
-        LABEL, "runs", "PSNR (dB)", "SSIM", "Δ PSNR vs jfb (95% CI)", budget_header,
-        target_header, "validity flags",
-    ]  # fmt: skip
-    rows = []
-    for label, row in summary.iterrows():
-        n = row["n_ok"]
-        difference = (
-            "reference" if label == reference else fmt_difference(row["vs_reference_psnr"], 2)
-        )
-        rows.append(
-            [
-                label, row["status"], fmt_estimate(row["final_test_psnr_ci"], 2),
-                fmt_estimate(row["final_test_ssim_ci"], 4), difference if n else DASH,
-                _fmt_budget(row["budget_psnr"], n), _reach_cell(row),
-                _flags_cell(row) if n else DASH,
-            ]
-        )  # fmt: skip
+# Columns of the quality table besides the metrics: label, runs, Δ vs jfb, value at the budget,
+# time to target, validity flags. The metrics fill the rest, the primary first; any that do not
+# fit go to :func:`more_metrics_tables`.
+QUALITY_FIXED_COLUMNS = 6
+
+
+def _metric_rows(data: ReportData, summary: pd.DataFrame, metrics: list[Metric]) -> list[list]:
+    """[label, runs, one cell per metric] per strategy label, then per baseline and the naive
+    reconstruction: final values with 95 % intervals over seeds (baselines are deterministic)."""
+    rows = [
+        [label, row["status"]]
+        + [fmt_estimate(row[f"final_test_{m.name}_ci"], m.decimals) for m in metrics]
+        for label, row in summary.iterrows()
+    ]
     baselines = data.runs[data.runs["is_baseline"]]
     for name, group in sorted(baselines.groupby("baseline_name"), key=lambda item: item[0]):
         ok = group[group["status"] == "ok"]
         # Deterministic: one value (repeated rows, e.g. two suites in one folder, are averaged).
         rows.append(
-            [f"baseline: {name}", status_counts(group["status"]),
-             fmt_number(ok["final_test_psnr"].mean(), "{:.2f}"),
-             fmt_number(ok["final_test_ssim"].mean(), "{:.4f}")] + [DASH] * (len(headers) - 4)
+            [f"baseline: {name}", status_counts(group["status"])]
+            + [fmt_number(ok[f"final_test_{m.name}"].mean(), f"{{:.{m.decimals}f}}")
+               for m in metrics]
         )  # fmt: skip
-    if data.naive_psnr is not None:
+    if any(m.name in data.naive_metrics for m in metrics):
         rows.append(
-            [data.naive_name, DASH, f"{data.naive_psnr:.2f}",
-             fmt_number(data.naive_ssim, "{:.4f}")] + [DASH] * (len(headers) - 4)
+            [data.naive_name, DASH]
+            + [fmt_number(data.naive_metrics.get(m.name, float("nan")), f"{{:.{m.decimals}f}}")
+               for m in metrics]
         )  # fmt: skip
-    optional = {"Δ PSNR vs jfb (95% CI)", "validity flags"}
+    return rows
+
+
+def quality_table(data: ReportData, summary: pd.DataFrame, target: float | None) -> Table:
+    """Per strategy label, then per baseline and the naive reconstruction: final quality in each
+    metric that fits (95 % intervals), and in the primary metric the paired difference to jfb,
+    the value at the equal-time budget and the time to the target; the validity flags of the
+    runs behind the numbers."""
+    metrics, primary = data.metrics(), data.primary_metric
+    shown = metrics[: MAX_TABLE_COLUMNS - QUALITY_FIXED_COLUMNS]
+    target_header = (
+        f"time to {primary.format(target, unit=True)}" if target is not None else "time to target"
+    )
+    budget = summary.attrs.get("budget")
+    budget_header = (
+        f"{primary.label} at {fmt_seconds(budget)}" if budget is not None else
+        f"{primary.label} at budget"
+    )  # fmt: skip
+    delta_header = f"Δ {primary.label} vs jfb (95% CI)"
+    reference = summary.attrs.get("reference")
+    headers = [
+        LABEL, "runs", *(m.axis_label for m in shown), delta_header, budget_header,
+        target_header, "validity flags",
+    ]  # fmt: skip
+    rows = _metric_rows(data, summary, shown)
+    for row, (label, values) in zip(rows, summary.iterrows(), strict=False):
+        n = values["n_ok"]
+        difference = (
+            "reference" if label == reference
+            else fmt_difference(values.get(f"vs_reference_{primary.name}"), primary.decimals)
+        )  # fmt: skip
+        row += [
+            difference if n else DASH,
+            _fmt_budget(values[f"budget_{primary.name}"], n, primary.decimals),
+            _reach_cell(values), _flags_cell(values) if n else DASH,
+        ]  # fmt: skip
+    for row in rows[len(summary) :]:
+        row += [DASH] * (len(headers) - len(row))
+    optional = {delta_header, "validity flags"}
     if budget is None:
         optional.add(budget_header)
     return _drop_empty(headers, rows, optional)
+
+
+def more_metrics_tables(data: ReportData, summary: pd.DataFrame) -> list[Table]:
+    """The metrics the quality table has no room for, in tables of at most
+    :data:`MAX_TABLE_COLUMNS` columns (none when every metric fits)."""
+    rest = data.metrics()[MAX_TABLE_COLUMNS - QUALITY_FIXED_COLUMNS :]
+    width = MAX_TABLE_COLUMNS - 2
+    tables = []
+    for start in range(0, len(rest), width):
+        chunk = rest[start : start + width]
+        headers = [LABEL, "runs", *(m.axis_label for m in chunk)]
+        tables.append(Table(headers, _metric_rows(data, summary, chunk)))
+    return tables
 
 
 def cost_table(summary: pd.DataFrame) -> Table:
@@ -231,19 +273,18 @@ def _fmt_delta(estimate: Estimate, digits: int) -> str:
 
 
 def comparisons_table(found: list[Comparison]) -> Table | None:
-    """The paired differences of one setting with their 95 % intervals and verdicts."""
+    """The paired differences of one setting with their 95 % intervals and verdicts, one row per
+    comparison and metric (the primary metric first), so the width does not grow with metrics."""
     if not found:
         return None
     # The verdict has its own column here, so the difference cells hold only the numbers.
     rows = [
-        [c.name, str(c.psnr.n), _fmt_delta(c.psnr, 2), verdict(c.psnr), _fmt_delta(c.ssim, 4),
-         verdict(c.ssim), c.note]
+        [c.name, METRICS.get(name).axis_label, str(delta.n),
+         _fmt_delta(delta, METRICS.get(name).decimals), verdict(delta), c.note]
         for c in found
+        for name, delta in c.deltas.items()
     ]  # fmt: skip
-    return Table(
-        ["comparison", "seeds", "Δ PSNR (dB) [95% CI]", "PSNR", "Δ SSIM [95% CI]", "SSIM", "how"],
-        rows,
-    )
+    return Table(["comparison", "metric", "seeds", "Δ [95% CI]", "verdict", "how"], rows)
 
 
 def problem_runs_table(data: ReportData) -> Table | None:
@@ -274,15 +315,17 @@ def runs_table(data: ReportData, settings: list[Setting] | None = None) -> Table
             natural_key(fmt_value(r["seed"])),
         ),
     )
+    metrics = data.metrics()
     rows = [
-        [r["run_id"], r["label"], fmt_value(r["seed"]), r["status"],
-         fmt_number(r["final_test_psnr"], "{:.2f}"), fmt_number(r["final_test_ssim"], "{:.4f}"),
-         fmt_seconds(r["train_time_s"]), fmt_seconds(r["median_step_time_s"])]
+        [r["run_id"], r["label"], fmt_value(r["seed"]), r["status"]]
+        + [fmt_number(r[f"final_test_{m.name}"], f"{{:.{m.decimals}f}}") for m in metrics]
+        + [fmt_seconds(r["train_time_s"]), fmt_seconds(r["median_step_time_s"])]
         + ([titles.get(r["run_id"], DASH)] if titles else [])
         for r in records
     ]  # fmt: skip
     headers = [
-        "run", LABEL, "seed", "status", "PSNR (dB)", "SSIM", "train time", "median step",
+        "run", LABEL, "seed", "status", *(m.axis_label for m in metrics), "train time",
+        "median step",
     ]  # fmt: skip
     return Table(headers + (["setting"] if titles else []), rows)
 
