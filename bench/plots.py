@@ -67,10 +67,10 @@ def _strategy_handles(data: ReportData, labels: list[str], marker: str | None = 
     ]
 
 
-def _baseline_lines(data: ReportData, ax, metric: str) -> list:
+def _baseline_lines(data: ReportData, ax, metric: str, with_target: bool = False) -> list:
     """Horizontal reference lines in column ``metric`` (``final_test_<name>``): classical
-    baselines, the naive reconstruction (e.g. the blurred input), and, in the primary metric's
-    panel, the target."""
+    baselines, the naive reconstruction (e.g. the blurred input), and, with ``with_target`` in
+    the primary metric's panel, the target."""
     handles = []
     oriented = METRICS.get(metric.removeprefix("final_test_")).oriented
     baselines = finite_rows(data.baselines, metric)
@@ -95,7 +95,7 @@ def _baseline_lines(data: ReportData, ax, metric: str) -> list:
         handles.append(
             Line2D([], [], color="black", linestyle=":", label=f"{data.naive_name} ({naive:.3g})")
         )
-    if metric == f"final_test_{data.primary}" and data.target is not None:
+    if with_target and metric == f"final_test_{data.primary}" and data.target is not None:
         ax.axhline(data.target, color="crimson", linestyle="--", linewidth=0.9, alpha=0.8)
         target = data.primary_metric.format(data.target, unit=True)
         handles.append(Line2D([], [], color="crimson", linestyle="--", label=f"target {target}"))
@@ -153,7 +153,7 @@ def plot_quality_vs_epoch(data: ReportData) -> Figure:
     """Test quality in each registered metric vs epoch (mean ± sd over seeds), baselines as
     horizontal lines."""
     epochs = data.end_of_epoch()
-    metrics = _quality_metrics(epochs)
+    metrics = _quality_metrics(epochs, data.primary)
     if not metrics:
         raise PlotSkipped("epochs.csv has no test metric for an ok learned run")
     labels = data.plotted_labels(epochs)
@@ -166,7 +166,7 @@ def plot_quality_vs_epoch(data: ReportData) -> Figure:
                 data=rows, x="epoch", y=metric, hue="label", hue_order=data.plotted_labels(rows),
                 palette=data.palette, errorbar="sd", marker="o", markersize=4, legend=False, ax=ax,
             )  # fmt: skip
-        extra = _baseline_lines(data, ax, metric.replace("test_", "final_test_"))
+        extra = _baseline_lines(data, ax, metric.replace("test_", "final_test_"), True)
         if metric == next(iter(metrics)):  # the reference lines' legend, once
             handles += extra
         _epoch_axis(ax, epochs["epoch"])
@@ -175,14 +175,16 @@ def plot_quality_vs_epoch(data: ReportData) -> Figure:
     return fig
 
 
-def _quality_metrics(epochs: pd.DataFrame) -> dict[str, str]:
+def _quality_metrics(epochs: pd.DataFrame, primary: str) -> dict[str, str]:
     """``test_<m>`` column -> axis label, for each registered metric with values in ``epochs``
-    (the metric registry decides the panels: adding a metric adds one)."""
-    return {
+    (the metric registry decides the panels: adding a metric adds one), ``primary`` first."""
+    found = {
         f"test_{name}": metric.axis_label
         for name, metric in METRICS.items()
         if not finite_rows(epochs, f"test_{name}").empty
     }
+    # the primary metric's panel first: it carries the target line, and the legend is the first's
+    return dict(sorted(found.items(), key=lambda item: item[0] != f"test_{primary}"))
 
 
 def _mean_curves(epochs: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -200,7 +202,7 @@ def _mean_curves(epochs: pd.DataFrame, metric: str) -> pd.DataFrame:
 def plot_quality_vs_time(data: ReportData) -> Figure:
     """Test quality in each registered metric vs cumulative training time (the sum of step
     times): who reaches a quality first."""
-    metrics = _quality_metrics(data.epochs)
+    metrics = _quality_metrics(data.epochs, data.primary)
     curves = {m: _mean_curves(data.epochs, m) for m in metrics}
     if all(c.empty for c in curves.values()):
         raise PlotSkipped("epochs.csv has no test metric with train_time_s for an ok learned run")
@@ -217,7 +219,7 @@ def plot_quality_vs_time(data: ReportData) -> Figure:
             ax.fill_between(
                 part["time"], part["mean"] - sd, part["mean"] + sd, color=color, alpha=0.2
             )
-        extra = _baseline_lines(data, ax, metric.replace("test_", "final_test_"))
+        extra = _baseline_lines(data, ax, metric.replace("test_", "final_test_"), True)
         if metric == next(iter(metrics)):  # the reference lines' legend, once
             handles += extra
         times = curve["time"]

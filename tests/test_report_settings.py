@@ -857,3 +857,16 @@ def test_an_unknown_or_unrecorded_primary_metric_is_a_clear_error(tmp_path, no_f
     done = cli("report", results, "--out", tmp_path / "o", "--metric", "lpips", cwd=tmp_path)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert "unknown metric 'lpips'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_pareto_front_follows_a_lower_is_better_primary_metric(tmp_path, mae):
+    folder = Folder()
+    # (label, step time, final MAE): jfb fastest, cg slower and better, neumann slower and worse
+    for label, step, final in (("jfb", 0.01, 0.04), ("cg", 0.02, 0.03), ("neumann", 0.03, 0.05)):
+        folder.learned(label, 0, 25.0, 8.0, final_test_mae=final)
+        folder.steps[-1]["step_time_s"] = step
+    data, _ = prepare(folder.write(tmp_path / "res"))
+    data.primary = "mae"
+    table = plots.pareto_table(data)
+    assert table["quality"].to_dict() == pytest.approx({"jfb": 0.04, "cg": 0.03, "neumann": 0.05})
+    assert table["pareto"].to_dict() == {"jfb": True, "cg": True, "neumann": False}
