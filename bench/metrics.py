@@ -3,7 +3,9 @@
 ``METRICS`` holds PSNR and SSIM (torchmetrics); the result tables have a ``test_<name>``,
 ``final_test_<name>`` and ``naive_test_<name>`` column for each entry, and this module is the one
 place a metric is computed (the baselines choose their lambda by :func:`psnr` too). Adding a
-metric is one :func:`register_metric` entry.
+metric is one :func:`register_metric` entry: the report then gives it columns, paired
+comparisons, figure panels and observations, and ``implicit-bench report --metric <name>`` makes
+it the primary metric (:data:`PRIMARY_METRIC` by default) that rankings and targets use.
 
 All functions take two batches of images of shape (B, C, H, W) with values expected in [0, 1]
 (``data_range=1``). Nothing is clamped here: clamp reconstructions to [0, 1] before calling, so that

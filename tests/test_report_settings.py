@@ -870,3 +870,17 @@ def test_the_pareto_front_follows_a_lower_is_better_primary_metric(tmp_path, mae
     table = plots.pareto_table(data)
     assert table["quality"].to_dict() == pytest.approx({"jfb": 0.04, "cg": 0.03, "neumann": 0.05})
     assert table["pareto"].to_dict() == {"jfb": True, "cg": True, "neumann": False}
+
+
+def test_the_setup_lists_strategy_parameters_with_their_types(tmp_path, no_figures):
+    folder = Folder()
+    folder.learned("jfb", 0, 25.0, 8.0)
+    # a bool parameter: runs.csv's p_ column holds it as 1, the params JSON as true
+    folder.learned("cg", 0, 25.0, 8.0, params=json.dumps({"skip_unconverged": True, "tol": 1e-4}))
+    folder.runs[-1]["p_skip_unconverged"] = 1
+    for k in (5, 20):
+        folder.learned(f"unrolled:k={k}", 0, 25.0, 8.0)
+    markdown = _build(folder.write(tmp_path / "res"), tmp_path)
+    assert _cells(markdown, "strategy parameter skip_unconverged", "value") == ["True"]
+    assert _cells(markdown, "strategy parameter tol", "value") == ["0.0001"]
+    assert _cells(markdown, "strategy parameter k", "value") == ["5, 20"]

@@ -7,6 +7,8 @@ run, and the setup.
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 
 from bench.metrics import METRICS, Metric
@@ -330,6 +332,25 @@ def runs_table(data: ReportData, settings: list[Setting] | None = None) -> Table
     return Table(headers + (["setting"] if titles else []), rows)
 
 
+def _strategy_parameters(learned: pd.DataFrame) -> dict[str, set]:
+    """Every strategy parameter the runs recorded, with its values, from the ``params`` JSON
+    (which keeps types: a bool reads True, not the 1 of its ``p_`` column); rows whose
+    ``params`` is not a JSON object fall back to their ``p_`` columns."""
+    found: dict[str, set] = {}
+    for _, row in learned.iterrows():
+        try:
+            params = json.loads(row["params"]) if isinstance(row["params"], str) else None
+        except json.JSONDecodeError:
+            params = None
+        if not isinstance(params, dict):
+            params = {
+                c[2:]: row[c] for c in learned.columns if c.startswith("p_") and pd.notna(row[c])
+            }
+        for key, value in params.items():
+            found.setdefault(key, set()).add(value if not isinstance(value, list) else str(value))
+    return found
+
+
 def setup_table(data: ReportData, settings: list[Setting] | None = None) -> Table:
     """The experimental setup, one row per field; several values are listed (the sweep varies it)."""
     runs = data.runs
@@ -347,10 +368,9 @@ def setup_table(data: ReportData, settings: list[Setting] | None = None) -> Tabl
         rows.append([name, text + (" (varies)" if len(values) > 1 else "")])
     seeds = sorted(learned["seed"].dropna().unique())
     rows.append(["seeds", ", ".join(fmt_value(s) for s in seeds) or DASH])
-    for column in [c for c in runs.columns if c.startswith("p_")]:
-        values = sorted(learned[column].dropna().unique(), key=lambda v: natural_key(fmt_value(v)))
-        if len(values):
-            rows.append([f"strategy parameter {column[2:]}", ", ".join(map(fmt_value, values))])
+    for name, values in _strategy_parameters(learned).items():
+        values = sorted(values, key=lambda v: natural_key(fmt_value(v)))
+        rows.append([f"strategy parameter {name}", ", ".join(map(fmt_value, values))])
     if settings and len(settings) > 1:
         rows.append(["settings", f"{len(settings)}: " + "; ".join(s.title for s in settings)])
     rows.append(["runs", f"{len(learned)} learned ({status_counts(learned['status']) or 'none'}), "
