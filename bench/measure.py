@@ -222,6 +222,30 @@ def peak_live_bytes(fn, *args, round_to: int = 1, **kwargs) -> tuple[int, object
     return tracker.peak_bytes, result
 
 
+# The CUDA caching allocator's block size: every allocation is rounded up to a multiple of it.
+CUDA_BLOCK_BYTES = 512
+
+
+def cuda_allocator_vs_tracked(step, zero_grad) -> tuple[int, int]:
+    """(CUDA allocator peak, :class:`PeakLiveBytes` peak in 512-byte blocks) of one ``step()``.
+
+    ``step`` runs once first (optimizer state and library workspaces such as cuBLAS handles are
+    created then and persist), ``zero_grad()`` drops the gradients, and the second call is
+    measured both ways above the memory allocated before it. Counted in the allocator's blocks,
+    the tracker should equal the allocator's peak, except for library workspaces that are no
+    tensors (cuDNN, cuFFT, cuSOLVER): the gap between the two is theirs.
+    """
+    step()
+    zero_grad()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    with PeakLiveBytes(round_to=CUDA_BLOCK_BYTES) as blocks:
+        step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base, blocks.peak_bytes
+
+
 class StepClock:
     """Marks phase boundaries of a step; CUDA events on a GPU, ``perf_counter`` on the CPU.
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.measure import PeakLiveBytes
+from bench.measure import cuda_allocator_vs_tracked
 from bench.model import ReconstructionDEQ
 from bench.solver import FixedPointSolver
 from bench.tasks import GaussianBlur
@@ -34,15 +34,7 @@ def gap(control: str, cudnn: bool) -> tuple[int, int]:
         opt.step()
 
     with torch.backends.cudnn.flags(enabled=cudnn):
-        step()
-        opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        with PeakLiveBytes(round_to=512) as blocks:
-            step()
-        torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - base, blocks.peak_bytes
+        return cuda_allocator_vs_tracked(step, lambda: opt.zero_grad(set_to_none=True))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import weakref
 import pytest
 import torch
 
-from bench.measure import PeakLiveBytes, peak_live_bytes
+from bench.measure import PeakLiveBytes, cuda_allocator_vs_tracked, peak_live_bytes
 from bench.model import ReconstructionDEQ
 from bench.solver import FixedPointSolver
 from bench.tasks import GaussianBlur
@@ -253,15 +253,9 @@ def test_agrees_with_cuda_max_memory_allocated(case):
         def step():
             deq_step(*args)
 
-    step()  # creates optimizer state and library workspaces (cuBLAS) that persist
-    opt.zero_grad(set_to_none=True)
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    with PeakLiveBytes(round_to=512) as blocks:
-        step()
-    torch.cuda.synchronize()
-    allocator_peak = torch.cuda.max_memory_allocated() - base
+    allocator_peak, tracked_blocks = cuda_allocator_vs_tracked(
+        step, lambda: opt.zero_grad(set_to_none=True)
+    )
     opt.zero_grad(set_to_none=True)
     with PeakLiveBytes() as exact:
         step()
@@ -271,10 +265,10 @@ def test_agrees_with_cuda_max_memory_allocated(case):
     # allocator that are no tensors (on an H100: 140,800 allocator bytes vs 95,744 tensor
     # bytes), so there the tensor figure is a lower bound of the allocator's.
     if case == "mlp":
-        assert blocks.peak_bytes == allocator_peak
+        assert tracked_blocks == allocator_peak
     else:
-        assert 0 < blocks.peak_bytes <= allocator_peak
-    assert exact.peak_bytes <= blocks.peak_bytes
+        assert 0 < tracked_blocks <= allocator_peak
+    assert exact.peak_bytes <= tracked_blocks
 
 
 # ---- the harness's own records of a step: Jacobian products and the forward solve ---------------
