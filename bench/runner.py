@@ -447,8 +447,11 @@ def _tables(s: _Setup, rec: _Record, memory: PeakMemory, device, run_wall_time_s
     steps_df = steps_df.reindex(
         columns=list(dict.fromkeys([*results.STEP_COLUMNS, *steps_df.columns]))
     )
-    epochs_df = pd.DataFrame(
-        [{**keys, **e} for e in rec.evals], columns=list(results.EPOCH_COLUMNS)
+    epochs_df = pd.DataFrame([{**keys, **e} for e in rec.evals])
+    # the declared columns first, then any the schema does not name (a metric registered after
+    # bench.results was imported), as steps do: nothing measured is dropped
+    epochs_df = epochs_df.reindex(
+        columns=list(dict.fromkeys([*results.EPOCH_COLUMNS, *epochs_df.columns]))
     )
     summary = run_summary(steps_df, epochs_df)
     row = {

@@ -1,12 +1,15 @@
-"""PSNR/SSIM: agreement with scikit-image's reference implementation, and per-image averaging."""
+"""PSNR/SSIM: agreement with scikit-image's reference implementation, per-image averaging, and
+the metric registry (a registered metric reaches the tables and the report)."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from helpers import MINI, markdown_tables
 from scipy import ndimage
 from skimage import data, metrics
 
@@ -205,3 +208,30 @@ def test_the_registry_names_each_metric_with_its_direction_and_refuses_unknown_n
         METRICS.get("lpips")
     with pytest.raises(ValueError, match="taken"):  # a second plug-in cannot replace psnr
         register_metric("psnr", "other")(lambda x, y: x.flatten(1).mean(1))
+
+
+def test_a_registered_metric_runs_through_the_pipeline_into_the_report(tmp_path, monkeypatch):
+    """One registry entry: the runner records it per evaluation and per run (even registered
+    after bench.results fixed its column lists), and the report can rank by it."""
+    from bench.config import load_suite
+    from bench.metrics import Metric
+    from bench.report import build_report
+    from bench.runner import run_suite
+
+    def mae(x, y):
+        return (x.double() - y.double()).abs().flatten(1).mean(1)
+
+    monkeypatch.setitem(METRICS._entries, "mae", Metric("mae", mae, "MAE", False, "", 4))
+    suite_file = tmp_path / "mini.toml"
+    suite_file.write_text(MINI.replace("seeds = 3", "seeds = 2"))
+    out = tmp_path / "res"
+    assert run_suite(load_suite(suite_file), out, progress=False)["ok"] == 2
+    runs, epochs = pd.read_csv(out / "runs.csv"), pd.read_csv(out / "epochs.csv")
+    for frame, columns in ((runs, ["final_test_mae", "naive_test_mae"]), (epochs, ["test_mae"])):
+        values = frame[columns].to_numpy()
+        assert np.isfinite(values).all() and ((0 < values) & (values < 1)).all()
+    markdown = (build_report(out, tmp_path / "rep", metric="mae").parent / "report.md").read_text()
+    assert "Target MAE: **" in markdown
+    quality = next(t for t in markdown_tables(markdown) if "MAE" in t[0] and "runs" in t[0])
+    cells = {row[0]: row[quality[0].index("MAE")] for row in quality[1:]}
+    assert cells["jfb"] == f"{runs['final_test_mae'].mean():.4f} ± " + cells["jfb"].split("± ")[1]
