@@ -159,6 +159,7 @@ class SolverConfig:
     name: str = setting("anderson", choices=SOLVERS)
     max_iter: int = setting(50, ge=1)
     tol: float = setting(1e-3, gt=0)
+    # the rest go to the solvers that declare them (register_solver(..., options=)): anderson
     m: int = setting(5, ge=1)
     lam: float = setting(1e-4, ge=0)
 

@@ -59,6 +59,15 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} {name!r}; accepted: {', '.join(self._entries) or 'none'}"
             ) from None
 
+    def unregister(self, name: str) -> None:
+        """Remove the entry under ``name`` (ValueError naming the accepted names if none).
+
+        For tests and interactive sessions that register a temporary plug-in; a run never
+        removes one.
+        """
+        self.get(name)
+        del self._entries[name]
+
     def names(self) -> tuple[str, ...]:
         return tuple(self._entries)
 

@@ -41,7 +41,7 @@ from .measure import (
 )
 from .metrics import METRICS, mean_metrics
 from .model import build_model
-from .solver import make_solver
+from .solver import solver_from_config
 from .summary import run_summary, timing_verdict
 from .tasks import Task, make_task
 
@@ -162,10 +162,6 @@ def _evaluate(model, strategy, solver, x, d, batch_size) -> tuple[dict[str, floa
     return mean_metrics(recon, x), recon
 
 
-def _solver_extras(run: RunConfig) -> dict:
-    return {"m": run.solver.m, "lam": run.solver.lam} if run.solver.name == "anderson" else {}
-
-
 def _numeric_info(info: dict) -> dict[str, float]:
     """Every numeric entry a strategy put in ``info`` (bools as 0/1), as floats."""
     return {k: float(v) for k, v in info.items() if isinstance(v, (int, float))}
@@ -250,9 +246,7 @@ class _Setup:
         model = build_model(run.model, data.task, train_x.shape[1]).to(**to)
         fid_x = train_x[: min(run.train.batch_size, len(train_x), FIDELITY_BATCH)]
         fid_d = data.task.simulate(fid_x, torch.Generator().manual_seed(FIDELITY_SEED))
-        solver = make_solver(
-            run.solver.name, max_iter=run.solver.max_iter, tol=run.solver.tol, **_solver_extras(run)
-        )
+        solver = solver_from_config(run.solver)
         return cls(
             run, data, train_x, test_x, test_d, fid_x, fid_d, model,
             torch.optim.Adam(model.parameters(), lr=run.train.lr),

@@ -2,15 +2,19 @@
 
 A solver is any callable ``solver(f, z0) -> (z_star, info)`` that runs without building an
 autograd graph; ``info`` maps str to a Python number. ``SOLVERS`` maps a ``[solver] name`` to a
-solve function with torchdeq's signature, ``fn(f, z0, max_iter=, tol=, stop_mode=, **kwargs) ->
-(z, trajectory, stats)`` with ``stats`` holding ``nstep`` and ``<stop_mode>_lowest`` per sample;
-torchdeq's three solvers are registered, and :func:`register_solver` adds another.
+:class:`SolverEntry`: a solve function with torchdeq's signature, ``fn(f, z0, max_iter=, tol=,
+stop_mode=, **kwargs) -> (z, trajectory, stats)`` with ``stats`` holding ``nstep`` and
+``<stop_mode>_lowest`` per sample, and the ``[solver]`` settings it takes besides ``max_iter``
+and ``tol`` (its ``options``, passed by :func:`solver_from_config`). torchdeq's three solvers are
+registered, and :func:`register_solver` adds another.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torchdeq.solver import get_solver as _torchdeq_solver
@@ -19,16 +23,72 @@ from strategies import Jacobian
 
 from .registry import Registry
 
-SOLVERS: Registry = Registry("solver")
+if TYPE_CHECKING:
+    from .config import SolverConfig
+
+# [solver] settings every solver gets; the others go to the solvers that declare them
+COMMON_SETTINGS = ("name", "max_iter", "tol")
 
 
-def register_solver(name: str):
-    """Decorator: register a solve function (torchdeq's signature, see above) under ``name``."""
-    return SOLVERS.register(name)
+@dataclasses.dataclass(frozen=True)
+class SolverEntry:
+    """A registered forward solver: ``solve`` (torchdeq's signature, see above) and the names of
+    the ``[solver]`` settings (fields of :class:`bench.config.SolverConfig`) it takes as keyword
+    arguments besides ``max_iter`` and ``tol``."""
+
+    name: str
+    solve: Callable
+    options: tuple[str, ...] = ()
+
+    def __call__(self, *args, **kwargs):
+        return self.solve(*args, **kwargs)
 
 
-for _name in ("anderson", "fixed_point_iter", "broyden"):
-    register_solver(_name)(_torchdeq_solver(_name))
+SOLVERS: Registry[SolverEntry] = Registry("solver")
+
+
+def solver_settings() -> tuple[str, ...]:
+    """The ``[solver]`` settings a solver may declare: SolverConfig's fields but name, max_iter
+    and tol."""
+    from .config import SolverConfig  # here, not at the top: bench.config imports this module
+
+    return tuple(f.name for f in dataclasses.fields(SolverConfig) if f.name not in COMMON_SETTINGS)
+
+
+def register_solver(name: str, options: tuple[str, ...] = ()):
+    """Decorator: register a solve function (torchdeq's signature, see above) under ``name``.
+
+    ``options`` names the ``[solver]`` settings the function takes as keyword arguments, e.g.
+    ``register_solver("anderson", options=("m", "lam"))``; a name that is not a field of
+    :class:`bench.config.SolverConfig` (or is one every solver gets) is a ValueError.
+    """
+    options = _check_options(name, options, solver_settings())
+
+    def add(solve: Callable) -> Callable:
+        SOLVERS.register(name)(SolverEntry(name, solve, options))
+        return solve
+
+    return add
+
+
+def _check_options(name: str, options, accepted: tuple[str, ...]) -> tuple[str, ...]:
+    if isinstance(options, str):  # ("m") for ("m",): a string would declare its letters
+        raise ValueError(f"solver {name!r}: options must be a tuple of names, got {options!r}")
+    options = tuple(options)
+    unknown = [o for o in options if o not in accepted]
+    if unknown:
+        raise ValueError(
+            f"solver {name!r}: unknown [solver] setting {', '.join(map(repr, unknown))}; "
+            f"accepted: {', '.join(accepted)}"
+        )
+    return options
+
+
+# torchdeq's solvers, with the settings of theirs that SolverConfig holds. Registered directly:
+# this runs while bench.config (which imports this module for SOLVERS) may be half-imported, so
+# the options cannot be checked against SolverConfig here; a test checks them.
+for _name, _options in (("anderson", ("m", "lam")), ("fixed_point_iter", ()), ("broyden", ())):
+    SOLVERS.register(_name)(SolverEntry(_name, _torchdeq_solver(_name), _options))
 
 
 class FixedPointSolver:
@@ -88,6 +148,14 @@ class FixedPointSolver:
 def make_solver(name: str = "anderson", **settings) -> FixedPointSolver:
     """Build a forward solver by its registered name (see ``SOLVERS``)."""
     return FixedPointSolver(name, **settings)
+
+
+def solver_from_config(config: SolverConfig) -> FixedPointSolver:
+    """The forward solver a ``[solver]`` section describes: ``max_iter``, ``tol`` and exactly the
+    settings its registered entry declares (``anderson``: ``m`` and ``lam``)."""
+    entry = SOLVERS.get(config.name)
+    options = {key: getattr(config, key) for key in entry.options}
+    return FixedPointSolver(config.name, max_iter=config.max_iter, tol=config.tol, **options)
 
 
 class LipschitzEstimate(NamedTuple):

@@ -14,7 +14,7 @@ from bench.config import load_suite
 from bench.measure import StepClock
 from bench.model import build_model
 from bench.runner import load_task_data, train_step
-from bench.solver import make_solver
+from bench.solver import solver_from_config
 from strategies import parse_spec
 
 
@@ -29,8 +29,7 @@ def main():
     d = data.task.simulate(x, torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     model = build_model(run.model, data.task, 1)
-    s = run.solver
-    solver = make_solver(s.name, max_iter=s.max_iter, tol=s.tol, m=s.m, lam=s.lam)
+    solver = solver_from_config(run.solver)
     optimizer = torch.optim.Adam(model.parameters(), lr=run.train.lr)
     clock = StepClock(torch.device("cpu"))
     for spec in args.strategies.split(","):

@@ -20,6 +20,7 @@ from bench.config import (
     TrainConfig,
 )
 from bench.runner import execute, load_trained_model, train
+from bench.solver import make_solver
 from strategies import Strategy, register
 
 CPU = torch.device("cpu")
@@ -150,7 +151,7 @@ def test_the_trained_model_is_saved_and_rebuilds(tmp_path):
     part = tmp_path / "parts" / run.run_id
     model = load_trained_model(part)
     data = runner.load_task_data(run.data, run.problem)
-    solver = runner.make_solver("anderson", max_iter=100, tol=1e-4, m=5, lam=1e-4)
+    solver = make_solver("anderson", max_iter=100, tol=1e-4, m=5, lam=1e-4)
     from strategies import parse_spec
 
     with torch.no_grad():

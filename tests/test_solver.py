@@ -1,0 +1,121 @@
+"""Forward solvers as registered plug-ins: a solver declares the ``[solver]`` settings it takes,
+and the runner passes exactly those."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import bench.runner as runner
+from bench.config import (
+    DataConfig,
+    ModelConfig,
+    ProblemConfig,
+    RunConfig,
+    SolverConfig,
+    TrainConfig,
+)
+from bench.registry import Registry
+from bench.solver import SOLVERS, register_solver, solver_from_config
+
+CPU = torch.device("cpu")
+# SolverConfig's fields every solver gets (max_iter, tol) or that pick it (name)
+OPTION_FIELDS = {f.name for f in dataclasses.fields(SolverConfig)} - {"name", "max_iter", "tol"}
+
+
+@pytest.fixture
+def recording_solver():
+    """A solver registered for one test, declaring the option ``m``; it records its keywords."""
+    calls: list[dict] = []
+
+    @register_solver("test-recording", options=("m",))
+    def solve(f, z0, max_iter, tol, stop_mode, **kwargs):
+        calls.append({"max_iter": max_iter, "tol": tol, **kwargs})
+        z = f(z0)
+        zeros = torch.zeros(len(z0))
+        return z, [], {"nstep": zeros + 1, f"{stop_mode}_lowest": zeros}
+
+    yield calls
+    SOLVERS.unregister("test-recording")
+
+
+def _run(solver: SolverConfig) -> RunConfig:
+    return RunConfig(
+        "solver",
+        "jfb",
+        0,
+        DataConfig(dataset="faces", image_size=12, n_images=10),
+        ProblemConfig(),
+        ModelConfig(width=2, depth=1),
+        solver,
+        TrainConfig(epochs=1, batch_size=4, grad_fidelity=False),
+    )
+
+
+def test_a_registered_solver_receives_its_declared_option_and_no_other(recording_solver):
+    config = SolverConfig(name="test-recording", max_iter=7, tol=0.25, m=3, lam=0.5)
+    solver = solver_from_config(config)
+    z0 = torch.zeros(2, 1, 4, 4)
+    z, info = solver(lambda z: 0.5 * z + 1.0, z0)
+    assert recording_solver == [{"max_iter": 7, "tol": 0.25, "m": 3}]  # lam is not declared
+    assert torch.equal(z, torch.ones_like(z0)) and info["forward_iters"] == 1.0
+    # the runner builds the run's solver the same way
+    setup = runner._Setup.build(_run(config), CPU)
+    assert setup.solver.name == "test-recording" and setup.solver.kwargs == {"m": 3}
+
+
+@pytest.mark.parametrize(
+    "config, kwargs",
+    [
+        (SolverConfig(name="anderson", m=3, lam=0.5), {"m": 3, "lam": 0.5}),
+        (SolverConfig(name="anderson"), {"m": 5, "lam": 1e-4}),  # SolverConfig's defaults
+        (SolverConfig(name="broyden", m=3, lam=0.5), {}),
+        (SolverConfig(name="fixed_point_iter", m=3), {}),
+    ],
+)
+def test_the_runner_passes_anderson_its_m_and_lam_and_the_others_nothing(config, kwargs):
+    solver = runner._Setup.build(_run(config), CPU).solver
+    assert (solver.name, solver.max_iter, solver.tol) == (config.name, 50, 1e-3)
+    assert solver.kwargs == kwargs
+
+
+def test_every_registered_solver_declares_only_solver_config_fields():
+    assert SOLVERS.get("anderson").options == ("m", "lam")
+    for name, entry in SOLVERS.items():
+        assert set(entry.options) <= OPTION_FIELDS, name
+
+
+@pytest.mark.parametrize(
+    "options, offending",
+    [(("m", "beta"), "'beta'"), (("tol",), "'tol'"), (("name",), "'name'"), ("m", "'m'")],
+)
+def test_declaring_an_option_that_is_not_a_solver_setting_is_a_value_error(options, offending):
+    with pytest.raises(ValueError, match=offending):
+        register_solver("test-bad", options=options)(lambda *a, **k: None)
+    assert "test-bad" not in SOLVERS
+
+
+def test_public_register_solver_without_options_still_works():
+    @register_solver("test-plain")
+    def solve(f, z0, **kwargs):
+        return f(z0), [], {}
+
+    try:
+        assert SOLVERS.get("test-plain").options == ()
+        assert SOLVERS.get("test-plain").solve is solve
+        assert solver_from_config(SolverConfig(name="test-plain", m=9)).kwargs == {}
+    finally:
+        SOLVERS.unregister("test-plain")
+    assert "test-plain" not in SOLVERS
+
+
+def test_unregister_removes_an_entry_and_names_the_accepted_ones_for_an_unknown_one():
+    reg: Registry[int] = Registry("thing")
+    reg.register("a")(1)
+    reg.register("b")(2)
+    reg.unregister("a")
+    assert reg.names() == ("b",)
+    with pytest.raises(ValueError, match=r"unknown thing 'a'; accepted: b"):
+        reg.unregister("a")
