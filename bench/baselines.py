@@ -17,7 +17,8 @@ need nothing but ``A`` and ``A_adjoint`` (a task may offer a faster equivalent f
 ``fast_operator``). ``BASELINES`` is their registry; :func:`register_baseline` adds one.
 
 ``lam`` is chosen on the training set (:func:`fit_baseline`): the grid value with the best mean
-per-image PSNR of the clamped reconstructions, ties going to the smaller ``lam``.
+per-image PSNR of the clamped reconstructions, ties going to the smaller ``lam``. A baseline
+registered with ``fixed_lam`` (``direct_inverse``: eps = :data:`DIRECT_EPS`) is not fitted.
 """
 
 from __future__ import annotations
@@ -33,13 +34,46 @@ import torch.nn.functional as F
 from .metrics import psnr
 from .registry import Registry
 
-# name -> fn(task, d, lam, *, iters, delta) -> unclamped reconstruction of d (B, C, H, W)
-BASELINES: Registry = Registry("baseline")
+
+@dataclass(frozen=True)
+class BaselineEntry:
+    """A registered baseline: ``fn(task, d, lam, *, iters, delta)`` gives the unclamped
+    reconstruction of ``d`` (B, C, H, W); ``fixed_lam``, when set, is the one lambda it is run
+    with (nothing to fit), else lambda is fitted on the training set (:func:`fit_baseline`)."""
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    fixed_lam: float | None = None
+
+    def __call__(self, task, d: torch.Tensor, lam, *, iters: int, delta: float) -> torch.Tensor:
+        return self.fn(task, d, lam, iters=iters, delta=delta)
 
 
-def register_baseline(name: str):
-    """Decorator: register a baseline ``fn(task, d, lam, *, iters, delta)`` under ``name``."""
-    return BASELINES.register(name)
+BASELINES: Registry[BaselineEntry] = Registry("baseline")
+
+
+def register_baseline(name: str, fixed_lam: float | None = None):
+    """Decorator: register a baseline ``fn(task, d, lam, *, iters, delta)`` under ``name``.
+
+    ``fixed_lam`` (a finite number > 0) declares a baseline with nothing to fit: it always runs
+    with that lambda, e.g. ``register_baseline("direct_inverse", fixed_lam=DIRECT_EPS)``.
+    """
+    if fixed_lam is not None and not (
+        isinstance(fixed_lam, (int, float))
+        and not isinstance(fixed_lam, bool)
+        and math.isfinite(fixed_lam)
+        and fixed_lam > 0
+    ):
+        raise ValueError(
+            f"baseline {name!r}: fixed_lam must be a finite number > 0, got {fixed_lam!r}"
+        )
+
+    def add(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        lam = None if fixed_lam is None else float(fixed_lam)
+        BASELINES.register(name)(BaselineEntry(name, fn, lam))
+        return fn
+
+    return add
 
 
 DIRECT_EPS = 1e-6  # the "tiny eps" of the direct inverse
@@ -261,23 +295,27 @@ def gd_tv(
 # The registered baselines share one signature; the closed forms take no iterations.
 
 
-@register_baseline("direct_inverse")
+@register_baseline("direct_inverse", fixed_lam=DIRECT_EPS)
 def _direct_inverse(task, d: torch.Tensor, lam, *, iters: int, delta: float) -> torch.Tensor:
+    """(A^T A + eps I)^-1 A^T d with a tiny eps: the unregularised inverse."""
     return direct_inverse(task, d, lam)
 
 
 @register_baseline("tikhonov")
 def _tikhonov(task, d: torch.Tensor, lam, *, iters: int, delta: float) -> torch.Tensor:
+    """(A^T A + lam I)^-1 A^T d, the Wiener filter for white signal and noise priors."""
     return tikhonov(task, d, lam)
 
 
 @register_baseline("gd_tikhonov")
 def _gd_tikhonov(task, d: torch.Tensor, lam, *, iters: int, delta: float) -> torch.Tensor:
+    """Gradient descent on 1/2 ||A x - d||^2 + lam/2 ||grad x||^2 (smoothness prior)."""
     return gd_tikhonov(task, d, lam, iters=iters)
 
 
 @register_baseline("gd_tv")
 def _gd_tv(task, d: torch.Tensor, lam, *, iters: int, delta: float) -> torch.Tensor:
+    """Gradient descent on 1/2 ||A x - d||^2 + lam TV_delta(x) (smoothed total variation)."""
     return gd_tv(task, d, lam, iters=iters, delta=delta)
 
 
@@ -289,7 +327,8 @@ def _gd_tv(task, d: torch.Tensor, lam, *, iters: int, delta: float) -> torch.Ten
 class Baseline:
     """A classical baseline with its regularisation weight.
 
-    ``lam`` is the chosen lambda; for ``direct_inverse`` it is the tiny eps. ``train_psnr`` is
+    ``lam`` is the chosen lambda; ``None`` takes a baseline's registered ``fixed_lam`` (the
+    tiny eps for ``direct_inverse``), which a fitted baseline has no default for. ``train_psnr`` is
     the mean per-image PSNR on the fit images at ``lam`` and ``grid`` maps every tried lambda to
     its mean training PSNR (both filled in by :func:`fit_baseline`).
     """
@@ -302,11 +341,11 @@ class Baseline:
     grid: dict[float, float] = field(default_factory=dict)
 
     def __post_init__(self):
-        BASELINES.get(self.name)  # ValueError naming the registered baselines
+        entry = BASELINES.get(self.name)  # ValueError naming the registered baselines
         if self.lam is None:
-            if self.name != "direct_inverse":
+            if entry.fixed_lam is None:
                 raise ValueError(f"baseline {self.name!r} needs a lam")
-            self.lam = DIRECT_EPS
+            self.lam = entry.fixed_lam
         if not (math.isfinite(self.lam) and self.lam > 0):
             raise ValueError(f"lam must be a finite number > 0, got {self.lam!r}")
 
@@ -355,10 +394,11 @@ def fit_baseline(
 
     Every lambda of ``lams`` (default :data:`DEFAULT_LAMS`, 1e-4 .. 1) reconstructs the first
     ``max_fit_images`` training measurements; the one with the best mean per-image PSNR of the
-    clamped reconstructions wins, ties going to the smaller lambda. ``direct_inverse`` has
-    nothing to fit: it keeps eps = :data:`DIRECT_EPS` (``lams`` is ignored).
+    clamped reconstructions wins, ties going to the smaller lambda. A baseline registered with
+    ``fixed_lam`` has nothing to fit: it keeps that lambda (``direct_inverse``: eps =
+    :data:`DIRECT_EPS`), its grid is that one value and ``lams`` is ignored.
     """
-    BASELINES.get(name)
+    entry = BASELINES.get(name)
     if train_x.ndim != 4 or train_x.shape != train_d.shape:
         raise ValueError(
             f"train_x and train_d must both be (B, C, H, W) and of equal shape, got "
@@ -374,8 +414,8 @@ def fit_baseline(
         raise ValueError(f"max_fit_images must be an int >= 1, got {max_fit_images!r}")
     x = train_x[:max_fit_images].to(train_d.dtype)
     d = train_d[:max_fit_images]
-    if name == "direct_inverse":
-        grid_lams = [DIRECT_EPS]
+    if entry.fixed_lam is not None:
+        grid_lams = [entry.fixed_lam]
     else:
         grid_lams = sorted(float(v) for v in (DEFAULT_LAMS if lams is None else lams))
         if not grid_lams or not all(math.isfinite(v) and v > 0 for v in grid_lams):

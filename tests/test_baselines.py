@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -237,3 +238,61 @@ def test_unknown_name_raises(faces):
         bl.fit_all(faces["op"], faces["train_x"], faces["train_d"], names=("tikhonov", "wiener"))
     with pytest.raises(ValueError, match="wiener"):
         bl.Baseline("wiener", 0.1)
+
+
+# ---- the registry: a baseline declares a fixed lambda, or has it fitted ------------------------
+
+
+@pytest.fixture
+def shrinking_baselines():
+    """Two baselines registered for one test, x = d / (1 + lam): ``test-fixed`` declares
+    lambda = 0.3, ``test-fitted`` does not. Each records the lambdas it was run with."""
+    seen: dict[str, set[float]] = {"test-fixed": set(), "test-fitted": set()}
+
+    def shrink(name):
+        def fn(task, d, lam, *, iters, delta):
+            lam = torch.as_tensor(lam, dtype=d.dtype)
+            seen[name].update(lam.flatten().tolist())
+            return d / (1 + lam.reshape(-1, 1, 1, 1))
+
+        return fn
+
+    bl.register_baseline("test-fixed", fixed_lam=0.3)(shrink("test-fixed"))
+    bl.register_baseline("test-fitted")(shrink("test-fitted"))
+    yield seen
+    bl.BASELINES.unregister("test-fixed")
+    bl.BASELINES.unregister("test-fitted")
+
+
+def test_a_baseline_with_a_fixed_lambda_is_not_fitted(faces, shrinking_baselines):
+    x, d = faces["train_x"][:6], faces["train_d"][:6]
+    b = bl.fit_baseline("test-fixed", faces["op"], x, d, lams=[0.1, 1.0])
+    assert b.lam == 0.3 and list(b.grid) == [0.3]
+    assert sorted(shrinking_baselines["test-fixed"]) == pytest.approx([0.3])
+    assert b.train_psnr == pytest.approx(psnr((d / 1.3).clamp(0, 1), x), rel=1e-6)
+    assert bl.Baseline("test-fixed", None).lam == 0.3
+
+
+def test_a_baseline_without_a_fixed_lambda_is_fitted_over_the_grid(faces, shrinking_baselines):
+    x, d = faces["train_x"][:6], faces["train_d"][:6]
+    lams = [0.5, 0.01, 0.1]
+    b = bl.fit_baseline("test-fitted", faces["op"], x, d, lams=lams)
+    assert list(b.grid) == sorted(lams)
+    assert sorted(shrinking_baselines["test-fitted"]) == pytest.approx(sorted(lams))
+    scores = {lam: psnr((d / (1 + lam)).clamp(0, 1), x) for lam in lams}
+    assert b.lam == max(scores, key=scores.get)
+    assert all(b.grid[lam] == pytest.approx(scores[lam], rel=1e-6) for lam in lams)
+    with pytest.raises(ValueError, match="'test-fitted' needs a lam"):
+        bl.Baseline("test-fitted", None)
+
+
+def test_direct_inverse_declares_its_tiny_eps():
+    assert bl.BASELINES.get("direct_inverse").fixed_lam == bl.DIRECT_EPS
+    assert all(bl.BASELINES.get(n).fixed_lam is None for n in ("tikhonov", "gd_tikhonov", "gd_tv"))
+
+
+@pytest.mark.parametrize("fixed_lam", [0.0, -1.0, math.nan, math.inf, True, "0.1"])
+def test_a_fixed_lambda_must_be_a_finite_positive_number(fixed_lam):
+    with pytest.raises(ValueError, match=f"'test-bad'.*fixed_lam.*{re.escape(repr(fixed_lam))}"):
+        bl.register_baseline("test-bad", fixed_lam=fixed_lam)
+    assert "test-bad" not in bl.BASELINES
