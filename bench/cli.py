@@ -1,4 +1,4 @@
-"""Command line: ``implicit-bench run | report | strategies | suites``.
+"""Command line: ``implicit-bench run | report | list | strategies | suites``.
 
 A user's mistake (unknown strategy or suite, bad TOML key, wrong type or range, missing data
 folder, absent device, a results folder that cannot be written) is one line on stderr and exit
@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import signal
 import sys
 from pathlib import Path
+
+# the plug-in kinds `implicit-bench list` shows, in this order
+PLUGIN_KINDS = ("tasks", "metrics", "datasets", "solvers", "baselines", "strategies")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,7 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--epochs", type=int)
     run.add_argument("--lr", type=float)
     run.add_argument("--dataset", help=", ".join(DATASETS))
-    run.add_argument("--data-root", help="folder holding the data (celeba, folder)")
+    run.add_argument(
+        "--data-root",
+        help="folder holding the data, for the data sets read from disk (implicit-bench list "
+        "datasets)",
+    )
     run.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     run.add_argument("--out", type=Path, help="results folder (default results/<suite>)")
     run.add_argument(
@@ -99,6 +107,16 @@ def _parser() -> argparse.ArgumentParser:
         "results)",
     )
 
+    listing = sub.add_parser(
+        "list", help="list the registered plug-ins (tasks, metrics, data sets, ...), one line each"
+    )
+    listing.add_argument(
+        "kind",
+        nargs="?",
+        choices=PLUGIN_KINDS,
+        metavar="KIND",
+        help=f"one of {', '.join(PLUGIN_KINDS)} (default: all of them)",
+    )
     sub.add_parser("strategies", help="list registered strategies and their parameters")
     sub.add_parser("suites", help="list built-in suites")
     return p
@@ -202,6 +220,75 @@ def _strategies() -> int:
     return 0
 
 
+def _summary(obj) -> str:
+    """The first paragraph of ``obj``'s docstring on one line (its summary, even where that
+    wraps onto a second line), or "" when it has none."""
+    paragraph = (inspect.getdoc(obj) or "").strip().split("\n\n")[0]
+    return " ".join(paragraph.split())
+
+
+def _plugins(kind: str) -> list[tuple[str, str, str]]:
+    """(name, what the entry declares, first docstring line) of every registered ``kind``."""
+    if kind == "tasks":
+        from .tasks import TASKS
+
+        return [(name, "", _summary(cls)) for name, cls in TASKS.items()]
+    if kind == "metrics":
+        from .metrics import METRICS
+
+        return [
+            (
+                name,
+                f"{m.label}, {'higher' if m.higher_is_better else 'lower'} is better",
+                _summary(m.fn),
+            )
+            for name, m in METRICS.items()
+        ]
+    if kind == "datasets":
+        from .data import DATASETS
+
+        return [(name, "", _summary(fn)) for name, fn in DATASETS.items()]
+    if kind == "solvers":
+        from .solver import SOLVERS
+
+        return [
+            (name, f"options: {', '.join(e.options) or 'none'}", _summary(e.solve))
+            for name, e in SOLVERS.items()
+        ]
+    if kind == "baselines":
+        from .baselines import BASELINES
+
+        return [
+            (
+                name,
+                "lambda fitted" if e.fixed_lam is None else f"fixed lambda {e.fixed_lam:g}",
+                _summary(e.fn),
+            )
+            for name, e in BASELINES.items()
+        ]
+    from strategies import list_strategies, strategy_class
+
+    return [(name, "", _summary(strategy_class(name))) for name in list_strategies()]
+
+
+def _list(kind: str | None) -> int:
+    """Print every registered plug-in of ``kind`` (all kinds, each under a heading, if None):
+    its name, what it declares (a metric's label and direction, a solver's options, whether a
+    baseline's lambda is fitted) and its docstring's summary, in aligned columns."""
+    kinds = PLUGIN_KINDS if kind is None else (kind,)
+    for i, k in enumerate(kinds):
+        rows = _plugins(k)
+        if kind is None:
+            print(("\n" if i else "") + f"{k}:")
+        widths = [max((len(row[c]) for row in rows), default=0) for c in (0, 1)]
+        for name, what, doc in rows:
+            cells = [name.ljust(widths[0])] + ([what.ljust(widths[1])] if widths[1] else [])
+            print("  " + "  ".join([*cells, doc]).rstrip())
+        if not rows:
+            print(f"  (no {k} registered)")
+    return 0
+
+
 class _Terminated(BaseException):
     """SIGTERM, turned into an exception so that it ends the sweep like Ctrl-C does."""
 
@@ -232,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _run(args)
             if args.command == "report":
                 return _report(args)
+            if args.command == "list":
+                return _list(args.kind)
             if args.command == "strategies":
                 return _strategies()
             from .config import list_suites

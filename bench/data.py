@@ -25,7 +25,8 @@ DATASETS: Registry = Registry("data set")
 
 
 def register_dataset(name: str):
-    """Decorator: register a data set loader (see ``DATASETS``) under ``name``."""
+    """Decorator: register a data set loader (see ``DATASETS``) under ``name``; the first line
+    of its docstring describes it in ``implicit-bench list datasets``."""
     return DATASETS.register(name)
 
 
@@ -147,6 +148,7 @@ def load_dataset(
 
 @register_dataset("faces")
 def _faces(*, image_size, n_images, test_fraction, split_seed, channels, **_):
+    """The 100 LFW faces shipped with scikit-image, 25x25 grayscale."""
     if channels not in (None, 1):
         raise ValueError(f"faces are grayscale: channels must be 1 (or None), got {channels!r}")
     images = _lfw_faces()
@@ -159,6 +161,7 @@ def _faces(*, image_size, n_images, test_fraction, split_seed, channels, **_):
 
 @register_dataset("patches")
 def _patches(*, image_size, n_images, test_fraction, split_seed, patch_size, channels, **_):
+    """Patches cut on a grid from scikit-image's colour photographs (patch_size, default 32)."""
     images = _photo_patches(patch_size, channels or 3)
     train_idx, test_idx = _random_split(len(images), test_fraction, split_seed, n_images)
     train, test = images[train_idx], images[test_idx]
@@ -175,6 +178,7 @@ def _needs_root(name: str, root: Path | None) -> Path:
 
 @register_dataset("celeba")
 def _celeba(*, root, image_size, n_images, test_fraction, split_seed, channels, **_):
+    """CelebA in torchvision's layout under root (needs root / --data-root)."""
     root = _needs_root("celeba", root)
     train_files, test_files = _celeba_files(root, test_fraction, split_seed, n_images)
     size, mode = image_size or DEFAULT_IMAGE_SIZE, "L" if channels == 1 else "RGB"
@@ -183,6 +187,7 @@ def _celeba(*, root, image_size, n_images, test_fraction, split_seed, channels, 
 
 @register_dataset("folder")
 def _folder(*, root, image_size, n_images, test_fraction, split_seed, channels, **_):
+    """Every image under root, recursively (needs root / --data-root)."""
     files = _folder_files(_needs_root("folder", root))
     train_idx, test_idx = _random_split(len(files), test_fraction, split_seed, n_images)
     size, mode = image_size or DEFAULT_IMAGE_SIZE, "L" if channels == 1 else "RGB"
