@@ -239,7 +239,8 @@ def _plugins(kind: str) -> list[tuple[str, str, str]]:
         return [
             (
                 name,
-                f"{m.label}, {'higher' if m.higher_is_better else 'lower'} is better",
+                f"{m.label}{f' ({m.unit})' if m.unit else ''}, "
+                f"{'higher' if m.higher_is_better else 'lower'} is better",
                 _summary(m.fn),
             )
             for name, m in METRICS.items()

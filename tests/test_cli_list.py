@@ -46,7 +46,7 @@ def test_a_solver_registered_in_process_is_listed_with_its_docstring(capsys):
 
 
 def test_list_metrics_shows_label_and_direction(capsys):
-    @register_metric("test-mae", "MAE", higher_is_better=False)
+    @register_metric("test-mae", "MAE", higher_is_better=False, unit="grey levels")
     def mae(x, y):
         """Mean absolute error per image."""
         return (x - y).abs().flatten(1).mean(1).double()
@@ -55,9 +55,11 @@ def test_list_metrics_shows_label_and_direction(capsys):
         listed = _listing(capsys, "metrics")
     finally:
         METRICS.unregister("test-mae")
-    assert "MAE" in listed["test-mae"] and "lower is better" in listed["test-mae"]
+    assert "MAE (grey levels), lower is better" in listed["test-mae"]
     assert listed["test-mae"].endswith("Mean absolute error per image.")
-    assert "PSNR (dB)" in listed["psnr"] and "higher is better" in listed["psnr"]
+    psnr = METRICS.get("psnr")
+    assert f"{psnr.label} ({psnr.unit}), higher is better" in listed["psnr"]
+    assert "PSNR (dB)" in listed["psnr"]
     assert set(listed) == set(METRICS.names()) | {"test-mae"}
 
 
