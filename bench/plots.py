@@ -24,6 +24,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from bench.baselines import BASELINES
 from bench.metrics import METRICS, Metric
 from bench.report.model import (
     PHASES,
@@ -433,13 +434,14 @@ def recon_columns(data: ReportData) -> list[tuple[str, np.ndarray]]:
         raise PlotSkipped("recons/reference.npz lacks the 'original' or 'measured' array")
     original = arrays["original"]
     columns = [("original", original), (data.naive_name, arrays[naive_key])]
-    if "baseline_direct_inverse" in arrays:
-        columns.append(("direct inverse", arrays["baseline_direct_inverse"]))
-    # Best classical baseline (other than the direct inverse, already shown) in the primary metric.
     stored = {
         k.removeprefix("baseline_"): v for k, v in arrays.items() if k.startswith("baseline_")
     }
-    stored.pop("direct_inverse", None)
+    # Baselines with nothing fitted (a fixed lambda, e.g. the direct inverse: what the problem
+    # looks like unregularised) each get a column; of the fitted ones, the best in the primary
+    # metric. A baseline no longer registered here counts as fitted.
+    for name in [n for n in stored if n in BASELINES and BASELINES.get(n).fixed_lam is not None]:
+        columns.append((name.replace("_", " "), stored.pop(name)))
     if stored:
         metric = data.primary_metric
         column = f"final_test_{metric.name}"

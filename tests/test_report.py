@@ -475,3 +475,28 @@ def test_summary_tables_fit_a_1280_pixel_window_in_chromium(built, tmp_path):
     wide = [t for t in summary if t["scroll"] > t["client"]]
     assert not wide, f"tables scroll horizontally at 1280 px: {wide}"
     assert found["page"] <= found["window"]
+
+
+def test_reconstruction_columns_show_unfitted_baselines_and_the_best_fitted_one(tmp_path):
+    from bench.baselines import BASELINES, register_baseline
+    from bench.report import prepare
+
+    results = fabricate(tmp_path / "res")
+    reference = dict(np.load(results / "recons" / "reference.npz"))
+    original = reference["original"]
+    # a second baseline with nothing fitted, and a fitted one worse than tikhonov (24 dB)
+    reference["baseline_halfway"] = np.clip(original + 0.2, 0, 1).astype(np.float32)
+    reference["baseline_gd_tv"] = np.clip(original + 0.4, 0, 1).astype(np.float32)
+    np.savez(results / "recons" / "reference.npz", **reference)
+    register_baseline("halfway", fixed_lam=0.5)(lambda task, d, lam, *, iters, delta: d)
+    try:
+        data, _ = prepare(results)
+        titles = [title for title, _ in plots.recon_columns(data)]
+    finally:
+        BASELINES.unregister("halfway")
+    # tikhonov is fitted and the best in PSNR (its recorded 24 dB; gd_tv has no row: its tiles
+    # score lower), direct_inverse and halfway are shown because they are unfitted.
+    assert titles[:5] == [
+        "original", "blurred input", "direct inverse", "halfway", "best baseline:\ntikhonov"
+    ]  # fmt: skip
+    assert "gd tv" not in titles and "best baseline:\ngd_tv" not in titles
