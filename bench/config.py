@@ -163,7 +163,20 @@ class SolverConfig:
     m: int = setting(5, ge=1)
     lam: float = setting(1e-4, ge=0)
 
-    __post_init__ = _check_ranges
+    def __post_init__(self):
+        """Ranges, and no option the chosen solver would silently ignore: an option it does not
+        declare must stay at its default (as a task's keys do under another task)."""
+        _check_ranges(self)
+        declared = SOLVERS.get(self.name).options
+        for f in fields(self):
+            if f.name in ("name", "max_iter", "tol") or f.name in declared:
+                continue
+            if getattr(self, f.name) != f.default:
+                raise ValueError(
+                    f"solver.{f.name} = {getattr(self, f.name)!r} has no effect on solver "
+                    f"{self.name!r} (its options: {', '.join(declared) or 'none'}); leave it out, "
+                    f"or at its default {f.default!r}"
+                )
 
 
 @dataclass(frozen=True)

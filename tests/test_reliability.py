@@ -307,12 +307,12 @@ def test_in_range_settings_are_accepted():
             "model": {"eta": 0.49, "alpha": 1.0, "lipschitz": 0.99, "form": "grad"},
             "train": {"dtype": "float64", "lr_schedule": "onecycle", "eval_every": 3},
             "problem": {"kernel_size": 1, "noise_std": 0.0},
-            "solver": {"name": "broyden", "lam": 0.0},
+            "solver": {"name": "anderson", "lam": 0.0, "m": 1},
         },
         "ok",
         "ok.toml",
     )
-    assert suite.model.form == "grad" and suite.solver.name == "broyden"
+    assert suite.model.form == "grad" and (suite.solver.lam, suite.solver.m) == (0.0, 1)
 
 
 def test_bad_range_from_command_line_and_suite_file_is_exit_2(tmp_path, fake_train, capsys):

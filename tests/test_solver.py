@@ -55,7 +55,7 @@ def _run(solver: SolverConfig) -> RunConfig:
 
 
 def test_a_registered_solver_receives_its_declared_option_and_no_other(recording_solver):
-    config = SolverConfig(name="test-recording", max_iter=7, tol=0.25, m=3, lam=0.5)
+    config = SolverConfig(name="test-recording", max_iter=7, tol=0.25, m=3)  # lam at its default
     solver = solver_from_config(config)
     z0 = torch.zeros(2, 1, 4, 4)
     z, info = solver(lambda z: 0.5 * z + 1.0, z0)
@@ -71,8 +71,9 @@ def test_a_registered_solver_receives_its_declared_option_and_no_other(recording
     [
         (SolverConfig(name="anderson", m=3, lam=0.5), {"m": 3, "lam": 0.5}),
         (SolverConfig(name="anderson"), {"m": 5, "lam": 1e-4}),  # SolverConfig's defaults
-        (SolverConfig(name="broyden", m=3, lam=0.5), {}),
-        (SolverConfig(name="fixed_point_iter", m=3), {}),
+        # m and lam are set (at their defaults: other values are an error, tested below)
+        (SolverConfig(name="broyden"), {}),
+        (SolverConfig(name="fixed_point_iter"), {}),
     ],
 )
 def test_the_runner_passes_anderson_its_m_and_lam_and_the_others_nothing(config, kwargs):
@@ -105,7 +106,8 @@ def test_public_register_solver_without_options_still_works():
     try:
         assert SOLVERS.get("test-plain").options == ()
         assert SOLVERS.get("test-plain").solve is solve
-        assert solver_from_config(SolverConfig(name="test-plain", m=9)).kwargs == {}
+        # m and lam at their defaults are set but not passed
+        assert solver_from_config(SolverConfig(name="test-plain")).kwargs == {}
     finally:
         SOLVERS.unregister("test-plain")
     assert "test-plain" not in SOLVERS
@@ -119,3 +121,28 @@ def test_unregister_removes_an_entry_and_names_the_accepted_ones_for_an_unknown_
     assert reg.names() == ("b",)
     with pytest.raises(ValueError, match=r"unknown thing 'a'; accepted: b"):
         reg.unregister("a")
+
+
+def test_an_option_the_chosen_solver_does_not_take_is_an_error_not_ignored(
+    recording_solver, tmp_path
+):
+    from helpers import MINI, cli
+
+    from bench.config import suite_from_dict
+
+    with pytest.raises(ValueError, match=r"solver.m = 3 has no effect on solver 'broyden'"):
+        SolverConfig(name="broyden", m=3)
+    with pytest.raises(
+        ValueError, match=r"solver.lam = 0.5 .* 'test-recording' \(its options: m\)"
+    ):
+        SolverConfig(name="test-recording", lam=0.5)
+    # declared options, and undeclared ones left at their defaults, are accepted
+    assert SolverConfig(name="test-recording", m=7).m == 7
+    assert SolverConfig(name="broyden", m=5, lam=1e-4).name == "broyden"
+    with pytest.raises(ValueError, match="solver.m"):
+        suite_from_dict({"solver": {"name": "fixed_point_iter", "m": 2}}, "s", "s.toml")
+    suite = tmp_path / "s.toml"
+    suite.write_text(MINI)
+    done = cli("run", suite, "--out", tmp_path / "o", "--set", "solver.m=9", cwd=tmp_path)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "solver.m = 9 has no effect on solver 'fixed_point_iter'" in done.stderr
