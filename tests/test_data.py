@@ -284,7 +284,7 @@ def test_a_registered_data_set_loads_through_load_dataset():
         assert data.train.shape == (7, 1, 8, 8) and data.test.shape == (3, 1, 8, 8)
         assert torch.equal(data.test[0, 0, 0], torch.linspace(0, 1, 8) * 0.8)
     finally:
-        DATASETS._entries.pop("test-gradients")
+        DATASETS.unregister("test-gradients")
 
 
 def test_imagedata_refuses_mismatched_shapes():
