@@ -26,9 +26,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .data import DATASETS
-    from .metrics import METRICS, PRIMARY_METRIC
-
+    # No registry is imported here: they pull in torch, torchvision and torchmetrics (~8 s on a
+    # 2-core machine), and `--help` or a usage error should not wait for that. The help points
+    # to `implicit-bench list KIND`, which shows what is registered.
     p = _Parser(prog="implicit-bench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=int, help="run seeds 0..N-1")
     run.add_argument("--epochs", type=int)
     run.add_argument("--lr", type=float)
-    run.add_argument("--dataset", help=", ".join(DATASETS))
+    run.add_argument("--dataset", help="a registered data set (implicit-bench list datasets)")
     run.add_argument(
         "--data-root",
         help="folder holding the data, for the data sets read from disk (implicit-bench list "
@@ -95,8 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, help="report folder (default reports/<name>)")
     report.add_argument(
         "--metric",
-        help=f"primary metric: rankings, comparisons and the target (default {PRIMARY_METRIC}; "
-        f"registered: {', '.join(METRICS)})",
+        help="primary metric: rankings, comparisons and the target (default psnr, "
+        "bench.metrics.PRIMARY_METRIC; implicit-bench list metrics)",
     )
     report.add_argument(
         "--target",

@@ -107,3 +107,35 @@ def test_list_of_an_unknown_kind_is_one_line_and_exit_status_2(capsys):
     assert exc.value.code == 2
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert "nonsense" in err and "solvers" in err
+
+
+def test_help_and_usage_errors_import_no_registry_and_no_torch():
+    """`--help` and argparse's usage errors answer at once: the registries (torch, torchvision,
+    torchmetrics: seconds to import) load only for a command that needs them."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT, subprocess_env
+
+    probe = (
+        "import sys\n"
+        "from bench.cli import main\n"
+        "for argv in (['--help'], ['report', '--help'], ['run', '--help'], ['list', 'x']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = [m for m in ('torch', 'torchvision', 'torchmetrics') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env=subprocess_env(), capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert "HEAVY []" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+    # the default the help states is the one the report uses
+    from bench.metrics import PRIMARY_METRIC
+
+    assert f"(default {PRIMARY_METRIC}, bench.metrics.PRIMARY_METRIC;" in " ".join(
+        done.stdout.split()
+    )
