@@ -53,7 +53,8 @@ RUN_COLUMNS = (
     "lipschitz_estimate",
     # validity and cost columns (see bench/runner.py): the layer's contraction at every
     # evaluation, the backward solves, the exact peak of live bytes of a training step, phases
-    "lr_schedule", "model_form", "lipschitz_control", "model_lipschitz", "setting_hash",
+    "lr_schedule", "model_form", "lipschitz_control", "model_lipschitz", "model_activation",
+    "setting_hash",
     "max_layer_lipschitz", "certified_lipschitz_bound", "backward_converged_frac",
     "skipped_steps", "peak_step_bytes", "run_wall_time_s", "eval_time_s", "diagnostics_time_s",
     # J u + J^T u products per training step, counted by the harness (bench.measure)
@@ -78,6 +79,9 @@ STEP_COLUMNS = (
     "run_id", "strategy", "seed", "epoch", "step", "loss", "forward_time_s", "backward_time_s",
     "optimizer_time_s", "step_time_s", "forward_iters", "forward_residual", "forward_converged",
     "backward_iters", "backward_residual", "jacobian_products",
+    # always present, empty where they do not apply (a jfb-only sweep solves nothing in backward):
+    # a missing column would read as a folder from before they existed
+    "backward_converged", "skipped",
 )  # fmt: skip
 COLUMNS = {"runs": RUN_COLUMNS, "epochs": EPOCH_COLUMNS, "steps": STEP_COLUMNS}
 STATUSES = ("ok", "diverged", "failed")
@@ -94,6 +98,7 @@ TEXT_COLUMNS = (
     "run_id", "suite", "strategy", "strategy_label", "params", "status", "status_reason",
     "dataset", "task", "solver", "device", "device_name", "torch_version", "torchdeq_version",
     "git_commit", "config_hash", "setting_hash", "lr_schedule", "model_form", "lipschitz_control",
+    "model_activation",
     "timing_note",
 )  # fmt: skip
 

@@ -232,6 +232,8 @@ def test_a_registered_metric_runs_through_the_pipeline_into_the_report(tmp_path,
         assert np.isfinite(values).all() and ((0 < values) & (values < 1)).all()
     markdown = (build_report(out, tmp_path / "rep", metric="mae").parent / "report.md").read_text()
     assert "Target MAE: **" in markdown
+    # a fresh folder is of the current schema even when no strategy solves in backward (jfb only)
+    assert "Older results folder" not in markdown and "written before" not in markdown
     quality = next(t for t in markdown_tables(markdown) if "MAE" in t[0] and "runs" in t[0])
     cells = {row[0]: row[quality[0].index("MAE")] for row in quality[1:]}
     assert cells["jfb"] == f"{runs['final_test_mae'].mean():.4f} ± " + cells["jfb"].split("± ")[1]
