@@ -34,7 +34,7 @@ from typing import Any
 from strategies import parse_spec
 
 from .data import DATASETS
-from .model import FORMS, LIPSCHITZ_CONTROLS
+from .model import ACTIVATIONS, FORMS, LIPSCHITZ_CONTROLS
 from .solver import SOLVERS
 from .tasks import TASKS
 
@@ -150,6 +150,9 @@ class ModelConfig:
     # bench/model.py); "aol": a cheaper certified rescaling; "kernel": torch's spectral_norm of
     # the reshaped kernel (the common practice, which bounds nothing).
     lipschitz_control: str = setting("operator", choices=LIPSCHITZ_CONTROLS)
+    # between the convolutions of the learned denoiser, both 1-Lipschitz: "relu", or "maxmin"
+    # (GroupSort-2, gradient-norm preserving; needs an even width)
+    activation: str = setting("relu", choices=ACTIVATIONS)
 
     __post_init__ = _check_ranges
 

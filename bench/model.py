@@ -9,9 +9,19 @@ selected by ``form``:
 * ``"grad"`` (the reference work's DE-Grad):       T(x) = x - eta (A^T (A x - d) + alpha (x - D(x))).
 
 The learned part is D(x) = L ((1 - t) x + t g(x)), with t in (0, 1) learnable, L = ``lipschitz``
-< 1, and g a stack of 3x3 convolutions with ReLUs, each convolution certified 1-Lipschitz as an
-operator on images (below). ReLU is 1-Lipschitz, so Lip(g) <= 1 and
-Lip(D) <= L ((1 - t) + t Lip(g)) <= L. Then, for every task:
+< 1, and g a stack of 3x3 convolutions with 1-Lipschitz activations between them, each
+convolution certified 1-Lipschitz as an operator on images (below), so Lip(g) <= 1 and
+Lip(D) <= L ((1 - t) + t Lip(g)) <= L. The activation, ``activation``:
+
+* ``"relu"`` (default).
+* ``"maxmin"``: GroupSort with groups of two (Anil, Lucas & Grosse, ICML 2019, "Sorting out
+  Lipschitz function approximation"): the hidden channels in pairs (a, b) -> (max, min). Each
+  pair's output is a permutation of its input, so its Jacobian is a permutation matrix wherever
+  it exists: 1-Lipschitz like ReLU, but gradient-norm preserving, where ReLU zeroes half the
+  directions and a stack of norm-bounded layers then loses expressiveness. It needs an even
+  ``width``.
+
+Then, for every task:
 
 * prox: dT/dx = alpha (A^T A + alpha I)^-1 dD/dx. A^T A is symmetric positive semi-definite
   whatever A is, so (A^T A + alpha I)^-1 is symmetric with eigenvalues 1 / (s^2 + alpha) <=
@@ -58,6 +68,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from .tasks import Task
 
 ETA_MAX = 0.5
+ACTIVATIONS = ("relu", "maxmin")
 ALPHA_MAX = 1.5  # with ETA_MAX: eta * (1 + 2 alpha) < 2, where the grad form's bound holds
 FORMS = ("prox", "grad")
 LIPSCHITZ_CONTROLS = ("operator", "aol", "kernel")
@@ -103,8 +114,20 @@ def conv_operator_norm(weight: torch.Tensor, image_size: tuple[int, int]) -> tor
     return torch.linalg.svdvals(k_pq)[0]
 
 
+def maxmin(x: torch.Tensor) -> torch.Tensor:
+    """GroupSort-2 over channels: pairs (x[:, i], x[:, i + C/2]) -> (max, min), C even.
+
+    1-Lipschitz and gradient-norm preserving (each pair's output is a permutation of it)."""
+    a, b = x.chunk(2, dim=1)
+    return torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=1)
+
+
+_ACTIVATION_FNS = {"relu": F.relu, "maxmin": maxmin}
+
+
 class Denoiser(nn.Module):
-    """D(x) = L ((1 - t) x + t g(x)), g: ``depth`` certified 3x3 convolutions with ReLUs."""
+    """D(x) = L ((1 - t) x + t g(x)), g: ``depth`` certified 3x3 convolutions with 1-Lipschitz
+    activations (``relu`` or ``maxmin``) between them."""
 
     def __init__(
         self,
@@ -113,6 +136,7 @@ class Denoiser(nn.Module):
         depth: int = 3,
         lipschitz: float = 0.9,
         lipschitz_control: str = "operator",
+        activation: str = "relu",
     ):
         super().__init__()
         for name, value in (("channels", channels), ("width", width), ("depth", depth)):
@@ -125,6 +149,14 @@ class Denoiser(nn.Module):
                 f"model lipschitz_control must be one of {', '.join(LIPSCHITZ_CONTROLS)}, "
                 f"got {lipschitz_control!r}"
             )
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"model activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}"
+            )
+        if activation == "maxmin" and depth > 1 and width % 2:
+            raise ValueError(
+                f"model width must be even for activation 'maxmin' (it pairs channels), got {width}"
+            )
         sizes = [channels] + [width] * (depth - 1) + [channels]
         convs = [
             nn.Conv2d(c_in, c_out, 3, padding=1)
@@ -136,6 +168,7 @@ class Denoiser(nn.Module):
         self.mix_raw = nn.Parameter(torch.zeros(()))  # t = sigmoid(mix_raw), 0.5 at start
         self.lipschitz = float(lipschitz)
         self.lipschitz_control = lipschitz_control
+        self.activation = activation
 
     def weights(self, image_size: tuple[int, int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Normalised (weight, bias) of each conv for images of ``image_size``, computed once
@@ -159,17 +192,21 @@ class Denoiser(nn.Module):
         return torch.sigmoid(self.mix_raw)
 
     @staticmethod
-    def evaluate(weights, mix: torch.Tensor, lipschitz: float, x: torch.Tensor) -> torch.Tensor:
+    def evaluate(
+        weights, mix: torch.Tensor, lipschitz: float, x: torch.Tensor, activation: str = "relu"
+    ) -> torch.Tensor:
         """D(x) for precomputed ``weights`` (from :meth:`weights`) and ``mix`` t."""
+        act = _ACTIVATION_FNS[activation]
         g = x
         for i, (w, b) in enumerate(weights):
             g = F.conv2d(g, w, b, padding=1)
             if i < len(weights) - 1:
-                g = F.relu(g)
+                g = act(g)
         return lipschitz * ((1 - mix) * x + mix * g)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.evaluate(self.weights(x.shape[-2:]), self.mix, self.lipschitz, x)
+        weights = self.weights(x.shape[-2:])
+        return self.evaluate(weights, self.mix, self.lipschitz, x, self.activation)
 
 
 def eta_max(task: Task) -> float:
@@ -192,6 +229,7 @@ class ReconstructionDEQ(nn.Module):
         lipschitz: float = 0.9,
         form: str = "prox",
         lipschitz_control: str = "operator",
+        activation: str = "relu",
     ):
         super().__init__()
         if form not in FORMS:
@@ -212,7 +250,7 @@ class ReconstructionDEQ(nn.Module):
             raise ValueError(f"model alpha must be a finite number > 0, got {alpha!r}")
         self.task = task
         self.form = form
-        self.denoiser = Denoiser(channels, width, depth, lipschitz, lipschitz_control)
+        self.denoiser = Denoiser(channels, width, depth, lipschitz, lipschitz_control, activation)
         if form == "grad":  # x = top * sigmoid(raw): learnable, positive and bounded
             self.eta_raw = nn.Parameter(torch.tensor(math.log(eta / (self._eta_max - eta))))
             self.alpha_raw = nn.Parameter(torch.tensor(math.log(alpha / (ALPHA_MAX - alpha))))
@@ -256,19 +294,21 @@ class ReconstructionDEQ(nn.Module):
         atd = op.A_adjoint(d).to(dtype)
         alpha, mix = self.alpha.to(dtype), den.mix.to(dtype)
         weights = [(w.to(dtype), b.to(dtype)) for w, b in den.weights(d.shape[-2:])]
-        lip = den.lipschitz
+        lip, act = den.lipschitz, den.activation
 
         if self.form == "prox":
 
             def f(z: torch.Tensor) -> torch.Tensor:
-                return op.normal_solve(atd + alpha * Denoiser.evaluate(weights, mix, lip, z), alpha)
+                return op.normal_solve(
+                    atd + alpha * Denoiser.evaluate(weights, mix, lip, z, act), alpha
+                )
 
             return f
 
         eta = self.eta.to(dtype)
 
         def f(z: torch.Tensor) -> torch.Tensor:
-            r = op.AtA(z) - atd + alpha * (z - Denoiser.evaluate(weights, mix, lip, z))
+            r = op.AtA(z) - atd + alpha * (z - Denoiser.evaluate(weights, mix, lip, z, act))
             return z - eta * r
 
         return f
@@ -290,4 +330,5 @@ def build_model(config, task: Task, channels: int) -> ReconstructionDEQ:
         config.lipschitz,
         config.form,
         config.lipschitz_control,
+        config.activation,
     )

@@ -502,6 +502,7 @@ def _setting_columns(run: RunConfig, device, data: TaskData | None) -> dict:
         "model_depth": run.model.depth,
         "model_form": run.model.form,
         "lipschitz_control": run.model.lipschitz_control,
+        "model_activation": run.model.activation,
         "model_lipschitz": run.model.lipschitz,
         "device": str(device),
         "device_name": device_name(device),

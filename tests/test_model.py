@@ -23,6 +23,7 @@ from bench.model import (
     build_model,
     conv_operator_norm,
     eta_max,
+    maxmin,
 )
 from bench.runner import FIDELITY_BATCH, FIDELITY_SEED, load_task_data, train
 from bench.solver import FixedPointSolver, lipschitz_estimate
@@ -119,24 +120,30 @@ def test_kernel_spectral_norm_does_not_bound_the_convolution():
 
 # the full grid for blur; for every other task each form and control once, and colour once
 _CONTRACTION_CASES = [
-    ("blur", form, control, channels, seed)
+    ("blur", form, control, channels, seed, "relu")
     for form in ("prox", "grad")
     for control in ("operator", "aol")
     for channels, seed in [(1, 0), (1, 1), (3, 2)]
 ] + [
-    (task, form, control, channels, seed)
+    (task, form, control, channels, seed, "relu")
     for task in TASK_NAMES
     if task != "blur"
     for form, control, channels, seed in [
         ("prox", "operator", 1, 0), ("prox", "aol", 1, 1), ("grad", "operator", 1, 2),
         ("grad", "aol", 1, 3), ("prox", "operator", 3, 4),
     ]
+
+
+] + [
+    # the MaxMin activation, in each form and control once
+    ("blur", "prox", "operator", 1, 10, "maxmin"), ("blur", "grad", "aol", 1, 11, "maxmin"),
+    ("inpaint", "prox", "operator", 3, 12, "maxmin"),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("task, form, control, channels, seed", _CONTRACTION_CASES)
+@pytest.mark.parametrize("task, form, control, channels, seed, activation", _CONTRACTION_CASES)
 def test_fresh_layer_is_a_contraction_within_its_certified_bound(
-    task, form, control, channels, seed
+    task, form, control, channels, seed, activation
 ):
     model = _model(
         channels,
@@ -145,6 +152,7 @@ def test_fresh_layer_is_a_contraction_within_its_certified_bound(
         form=form,
         lipschitz_control=control,
         lipschitz=0.97,
+        activation=activation,
     )
     g = torch.Generator().manual_seed(seed)
     d = torch.rand(2, channels, 10, 10, generator=g, dtype=torch.float64)
@@ -166,7 +174,7 @@ def test_lipschitz_estimate_converges_to_the_dense_jacobian_norm():
     assert not capped.converged and capped.iters == 3
 
 
-def _trained(strategy: str, control: str = "operator", lr: float = 5e-2):
+def _trained(strategy: str, control: str = "operator", lr: float = 5e-2, activation: str = "relu"):
     """A run trained through the harness at 10x the quick suite's learning rate."""
     run = RunConfig(
         "test",
@@ -174,7 +182,9 @@ def _trained(strategy: str, control: str = "operator", lr: float = 5e-2):
         0,
         DataConfig(dataset="faces", image_size=12, n_images=40),
         ProblemConfig(),
-        ModelConfig(width=6, depth=3, lipschitz=0.97, lipschitz_control=control),
+        ModelConfig(
+            width=6, depth=3, lipschitz=0.97, lipschitz_control=control, activation=activation
+        ),
         SolverConfig(name="anderson", max_iter=100, tol=1e-5),
         TrainConfig(epochs=12, batch_size=8, lr=lr, grad_fidelity=False, eval_every=24),
     )
@@ -185,9 +195,14 @@ def _trained(strategy: str, control: str = "operator", lr: float = 5e-2):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", STRATEGIES + PEERS)
-def test_layer_stays_a_contraction_after_training_at_a_high_learning_rate(strategy):
-    run, tables, model = _trained(strategy)
+@pytest.mark.parametrize(
+    "strategy, activation",
+    [(s, "relu") for s in STRATEGIES + PEERS]
+    + [("jfb", "maxmin"), ("cg:tol=1e-6:max_iter=200", "maxmin")],
+)
+def test_layer_stays_a_contraction_after_training_at_a_high_learning_rate(strategy, activation):
+    run, tables, model = _trained(strategy, activation=activation)
+    assert model.denoiser.activation == activation
     runs = tables["runs"].iloc[0]
     assert runs["status"] == "ok", runs["status_reason"]
     assert tables["steps"]["step"].max() == 48  # 12 epochs x 4 steps
@@ -238,10 +253,30 @@ def test_solver_finds_the_fixed_point_and_reports_honestly():
     assert capped["forward_residual"] > 1e-8
 
 
+def test_maxmin_permutes_each_channel_pair_so_it_is_1_lipschitz_and_norm_preserving():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, 4, 5, generator=g, dtype=torch.float64)
+    y = maxmin(x)
+    a, b = x[:, :3], x[:, 3:]
+    torch.testing.assert_close(y, torch.cat([torch.max(a, b), torch.min(a, b)], 1))
+    # its Jacobian (dense, at a point without ties) is a permutation matrix: orthogonal
+    J = torch.autograd.functional.jacobian(lambda u: maxmin(u.view_as(x)).flatten(), x.flatten())
+    assert set(J.unique().tolist()) == {0.0, 1.0}
+    torch.testing.assert_close(J.T @ J, torch.eye(J.shape[0], dtype=torch.float64))
+    # hence 1-Lipschitz between any two inputs, not only locally
+    for _ in range(20):
+        u = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        v = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        assert (maxmin(u) - maxmin(v)).norm() <= (u - v).norm() * (1 + 1e-12)
+
+
 def test_the_model_rebuilds_from_its_config():
-    cfg = dataclasses.replace(ModelConfig(), width=4, form="grad", lipschitz_control="aol")
+    cfg = dataclasses.replace(
+        ModelConfig(), width=4, form="grad", lipschitz_control="aol", activation="maxmin"
+    )
     model = build_model(cfg, GaussianBlur(), 3)
     assert model.form == "grad" and model.denoiser.lipschitz_control == "aol"
+    assert model.denoiser.activation == "maxmin"
     assert model.denoiser.convs[0].in_channels == 3 and model.denoiser.convs[0].out_channels == 4
 
 
@@ -254,6 +289,8 @@ def test_the_model_rebuilds_from_its_config():
         (lambda: Denoiser(width=0), "width"),
         (lambda: Denoiser(lipschitz=1.0), "lipschitz"),
         (lambda: Denoiser(lipschitz_control="spectral"), "spectral"),
+        (lambda: Denoiser(activation="gelu"), "gelu"),
+        (lambda: Denoiser(width=5, activation="maxmin"), "width must be even.*got 5"),
         (lambda: ReconstructionDEQ(GaussianBlur(), form="grad", eta=0.9), "eta"),
         (lambda: ReconstructionDEQ(GaussianBlur(), alpha=0.0), "alpha"),
         (lambda: ReconstructionDEQ(GaussianBlur(), form="newton"), "newton"),

@@ -43,6 +43,7 @@ RENAMED = {
 NEW_COLUMNS = {
     "runs": (
         "setting_hash", "model_form", "lipschitz_control", "lr_schedule", "model_lipschitz",
+        "model_activation",
         "certified_lipschitz_bound", "max_layer_lipschitz",
         "backward_converged_frac", "skipped_steps", "peak_step_bytes", "eval_time_s",
         "diagnostics_time_s", "run_wall_time_s", "setup_time_s", "train_time_s",
@@ -57,12 +58,15 @@ NEW_COLUMNS = {
     ),
     "steps": ("backward_converged", "skipped", "jacobian_products"),
 }  # fmt: skip
+# Settings added after results were written, with the value every earlier run had (the model had
+# no other choice then): filled in when absent, since nothing is missing.
+IMPLIED_SETTINGS = {"runs": {"model_activation": "relu"}}
 # runs.csv columns that hold text; every other known column is coerced to numbers.
 TEXT_RUN_COLUMNS = {
     "run_id", "suite", "strategy", "strategy_label", "params", "status", "status_reason",
     "dataset", "solver", "device", "device_name", "torch_version", "torchdeq_version",
     "git_commit", "config_hash", "setting_hash", "model_form", "lipschitz_control", "lr_schedule",
-    "timing_note", "task",
+    "timing_note", "task", "model_activation",
 }  # fmt: skip
 # True / False cells (written by pandas as "True" / "False").
 BOOL_RUN_COLUMNS = {"timing_reliable"}
@@ -85,7 +89,7 @@ SETTING_COLUMNS = (
     "task", "dataset", "image_size", "channels", "n_train", "batch_size", "epochs", "lr",
     "blur_kernel_size", "blur_sigma", "noise_std", "solver", "solver_max_iter", "solver_tol",
     "model_width", "model_depth", "model_form", "lipschitz_control", "lr_schedule",
-    "model_lipschitz", "mask_keep_fraction", "mask_seed",
+    "model_lipschitz", "model_activation", "mask_keep_fraction", "mask_seed",
 )  # fmt: skip
 # Classical baselines depend on the data and the blur only: they belong to every setting that
 # shares these (e.g. all points of a sweep over the solver's max_iter).
@@ -227,6 +231,8 @@ def read_table(results_dir: Path, name: str, notes: list[str]) -> pd.DataFrame:
     absent = [c for c in current if c not in frame.columns and c not in NEW_COLUMNS[name]]
     if absent:
         notes.append(f"`{name}.csv` lacks columns {', '.join(absent)} (treated as not measured)")
+    implied = {c: v for c, v in IMPLIED_SETTINGS.get(name, {}).items() if c not in frame.columns}
+    frame = frame.assign(**implied)
     newer = [c for c in NEW_COLUMNS[name] if c not in frame.columns]
     if newer:
         notes.append(

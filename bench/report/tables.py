@@ -43,7 +43,7 @@ SETUP_FIELDS = (
     ("mask_keep_fraction", "mask keep fraction"), ("mask_seed", "mask seed"),
     ("noise_std", "noise std"), ("model_width", "model width"), ("model_depth", "model depth"),
     ("model_form", "model form"), ("lipschitz_control", "Lipschitz control"),
-    ("model_lipschitz", "model Lipschitz target"),
+    ("model_lipschitz", "model Lipschitz target"), ("model_activation", "activation"),
     ("certified_lipschitz_bound", "certified ||dT/dx|| bound"),
     ("solver", "forward solver"), ("solver_max_iter", "solver max_iter"),
     ("solver_tol", "solver tol"), ("device", "device"), ("device_name", "device name"),
