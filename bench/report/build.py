@@ -27,7 +27,7 @@ from bench.report.observe import (
     scaling_observations,
     setting_findings,
 )
-from bench.report.stats import choose_target, comparisons, summarize
+from bench.report.stats import choose_target, summarize
 from bench.report.tables import (
     comparisons_table,
     convergence_table,
@@ -140,7 +140,7 @@ def _tables(section: SettingSection, several: bool) -> list:
     blocks += [doc.Paragraph("Quality:"), quality_table(data, summary, section.target)]
     for table in more_metrics_tables(data, summary):
         blocks += [doc.Paragraph("Quality, further metrics:"), table]
-    found = comparisons_table(comparisons(data, summary))
+    found = comparisons_table(summary.attrs["comparisons"])
     if found is not None:
         blocks += [doc.Paragraph("Paired comparisons:"), found]
     if data.labels:

@@ -27,7 +27,6 @@ from bench.report.model import (
 from bench.report.stats import (
     baseline_means,
     best_of,
-    comparisons,
     validity,
 )
 
@@ -234,7 +233,7 @@ def _statistics_observations(data: ReportData, summary: pd.DataFrame) -> list[st
     """Per metric, the paired differences to jfb; in the primary metric, the best learned strategy
     against the best baseline."""
     found = []
-    found_comparisons = comparisons(data, summary)
+    found_comparisons = summary.attrs["comparisons"]
     reference = summary.attrs.get("reference")
     paired = [c for c in found_comparisons if c.note == "paired by seed"]
     for metric in data.metrics():
@@ -488,7 +487,7 @@ def setting_findings(data: ReportData, summary: pd.DataFrame) -> list[str]:
             most = memory.idxmax()
             text += f" (most: {most}, {fmt_bytes(memory[most])})"
         found.append(text + ".")
-    for c in comparisons(data, summary):
+    for c in summary.attrs["comparisons"]:
         if c.name.startswith("best learned") and metric.name in c.deltas:
             found.append(
                 f"**Best learned vs best baseline**: {c.minuend} − {c.subtrahend} = "

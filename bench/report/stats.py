@@ -298,7 +298,7 @@ def summarize(data: ReportData, target: float | None) -> pd.DataFrame:
     :class:`Estimate` objects: mean and 95 % interval over seeds), ``vs_reference_<m>`` the
     paired difference to ``jfb`` and ``budget_<m>`` the value at the equal-time budget
     (``summary.attrs["budget"]``, seconds). Time to ``target`` is in the primary metric
-    (``summary.attrs["primary"]``).
+    (``summary.attrs["primary"]``); ``summary.attrs["comparisons"]`` holds :func:`comparisons`.
     """
     learned = data.runs[~data.runs["is_baseline"]]
     ok = data.learned_ok.groupby("label")
@@ -335,7 +335,9 @@ def summarize(data: ReportData, target: float | None) -> pd.DataFrame:
     reference = reference_label(data)
     summary.attrs["reference"] = reference
     summary.attrs["primary"] = data.primary
-    paired = {c.minuend: c for c in comparisons(data, summary) if c.note == "paired by seed"}
+    # computed once here; the tables, observations and findings read summary.attrs["comparisons"]
+    summary.attrs["comparisons"] = found = comparisons(data, summary)
+    paired = {c.minuend: c for c in found if c.note == "paired by seed"}
     budget, at_budget = equal_time_budget(data)
     summary.attrs["budget"] = budget
     for m in metrics:
