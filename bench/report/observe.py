@@ -65,8 +65,8 @@ def observe_best_quality(data: ReportData, summary: pd.DataFrame, target) -> lis
     for metric in data.metrics():
         values = ok[f"final_test_{metric.name}_mean"].dropna()
         baselines = baseline_means(data, metric)
-        naive = data.naive_metrics.get(metric.name)
-        naive = f"{data.naive_name}: {metric.format(naive, unit=True)}" if naive is not None else ""
+        value = data.naive_metrics.get(metric.name)
+        naive = f"{data.naive_name}: {metric.format(value, unit=True)}" if value is not None else ""
         if len(values):
             best = best_of(values, metric)
             text = (
