@@ -116,6 +116,9 @@ class PeakLiveBytes(TorchDispatchMode):
             raise ValueError(f"round_to must be a positive int, got {round_to!r}")
         self.round_to = round_to
         self.peak_bytes = 0
+        # per-phase peaks: split() closes a phase (see there); the open phase's peak so far
+        self.phase_peaks: list[int] = []
+        self._phase_peak = 0
         self.n_allocations = 0  # storages registered (for diagnostics)
         self._live = 0
         # key -> (weakref to the storage object, counted bytes, its finalizer)
@@ -133,6 +136,22 @@ class PeakLiveBytes(TorchDispatchMode):
         with self._lock:
             self._apply_frees()
             return self._live
+
+    def split(self) -> int:
+        """Close the current phase: append its peak (since entering, or the previous split) to
+        ``phase_peaks`` and return it. The next phase's peak starts from the bytes alive now
+        (what earlier phases left alive counts in it); ``peak_bytes`` stays the whole block's."""
+        with self._lock:
+            self._apply_frees()
+            peak, self._phase_peak = self._phase_peak, self._live
+        self.phase_peaks.append(peak)
+        return peak
+
+    @property
+    def phase_peak_bytes(self) -> int:
+        """Peak of the open phase (the whole block when :meth:`split` was never called)."""
+        with self._lock:
+            return self._phase_peak
 
     def _apply_frees(self) -> None:
         while self._freed:
@@ -153,7 +172,7 @@ class PeakLiveBytes(TorchDispatchMode):
                 if nbytes != entry[1]:
                     self._tracked[key] = (entry[0], nbytes, entry[2])
                     self._live += nbytes - entry[1]
-                    self.peak_bytes = max(self.peak_bytes, self._live)
+                    self._new_peak()
                 return
             # the address was reused before the old storage's free was seen: retire it now
             entry[2].detach()
@@ -165,7 +184,11 @@ class PeakLiveBytes(TorchDispatchMode):
         self._tracked[key] = (ref, nbytes, fin)
         self.n_allocations += 1
         self._live += nbytes
+        self._new_peak()
+
+    def _new_peak(self) -> None:
         self.peak_bytes = max(self.peak_bytes, self._live)
+        self._phase_peak = max(self._phase_peak, self._live)
 
     @staticmethod
     def _tensors(obj, found: list) -> list:

@@ -167,20 +167,30 @@ def _numeric_info(info: dict) -> dict[str, float]:
     return {k: float(v) for k, v in info.items() if isinstance(v, (int, float))}
 
 
-def train_step(model, strategy, solver, optimizer, x, d, clock: StepClock, counter=None):
+def train_step(
+    model, strategy, solver, optimizer, x, d, clock: StepClock, counter=None, after_certify=None
+):
     """One instrumented training step: returns (its ``steps`` row without epoch/step, output).
 
-    The phases are timed by ``clock``; ``counter`` (a :class:`SavedBytes`), when given, counts
-    the bytes the forward pass saves for backward. A strategy that sets ``info["skip_update"]``
-    (e.g. cg:skip_unconverged=true after an unconverged adjoint solve) gets no parameter update;
-    the row then has ``skipped = 1``.
+    The phases are timed by ``clock``: certification (the model's normalised weights, the same
+    work for every strategy), the forward pass (solve and the strategy's forward), backward and
+    the optimiser, so that forward and backward times are the solver's and the strategy's own.
+    ``counter`` (a :class:`SavedBytes`), when given, counts the bytes the forward pass saves for
+    backward; ``after_certify``, when given, is called between certification and the forward
+    pass (the peak-memory replay splits its peak there). A strategy that sets
+    ``info["skip_update"]`` (e.g. cg:skip_unconverged=true after an unconverged adjoint solve)
+    gets no parameter update; the row then has ``skipped = 1``.
     """
     optimizer.zero_grad(set_to_none=True)
     # the harness, not the strategy, records the forward solve and counts Jacobian products
     recorder, products = RecordingSolver(solver), JacobianProducts()
     marks = [clock.mark()]
     with products, counter.count() if counter else contextlib.nullcontext():
-        xhat, info = model(d, products.strategy(strategy), recorder)
+        weights = model.certified_weights(d.shape[-2:])
+        marks.append(clock.mark())
+        if after_certify is not None:
+            after_certify()
+        xhat, info = model(d, products.strategy(strategy), recorder, weights=weights)
         loss = torch.nn.functional.mse_loss(xhat, x)
     marks.append(clock.mark())
     with products:
@@ -191,16 +201,17 @@ def train_step(model, strategy, solver, optimizer, x, d, clock: StepClock, count
     if not skipped:
         optimizer.step()
     marks.append(clock.mark())
-    fwd, bwd, opt = clock.durations(marks)
+    certify, fwd, bwd, opt = clock.durations(marks)
     row = {key: math.nan for key in STEP_INFO}
     row.update(_numeric_info(info))
     row.pop("skip_update", None)
     row.update(
         loss=loss.item(),
+        certify_time_s=certify,
         forward_time_s=fwd,
         backward_time_s=bwd,
         optimizer_time_s=opt,
-        step_time_s=fwd + bwd + opt,
+        step_time_s=certify + fwd + bwd + opt,
         skipped=float(skipped),
     )
     return row, xhat
@@ -262,6 +273,7 @@ class _Record:
         self.evals: list[dict] = []
         self.saved_bytes = math.nan
         self.peak_step_bytes = math.nan
+        self.certify_peak_bytes = math.nan
         # Phases of the run (wall-clock seconds): setup, evaluation, diagnostics (gradient
         # fidelity, ||dT/dx||, the replayed peak-bytes step). Training is the sum of step times.
         self.setup_time_s = 0.0
@@ -309,7 +321,10 @@ def _evaluation(s: _Setup, rec: _Record, epoch: int, epoch_end: bool, fidelity: 
         "grad_reference_forward_residual": math.nan,
         "grad_reference_backward_residual": math.nan,
         **diagnostics.layer_lipschitz(s.model, s.solver, s.fid_d),
+        "certified_lipschitz_bound": s.model.contraction_bound(),
     }
+    # how much of the proved bound the layer uses (NaN where nothing is proved)
+    row["contraction_budget_used"] = row["layer_lipschitz"] / row["certified_lipschitz_bound"]
     if fidelity:
         row.update(diagnostics.gradient_cosine(s.model, s.strategy, s.solver, s.fid_x, s.fid_d))
     rec.evals.append(row)
@@ -337,7 +352,9 @@ def _train_loop(s: _Setup, rec: _Record, memory: PeakMemory, device, progress: b
             step = len(rec.steps) + 1
             if step == tracked_step:
                 t0 = time.perf_counter()
-                rec.peak_step_bytes = _peak_step_bytes(s, x, d, clock)
+                peaks = _peak_step_bytes(s, x, d, clock)
+                rec.peak_step_bytes = peaks["peak_step_bytes"]
+                rec.certify_peak_bytes = peaks["certify_peak_bytes"]
                 rec.diagnostics_time_s += time.perf_counter() - t0
             counter = SavedBytes() if step == 1 else None  # one step suffices: exact
             with memory:
@@ -360,9 +377,13 @@ def _train_loop(s: _Setup, rec: _Record, memory: PeakMemory, device, progress: b
                 _evaluation(s, rec, epoch, epoch_end, fidelity)
 
 
-def _peak_step_bytes(s: _Setup, x, d, clock: StepClock) -> int:
-    """Peak live tensor bytes of a training step on (x, d), replayed and then undone."""
-    step = lambda: train_step(s.model, s.strategy, s.solver, s.optimizer, x, d, clock)  # noqa: E731
+def _peak_step_bytes(s: _Setup, x, d, clock: StepClock) -> dict[str, int]:
+    """Peak live tensor bytes of a training step on (x, d), replayed and then undone, split into
+    the certification's and the rest's (see :func:`bench.diagnostics.peak_step_bytes`)."""
+
+    def step(after_certify):
+        train_step(s.model, s.strategy, s.solver, s.optimizer, x, d, clock, None, after_certify)
+
     return diagnostics.peak_step_bytes(s.model, s.optimizer, step)
 
 
@@ -465,6 +486,7 @@ def _tables(s: _Setup, rec: _Record, memory: PeakMemory, device, run_wall_time_s
         **_timing_columns(rec, summary, device),
         "saved_bytes": rec.saved_bytes,
         "peak_step_bytes": rec.peak_step_bytes,
+        "certify_peak_bytes": rec.certify_peak_bytes,
         "peak_rss_bytes": memory.rss_bytes or math.nan,
         "peak_gpu_memory_bytes": memory.gpu_bytes if memory.gpu_bytes is not None else math.nan,
         "peak_gpu_device_memory_bytes": memory.gpu_device_bytes or math.nan,

@@ -314,16 +314,20 @@ def summarize(data: ReportData, target: float | None) -> pd.DataFrame:
             {label: mean_ci(ok.get_group(label)[column]) if label in ok.groups else mean_ci([])
              for label in summary.index}, dtype=object,
         )  # fmt: skip
-    summary["step_time"] = step_phase_medians(data)["step_time_s"]
+    phases = step_phase_medians(data)
+    summary["step_time"] = phases["step_time_s"]
+    summary["certify_time"] = phases["certify_time_s"]
     for column in (
         "train_time_s", "peak_step_bytes", "peak_gpu_memory_bytes", "saved_bytes",
         "peak_rss_bytes", "mean_forward_iters", "forward_converged_frac", "mean_backward_iters",
         "backward_converged_frac", "grad_cosine_first", "grad_cosine_last", "solver_max_iter",
         "layer_lipschitz_max", "skipped_steps", "jacobian_products_per_step",
-        "warmup_step_time_s", "step_time_cv",
+        "warmup_step_time_s", "step_time_cv", "certify_peak_bytes",
     ):  # fmt: skip
         summary[column] = ok[column].mean()
-    summary["layer_lipschitz_max"] = ok["layer_lipschitz_max"].max()  # the worst run, not a mean
+    # the worst run, not a mean
+    for column in ("layer_lipschitz_max", "contraction_budget_used"):
+        summary[column] = ok[column].max()
     times = time_to_target(data, target)
     per_label = times.groupby("label")
     summary["target_time"] = per_label["time"].mean()  # over the seeds that reached it
