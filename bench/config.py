@@ -542,7 +542,9 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def with_overrides(suite: Suite, sets: Sequence[str] = (), **shortcuts: Any) -> Suite:
+def with_overrides(
+    suite: Suite, sets: Sequence[str] = (), *, notes: list[str] | None = None, **shortcuts: Any
+) -> Suite:
     """The suite with command-line overrides applied and validated like the suite file.
 
     ``sets`` holds ``--set`` items, ``KEY=VALUE`` with the dotted keys of ``[sweep]``
@@ -550,10 +552,14 @@ def with_overrides(suite: Suite, sets: Sequence[str] = (), **shortcuts: Any) -> 
     ``strategies=jfb,cg``). ``shortcuts`` are the CLI's named options (``epochs``, ``lr``,
     ``seeds``, ``strategies``, ``dataset``, ``data_root``, ``device``; None means not given),
     each the same as its ``--set`` item. All go through ``suite_from_dict``: one set of checks.
+
+    The command line wins over the suite's ``[sweep]``: overriding a swept key replaces its
+    sweep by the one value given, and ``notes`` (when a list is passed) receives a line saying
+    so for each such key, for the caller to show: an override is never dropped silently.
     """
     raw = suite_to_dict(suite)
     items: list[tuple[str, Any, str]] = [
-        (SHORTCUTS[key], value, "--" + key.replace("_", "-"))
+        (SHORTCUTS[key], value, f"--{key.replace('_', '-')} {value}")
         for key, value in shortcuts.items()
         if value is not None
     ]
@@ -579,6 +585,15 @@ def with_overrides(suite: Suite, sets: Sequence[str] = (), **shortcuts: Any) -> 
             )
         else:
             raw[section][attr] = value
+            swept = raw.get("sweep", {}).pop(key, None)
+            if swept is not None:
+                if not raw["sweep"]:
+                    del raw["sweep"]
+                if notes is not None:
+                    notes.append(
+                        f"{where} replaces the suite's [sweep] over {key} "
+                        f"({', '.join(map(repr, swept))}): every run uses {key} = {value!r}"
+                    )
         suite_from_dict(raw, suite.name, where)  # each item checked on its own: errors name it
     return suite_from_dict(raw, suite.name, "command line")
 
