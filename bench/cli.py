@@ -133,9 +133,11 @@ def _run(args) -> int:
         raise ValueError(f"--runs-per-gpu must be >= 1, got {args.runs_per_gpu}")
     if args.executor == "submitit" and args.jobs != 1:
         raise ValueError("-j/--jobs applies to --executor local (submitit runs one run per job)")
+    notes: list[str] = []
     suite = with_overrides(
         load_suite(args.suite),
         args.set,
+        notes=notes,
         strategies=args.strategies,
         seeds=args.seeds,
         epochs=args.epochs,
@@ -144,6 +146,8 @@ def _run(args) -> int:
         data_root=args.data_root,
         device=args.device,
     )
+    for note in notes:  # a swept key the command line replaced
+        print(f"implicit-bench: note: {note}", file=sys.stderr)
     _check_data(suite)
     out = args.out or Path("results") / suite.name
     if args.executor == "submitit":

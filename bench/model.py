@@ -181,6 +181,17 @@ def maxmin(x: torch.Tensor) -> torch.Tensor:
 _ACTIVATION_FNS = {"relu": F.relu, "maxmin": maxmin}
 
 
+def check_activation_width(activation: str, width: int, depth: int) -> None:
+    """ValueError unless ``width`` suits ``activation``: maxmin pairs the hidden channels, so it
+    needs an even width (with ``depth`` 1 there are no hidden channels and no activation).
+    ``bench.config.ModelConfig`` calls it too, so a suite that no run could use is refused when
+    it is loaded, not when each run starts training."""
+    if activation == "maxmin" and depth > 1 and width % 2:
+        raise ValueError(
+            f"width must be even for activation 'maxmin' (it pairs channels), got {width}"
+        )
+
+
 class Denoiser(nn.Module):
     """D(x) = L ((1 - t) x + t g(x)), g: ``depth`` certified 3x3 convolutions with 1-Lipschitz
     activations (``relu`` or ``maxmin``) between them."""
@@ -209,10 +220,7 @@ class Denoiser(nn.Module):
             raise ValueError(
                 f"model activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}"
             )
-        if activation == "maxmin" and depth > 1 and width % 2:
-            raise ValueError(
-                f"model width must be even for activation 'maxmin' (it pairs channels), got {width}"
-            )
+        check_activation_width(activation, width, depth)
         sizes = [channels] + [width] * (depth - 1) + [channels]
         convs = [
             nn.Conv2d(c_in, c_out, 3, padding=1)

@@ -10,10 +10,17 @@ import torch
 
 Info = dict[str, float]
 
+# An int parameter without its own upper bound still fits in 64 bits (torch, the result tables).
+INT_MAX = 2**63 - 1
+
 
 @dataclass(frozen=True)
 class Param:
-    """A declared strategy parameter: its default (which fixes its type) and its valid range."""
+    """A declared strategy parameter: its default (which fixes its type) and its valid range.
+
+    Declare an upper bound (``le``) on every size (steps, iterations): an absurd value is then
+    refused when the suite is loaded, with the accepted range. An int parameter without one is
+    still bounded by ``INT_MAX`` (2^63 - 1)."""
 
     default: int | float | str | bool
     ge: float | None = None  # inclusive lower bound
@@ -26,11 +33,16 @@ class Param:
     def type(self) -> type:
         return type(self.default)
 
+    @property
+    def upper(self) -> float | None:
+        """The inclusive upper bound: ``le``, or ``INT_MAX`` for an int without one."""
+        return INT_MAX if self.le is None and self.type is int else self.le
+
     def describe(self) -> str:
         rule = self.type.__name__
-        for op, bound in ((">=", self.ge), (">", self.gt), ("<=", self.le)):
+        for op, bound in ((">=", self.ge), (">", self.gt), ("<=", self.upper)):
             if bound is not None:
-                rule += f" {op} {bound:g}"
+                rule += f" {op} {bound if isinstance(bound, int) else format(bound, 'g')}"
         if self.choices:
             rule += " in {" + ", ".join(map(str, self.choices)) + "}"
         return f"{rule}, default {self.default!r}"
@@ -53,7 +65,7 @@ class Param:
         if (
             (self.ge is not None and value < self.ge)
             or (self.gt is not None and value <= self.gt)
-            or (self.le is not None and value > self.le)
+            or (self.upper is not None and value > self.upper)
             or (self.choices and value not in self.choices)
         ):
             raise ValueError(f"{value!r} is out of range ({self.describe()})")
