@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from strategies import parse_spec
+from strategies import final_output, parse_spec, weighted_loss
 
 from . import diagnostics, provenance, results
 from .config import DataConfig, ProblemConfig, RunConfig, Suite
@@ -41,7 +41,7 @@ from .measure import (
 )
 from .metrics import METRICS, mean_metrics
 from .model import build_model
-from .solver import solver_from_config
+from .solver import jacobian_frobenius_sq, solver_from_config
 from .summary import run_summary, timing_verdict
 from .tasks import Task, make_task
 
@@ -155,8 +155,8 @@ def _evaluate(model, strategy, solver, x, d, batch_size) -> tuple[dict[str, floa
     recon = []
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            xhat, _ = model(d[i : i + batch_size], strategy, solver)
-            recon.append(xhat.clamp(0, 1))
+            out, _ = model(d[i : i + batch_size], strategy, solver)
+            recon.append(final_output(out).clamp(0, 1))
     model.train()
     recon = torch.cat(recon)
     return mean_metrics(recon, x), recon
@@ -167,24 +167,40 @@ def _numeric_info(info: dict) -> dict[str, float]:
     return {k: float(v) for k, v in info.items() if isinstance(v, (int, float))}
 
 
-def train_step(model, strategy, solver, optimizer, x, d, clock: StepClock, counter=None):
+def train_step(
+    model, strategy, solver, optimizer, x, d, clock: StepClock, counter=None, jac_reg: float = 0.0
+):
     """One instrumented training step: returns (its ``steps`` row without epoch/step, output).
 
     The phases are timed by ``clock``; ``counter`` (a :class:`SavedBytes`), when given, counts
     the bytes the forward pass saves for backward. A strategy that sets ``info["skip_update"]``
     (e.g. cg:skip_unconverged=true after an unconverged adjoint solve) gets no parameter update;
-    the row then has ``skipped = 1``.
+    the row then has ``skipped = 1``. The loss is the MSE of the reconstruction (weighted over a
+    strategy's :class:`~strategies.WeightedOutputs`). ``jac_reg`` > 0 adds that weight times the
+    Hutchinson estimate of ||dT/dx||_F^2 / dim at the reconstruction to the objective (Bai et
+    al.'s Jacobian regularisation), recorded as ``jac_frobenius_sq`` (NaN on steps without it);
+    ``loss`` stays the reconstruction loss, comparable with and without it.
     """
     optimizer.zero_grad(set_to_none=True)
     # the harness, not the strategy, records the forward solve and counts Jacobian products
     recorder, products = RecordingSolver(solver), JacobianProducts()
+    counted, layer = products.strategy(strategy), {}
+
+    def call(f, z0, solver):
+        layer["f"] = f  # the regulariser's T: the very layer the strategy got, uncounted
+        return counted(f, z0, solver)
+
     marks = [clock.mark()]
     with products, counter.count() if counter else contextlib.nullcontext():
-        xhat, info = model(d, products.strategy(strategy), recorder)
-        loss = torch.nn.functional.mse_loss(xhat, x)
+        out, info = model(d, call, recorder)
+        loss = weighted_loss(out, lambda z: torch.nn.functional.mse_loss(z, x))
+    xhat, objective, jac_sq = final_output(out), loss, math.nan
+    if jac_reg > 0:  # outside ``products``: the regulariser's products are not the strategy's
+        penalty = jacobian_frobenius_sq(layer["f"], xhat)
+        objective, jac_sq = loss + jac_reg * penalty, penalty.item()
     marks.append(clock.mark())
     with products:
-        loss.backward()  # strategies with a backward solve complete ``info`` here
+        objective.backward()  # strategies with a backward solve complete ``info`` here
     marks.append(clock.mark())
     info = {**recorder.merge(info), "jacobian_products": float(products.total)}
     skipped = bool(info.get("skip_update", 0))
@@ -197,6 +213,7 @@ def train_step(model, strategy, solver, optimizer, x, d, clock: StepClock, count
     row.pop("skip_update", None)
     row.update(
         loss=loss.item(),
+        jac_frobenius_sq=jac_sq,
         forward_time_s=fwd,
         backward_time_s=bwd,
         optimizer_time_s=opt,
@@ -335,15 +352,17 @@ def _train_loop(s: _Setup, rec: _Record, memory: PeakMemory, device, progress: b
             x = s.train_x[idx]
             d = s.data.task.simulate(x, s.generator)
             step = len(rec.steps) + 1
+            every = run.train.jac_reg_every
+            jac_reg = run.train.jac_reg if (step - 1) % every == 0 else 0.0
             if step == tracked_step:
                 t0 = time.perf_counter()
-                rec.peak_step_bytes = _peak_step_bytes(s, x, d, clock)
+                rec.peak_step_bytes = _peak_step_bytes(s, x, d, clock, jac_reg)
                 rec.diagnostics_time_s += time.perf_counter() - t0
             counter = SavedBytes() if step == 1 else None  # one step suffices: exact
             with memory:
                 wall, cpu = time.perf_counter(), time.process_time()
                 row, xhat = train_step(
-                    s.model, s.strategy, s.solver, s.optimizer, x, d, clock, counter
+                    s.model, s.strategy, s.solver, s.optimizer, x, d, clock, counter, jac_reg
                 )
                 rec.step_cpu_s += time.process_time() - cpu  # every thread of the process
                 rec.step_wall_s += time.perf_counter() - wall
@@ -360,9 +379,11 @@ def _train_loop(s: _Setup, rec: _Record, memory: PeakMemory, device, progress: b
                 _evaluation(s, rec, epoch, epoch_end, fidelity)
 
 
-def _peak_step_bytes(s: _Setup, x, d, clock: StepClock) -> int:
+def _peak_step_bytes(s: _Setup, x, d, clock: StepClock, jac_reg: float) -> int:
     """Peak live tensor bytes of a training step on (x, d), replayed and then undone."""
-    step = lambda: train_step(s.model, s.strategy, s.solver, s.optimizer, x, d, clock)  # noqa: E731
+    step = lambda: train_step(  # noqa: E731
+        s.model, s.strategy, s.solver, s.optimizer, x, d, clock, jac_reg=jac_reg
+    )
     return diagnostics.peak_step_bytes(s.model, s.optimizer, step)
 
 
@@ -492,6 +513,8 @@ def _setting_columns(run: RunConfig, device, data: TaskData | None) -> dict:
         "epochs": run.train.epochs,
         "lr": run.train.lr,
         "lr_schedule": run.train.lr_schedule,
+        "jac_reg": run.train.jac_reg,
+        "jac_reg_every": run.train.jac_reg_every,
         "task": run.problem.task,
         **(data.task if data else make_task(run.problem)).setting_columns(),
         "noise_std": run.problem.noise_std,
