@@ -299,3 +299,26 @@ def test_the_training_loss_of_weighted_outputs_is_their_weighted_sum():
     assert row["loss"] == pytest.approx(expected, rel=1e-12)
     torch.testing.assert_close(xhat, out.final, rtol=1e-12, atol=0)
     assert row["jac_frobenius_sq"] > 0
+
+
+def test_report_of_a_jac_reg_sweep_titles_its_settings_and_says_shines_forward_is_its_own(
+    tmp_path,
+):
+    """A sweep over [train] jac_reg makes one setting per weight, titled by it; shine's own
+    Broyden forward (the suite solves with fixed_point_iter) is named in the observations."""
+    from bench.report import build_report
+    from bench.runner import run_suite
+
+    raw = tomllib.loads(MINI)
+    raw.update(strategies=["jfb", "shine"], seeds=1, sweep={"train.jac_reg": [0.0, 0.5]})
+    out = tmp_path / "out"
+    counts = run_suite(suite_from_dict(raw, "jacreg", "jacreg.toml"), out, progress=False)
+    assert counts.get("ok") == 4, counts
+    build_report(out, tmp_path / "report")
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "jac_reg = 0" in markdown and "jac_reg = 0.5" in markdown
+    assert (
+        "shine ran its own Broyden forward solve, not the suite's solver (fixed_point_iter), "
+        "in 100% of steps" in markdown
+    )
+    assert "jfb ran its own" not in markdown
