@@ -13,7 +13,7 @@ and an unknown key, a value of the wrong type or out of its range (declared with
     [model]   width, depth, eta, alpha, lipschitz, form, lipschitz_control
     [solver]  name, max_iter, tol, m, lam
     [train]   epochs, batch_size, lr, device, dtype, n_recon, grad_fidelity, eval_every,
-              lr_schedule
+              lr_schedule, jac_reg, jac_reg_every
     [sweep]   "section.key" = [values]  # cartesian product, e.g. "solver.max_iter" = [10, 100]
 """
 
@@ -213,6 +213,10 @@ class TrainConfig:
     eval_every: int = setting(0, ge=0, le=10_000_000)
     # per step
     lr_schedule: str = setting("constant", choices=("constant", "cosine", "onecycle"))
+    # Jacobian regularisation (Bai et al. 2021): weight of the Hutchinson estimate of
+    # ||dT/dx||_F^2 / dim added to the loss (0: off), on every jac_reg_every-th step
+    jac_reg: float = setting(0.0, ge=0)
+    jac_reg_every: int = setting(1, ge=1)
 
     __post_init__ = _check_ranges
 

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from strategies import get_strategy
+from strategies import get_strategy, weighted_loss
 
 from .measure import PeakLiveBytes
 from .solver import lipschitz_estimate, make_solver
@@ -37,8 +37,8 @@ def gradient_cosine(model, strategy, solver, x, d) -> dict[str, float]:
     def grad_of(m, strat, solv, dtype):
         m.eval()
         m.zero_grad(set_to_none=True)
-        xhat, info = m(d.to(dtype), strat, solv)
-        torch.nn.functional.mse_loss(xhat, x.to(dtype)).backward()
+        out, info = m(d.to(dtype), strat, solv)
+        weighted_loss(out, lambda z: torch.nn.functional.mse_loss(z, x.to(dtype))).backward()
         g = flat_grad(m)
         m.zero_grad(set_to_none=True)
         m.train()

@@ -451,14 +451,23 @@ class RecordingSolver:
 
     :meth:`merge` returns a strategy's ``info`` with the ``forward_*`` entries replaced by the
     recorded ones (over several solves in one step: iterations summed, the worst residual,
-    converged only if every solve was). A strategy that never called the solver (unrolled runs
-    its own k iterations) keeps its own ``forward_iters``/``forward_residual``, and its
-    ``forward_converged`` is NaN: it had no solve that could converge.
+    converged only if every solve was). A strategy that never called the solver keeps its own
+    ``forward_*`` entries: unrolled runs k iterations and reports no ``forward_converged`` (NaN:
+    no solve that could converge); shine runs its own Broyden solve (it needs the solver's
+    internal state, which torchdeq does not return) and reports its statistics.
+
+    The wrapped solver's settings (``name``, ``max_iter``, ``tol``, ...) read through, so that a
+    strategy running its own solve can use the suite's settings.
     """
 
     def __init__(self, solver):
         self.solver = solver
         self.calls: list[dict[str, float]] = []
+
+    def __getattr__(self, name):
+        if name in ("solver", "calls"):  # not yet set (e.g. while unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.solver, name)
 
     def __call__(self, f, z0):
         z, info = self.solver(f, z0)
@@ -467,7 +476,7 @@ class RecordingSolver:
 
     def merge(self, info: dict) -> dict:
         if not self.calls:
-            return {**info, "forward_converged": math.nan}
+            return {"forward_converged": math.nan, **info}
         recorded = {
             "forward_iters": sum(c["forward_iters"] for c in self.calls),
             "forward_residual": max(c["forward_residual"] for c in self.calls),

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from strategies import parse_spec
+from strategies import final_output, parse_spec, weighted_loss
 
 from . import diagnostics, provenance, results
 from .config import DataConfig, ProblemConfig, RunConfig, Suite
@@ -41,7 +41,7 @@ from .measure import (
 )
 from .metrics import METRICS, mean_metrics
 from .model import build_model
-from .solver import solver_from_config
+from .solver import jacobian_frobenius_sq, solver_from_config
 from .summary import run_summary, timing_verdict
 from .tasks import Task, make_task
 
@@ -155,8 +155,8 @@ def _evaluate(model, strategy, solver, x, d, batch_size) -> tuple[dict[str, floa
     recon = []
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            xhat, _ = model(d[i : i + batch_size], strategy, solver)
-            recon.append(xhat.clamp(0, 1))
+            out, _ = model(d[i : i + batch_size], strategy, solver)
+            recon.append(final_output(out).clamp(0, 1))
     model.train()
     recon = torch.cat(recon)
     return mean_metrics(recon, x), recon
@@ -168,7 +168,16 @@ def _numeric_info(info: dict) -> dict[str, float]:
 
 
 def train_step(
-    model, strategy, solver, optimizer, x, d, clock: StepClock, counter=None, after_certify=None
+    model,
+    strategy,
+    solver,
+    optimizer,
+    x,
+    d,
+    clock: StepClock,
+    counter=None,
+    jac_reg: float = 0.0,
+    after_certify=None,
 ):
     """One instrumented training step: returns (its ``steps`` row without epoch/step, output).
 
@@ -179,22 +188,37 @@ def train_step(
     backward; ``after_certify``, when given, is called between certification and the forward
     pass (the peak-memory replay splits its peak there). A strategy that sets
     ``info["skip_update"]`` (e.g. cg:skip_unconverged=true after an unconverged adjoint solve)
-    gets no parameter update; the row then has ``skipped = 1``.
+    gets no parameter update; the row then has ``skipped = 1``. The loss is the MSE of the
+    reconstruction (weighted over a strategy's :class:`~strategies.WeightedOutputs`).
+    ``jac_reg`` > 0 adds that weight times the Hutchinson estimate of ||dT/dx||_F^2 / dim at the
+    reconstruction to the objective (Bai et al.'s Jacobian regularisation), recorded as
+    ``jac_frobenius_sq`` (NaN on steps without it); ``loss`` stays the reconstruction loss,
+    comparable with and without it.
     """
     optimizer.zero_grad(set_to_none=True)
     # the harness, not the strategy, records the forward solve and counts Jacobian products
     recorder, products = RecordingSolver(solver), JacobianProducts()
+    counted, layer = products.strategy(strategy), {}
+
+    def call(f, z0, solver):
+        layer["f"] = f  # the regulariser's T: the very layer the strategy got, uncounted
+        return counted(f, z0, solver)
+
     marks = [clock.mark()]
     with products, counter.count() if counter else contextlib.nullcontext():
         weights = model.certified_weights(d.shape[-2:])
         marks.append(clock.mark())
         if after_certify is not None:
             after_certify()
-        xhat, info = model(d, products.strategy(strategy), recorder, weights=weights)
-        loss = torch.nn.functional.mse_loss(xhat, x)
+        out, info = model(d, call, recorder, weights=weights)
+        loss = weighted_loss(out, lambda z: torch.nn.functional.mse_loss(z, x))
+    xhat, objective, jac_sq = final_output(out), loss, math.nan
+    if jac_reg > 0:  # outside ``products``: the regulariser's products are not the strategy's
+        penalty = jacobian_frobenius_sq(layer["f"], xhat)
+        objective, jac_sq = loss + jac_reg * penalty, penalty.item()
     marks.append(clock.mark())
     with products:
-        loss.backward()  # strategies with a backward solve complete ``info`` here
+        objective.backward()  # strategies with a backward solve complete ``info`` here
     marks.append(clock.mark())
     info = {**recorder.merge(info), "jacobian_products": float(products.total)}
     skipped = bool(info.get("skip_update", 0))
@@ -208,6 +232,7 @@ def train_step(
     row.update(
         loss=loss.item(),
         certify_time_s=certify,
+        jac_frobenius_sq=jac_sq,
         forward_time_s=fwd,
         backward_time_s=bwd,
         optimizer_time_s=opt,
@@ -350,9 +375,11 @@ def _train_loop(s: _Setup, rec: _Record, memory: PeakMemory, device, progress: b
             x = s.train_x[idx]
             d = s.data.task.simulate(x, s.generator)
             step = len(rec.steps) + 1
+            every = run.train.jac_reg_every
+            jac_reg = run.train.jac_reg if (step - 1) % every == 0 else 0.0
             if step == tracked_step:
                 t0 = time.perf_counter()
-                peaks = _peak_step_bytes(s, x, d, clock)
+                peaks = _peak_step_bytes(s, x, d, clock, jac_reg)
                 rec.peak_step_bytes = peaks["peak_step_bytes"]
                 rec.certify_peak_bytes = peaks["certify_peak_bytes"]
                 rec.diagnostics_time_s += time.perf_counter() - t0
@@ -360,7 +387,7 @@ def _train_loop(s: _Setup, rec: _Record, memory: PeakMemory, device, progress: b
             with memory:
                 wall, cpu = time.perf_counter(), time.process_time()
                 row, xhat = train_step(
-                    s.model, s.strategy, s.solver, s.optimizer, x, d, clock, counter
+                    s.model, s.strategy, s.solver, s.optimizer, x, d, clock, counter, jac_reg
                 )
                 rec.step_cpu_s += time.process_time() - cpu  # every thread of the process
                 rec.step_wall_s += time.perf_counter() - wall
@@ -377,12 +404,15 @@ def _train_loop(s: _Setup, rec: _Record, memory: PeakMemory, device, progress: b
                 _evaluation(s, rec, epoch, epoch_end, fidelity)
 
 
-def _peak_step_bytes(s: _Setup, x, d, clock: StepClock) -> dict[str, int]:
+def _peak_step_bytes(s: _Setup, x, d, clock: StepClock, jac_reg: float) -> dict[str, int]:
     """Peak live tensor bytes of a training step on (x, d), replayed and then undone, split into
     the certification's and the rest's (see :func:`bench.diagnostics.peak_step_bytes`)."""
 
     def step(after_certify):
-        train_step(s.model, s.strategy, s.solver, s.optimizer, x, d, clock, None, after_certify)
+        train_step(
+            s.model, s.strategy, s.solver, s.optimizer, x, d, clock,
+            jac_reg=jac_reg, after_certify=after_certify,
+        )  # fmt: skip
 
     return diagnostics.peak_step_bytes(s.model, s.optimizer, step)
 
@@ -514,6 +544,8 @@ def _setting_columns(run: RunConfig, device, data: TaskData | None) -> dict:
         "epochs": run.train.epochs,
         "lr": run.train.lr,
         "lr_schedule": run.train.lr_schedule,
+        "jac_reg": run.train.jac_reg,
+        "jac_reg_every": run.train.jac_reg_every,
         "task": run.problem.task,
         **(data.task if data else make_task(run.problem)).setting_columns(),
         "noise_std": run.problem.noise_std,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -86,6 +87,44 @@ class Param:
             raise ValueError(f"expected {kind.__name__}, got {text!r}") from None
 
 
+@dataclass(frozen=True)
+class WeightedOutputs:
+    """Several outputs of one forward pass, each with the weight of its loss in training.
+
+    ``weighted_loss(out, loss_fn)`` is ``sum_i weights[i] * loss_fn(outputs[i])``; the last
+    output is the reconstruction (``final``), the one evaluated and measured.
+    """
+
+    outputs: tuple[torch.Tensor, ...]
+    weights: tuple[float, ...]
+
+    def __post_init__(self):
+        if not self.outputs or len(self.outputs) != len(self.weights):
+            raise ValueError(
+                f"WeightedOutputs needs as many weights as outputs (at least one), got "
+                f"{len(self.outputs)} outputs and {len(self.weights)} weights"
+            )
+
+    @property
+    def final(self) -> torch.Tensor:
+        return self.outputs[-1]
+
+
+def final_output(out: torch.Tensor | WeightedOutputs) -> torch.Tensor:
+    """The reconstruction a strategy returned: ``out`` itself, or a WeightedOutputs' last."""
+    return out.final if isinstance(out, WeightedOutputs) else out
+
+
+def weighted_loss(
+    out: torch.Tensor | WeightedOutputs, loss_fn: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """The training loss of a strategy's output: ``loss_fn(out)``, or for WeightedOutputs the
+    weighted sum of each output's loss."""
+    if not isinstance(out, WeightedOutputs):
+        return loss_fn(out)
+    return sum(w * loss_fn(z) for w, z in zip(out.weights, out.outputs, strict=True))
+
+
 class Strategy:
     """Base class of gradient strategies.
 
@@ -99,6 +138,11 @@ class Strategy:
     It returns ``z`` attached to the autograd graph, so that ``loss(z).backward()`` leaves the
     strategy's gradient in the parameters' ``.grad``, and ``info`` (str -> number), which
     strategies with a backward solve complete during ``backward()``.
+
+    A strategy whose loss is on several states (fixed-point correction) returns a
+    :class:`WeightedOutputs` instead of ``z``: the training loss is then ``sum_i w_i loss(z_i)``
+    and the reconstruction its last output. Callers go through :func:`weighted_loss` and
+    :func:`final_output`, which take either form, so a strategy returning one tensor is unchanged.
 
     Validated parameter values are available as attributes (``self.k``) and in ``self.params``.
 

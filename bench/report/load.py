@@ -60,7 +60,7 @@ NEW_COLUMNS = {
 }  # fmt: skip
 # Settings added after results were written, with the value every earlier run had (the model had
 # no other choice then): filled in when absent, since nothing is missing.
-IMPLIED_SETTINGS = {"runs": {"model_activation": "relu"}}
+IMPLIED_SETTINGS = {"runs": {"model_activation": "relu", "jac_reg": 0.0, "jac_reg_every": 1}}
 # runs.csv columns that hold text; every other known column is coerced to numbers.
 TEXT_RUN_COLUMNS = {
     "run_id", "suite", "strategy", "strategy_label", "params", "status", "status_reason",
@@ -89,7 +89,8 @@ SETTING_COLUMNS = (
     "task", "dataset", "image_size", "channels", "n_train", "batch_size", "epochs", "lr",
     "blur_kernel_size", "blur_sigma", "noise_std", "solver", "solver_max_iter", "solver_tol",
     "model_width", "model_depth", "model_form", "lipschitz_control", "lr_schedule",
-    "model_lipschitz", "model_activation", "mask_keep_fraction", "mask_seed",
+    "model_lipschitz", "model_activation", "mask_keep_fraction", "mask_seed", "jac_reg",
+    "jac_reg_every",
 )  # fmt: skip
 # Classical baselines depend on the data and the blur only: they belong to every setting that
 # shares these (e.g. all points of a sweep over the solver's max_iter).

@@ -39,6 +39,8 @@ SETUP_FIELDS = (
     ("n_train", "training images"), ("n_test", "test images"),
     ("batch_size", "batch size"), ("epochs", "epochs"), ("lr", "learning rate"),
     ("lr_schedule", "learning-rate schedule"),
+    ("jac_reg", "Jacobian regularisation weight"),
+    ("jac_reg_every", "Jacobian regularisation every N steps"),
     ("blur_kernel_size", "blur kernel size"), ("blur_sigma", "blur sigma"),
     ("mask_keep_fraction", "mask keep fraction"), ("mask_seed", "mask seed"),
     ("noise_std", "noise std"), ("model_width", "model width"), ("model_depth", "model depth"),
