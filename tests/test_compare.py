@@ -129,6 +129,27 @@ def test_a_strategy_with_1_5x_step_times_is_named_and_exits_1(tiny, capsys, tmp_
     assert _row(out, "median step A", SLOWED)["B / A [95 % CI]"].endswith("within threshold")
 
 
+def _set_timing(folder: Path, reliable: bool, note: str = "") -> None:
+    tables = _tables(folder)
+    tables["runs"]["timing_reliable"] = reliable
+    tables["runs"]["timing_note"] = note
+    _write(folder, tables)
+
+
+def test_a_slowdown_on_unreliable_timings_says_so(tiny, capsys, tmp_path):
+    reliable = _copy(tiny, tmp_path / "reliable")
+    _set_timing(reliable, True)
+    busy = _copy(tiny, tmp_path / "busy")
+    _slow_down(busy, SLOWED, 1.5)
+    _set_timing(busy, False, "load average 9.00 > 2 cores + 1")
+    code, out, err = _compare(capsys, reliable, busy)
+    assert code == 1, out + err
+    assert f"- {SLOWED}: slower, step time 1.50× [1.50, 1.50] (timings unreliable on B)" in out
+    row = _row(out, "median step A", SLOWED)
+    assert (row["timings A"], row["timings B"]) == ("reliable (2 of 2)", "2 of 2 unreliable")
+    assert f"- B: {SLOWED}: timings of 2 run(s) unreliable (load average 9.00 > 2 cores + 1)" in out
+
+
 def test_heavier_memory_and_a_worse_metric_are_regressions(tiny, capsys, tmp_path):
     changed = _copy(tiny, tmp_path / "changed")
     tables = _tables(changed)
