@@ -1,9 +1,10 @@
-"""Command line: ``implicit-bench run | report | list | strategies | suites``.
+"""Command line: ``implicit-bench run | report | compare | list | strategies | suites``.
 
 A user's mistake (unknown strategy or suite, bad TOML key, wrong type or range, missing data
 folder, absent device, a results folder that cannot be written) is one line on stderr and exit
 status 2, never a traceback. ``run`` exits 1 when some run failed for a reason other than
-divergence, or when writing results failed mid-sweep (one line, naming the file). SIGINT exits
+divergence, or when writing results failed mid-sweep (one line, naming the file). ``compare``
+exits 1 when folder B is significantly slower, heavier or worse than A, 0 otherwise. SIGINT exits
 130 and SIGTERM 143, both saying that finished runs are kept.
 """
 
@@ -107,6 +108,23 @@ def _parser() -> argparse.ArgumentParser:
         "results)",
     )
 
+    compare = sub.add_parser(
+        "compare",
+        help="compare results folder B against A (step time, memory, quality); exit 1 when B is "
+        "significantly slower, heavier or worse",
+    )
+    compare.add_argument("a", type=Path, metavar="A", help="the baseline results folder")
+    compare.add_argument("b", type=Path, metavar="B", help="the results folder compared with A")
+    compare.add_argument(
+        "--threshold",
+        type=float,
+        default=10.0,
+        metavar="PERCENT",
+        help="change in median step time or peak step memory below which B is not called "
+        "slower or heavier (default 10)",
+    )
+    compare.add_argument("--output", type=Path, help="also write the Markdown to this file")
+
     listing = sub.add_parser(
         "list", help="list the registered plug-ins (tasks, metrics, data sets, ...), one line each"
     )
@@ -197,6 +215,21 @@ def _report(args) -> int:
     html = build_report(args.results, args.out, metric=args.metric, target=args.target)
     print(f"report: {html}")
     return 0
+
+
+def _compare(args) -> int:
+    from .report.compare import compare_folders
+    from .results import atomic_write_bytes
+
+    result = compare_folders(args.a, args.b, threshold=args.threshold / 100)
+    markdown = result.to_markdown()
+    if args.output:
+        try:
+            atomic_write_bytes(args.output, markdown.encode())
+        except OSError as err:  # a user's path, not a sweep's results: a usage error
+            raise ValueError(f"cannot write {args.output}: {err.strerror or err}") from err
+    print(markdown, end="")
+    return 1 if result.regressions else 0
 
 
 def _strategies() -> int:
@@ -324,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _run(args)
             if args.command == "report":
                 return _report(args)
+            if args.command == "compare":
+                return _compare(args)
             if args.command == "list":
                 return _list(args.kind)
             if args.command == "strategies":

@@ -124,8 +124,7 @@ class Estimate:
 
 def mean_ci(values, confidence: float = CONFIDENCE) -> Estimate:
     """Mean of the finite ``values`` with its Student-t interval (n - 1 degrees of freedom)."""
-    values = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce"), dtype=float)
-    values = values[np.isfinite(values)]
+    values = _finite(values)
     n = len(values)
     if n == 0:
         return Estimate(math.nan, math.nan, math.nan, 0)
@@ -134,6 +133,36 @@ def mean_ci(values, confidence: float = CONFIDENCE) -> Estimate:
         return Estimate(mean, math.nan, math.nan, 1)
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * stats.sem(values))
     return Estimate(mean, mean - half, mean + half, n)
+
+
+def _finite(values) -> np.ndarray:
+    """The finite numbers among ``values`` (text and NaN dropped), as a float array."""
+    values = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce"), dtype=float)
+    return values[np.isfinite(values)]
+
+
+def welch_difference(values, reference, confidence: float = CONFIDENCE) -> Estimate:
+    """Mean of ``values`` minus mean of ``reference``, two independent samples (e.g. runs with
+    different seeds), with Welch's t interval (Welch-Satterthwaite degrees of freedom).
+
+    ``n`` is the smaller sample's size: no interval unless both have two finite values. Two
+    samples without spread give the difference itself as its interval (as :func:`mean_ci` does
+    for values without spread), where Welch's degrees of freedom are undefined.
+    """
+    a, b = _finite(values), _finite(reference)
+    n = min(len(a), len(b))
+    if n == 0:
+        return Estimate(math.nan, math.nan, math.nan, 0)
+    difference = float(a.mean() - b.mean())
+    if n == 1:
+        return Estimate(difference, math.nan, math.nan, 1)
+    var_a, var_b = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    variance = var_a + var_b
+    if variance == 0:
+        return Estimate(difference, difference, difference, n)
+    dof = variance**2 / (var_a**2 / (len(a) - 1) + var_b**2 / (len(b) - 1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, dof) * math.sqrt(variance))
+    return Estimate(difference, difference - half, difference + half, n)
 
 
 def paired_difference(values: pd.Series, reference: pd.Series) -> Estimate:
