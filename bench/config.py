@@ -216,7 +216,7 @@ class TrainConfig:
     # Jacobian regularisation (Bai et al. 2021): weight of the Hutchinson estimate of
     # ||dT/dx||_F^2 / dim added to the loss (0: off), on every jac_reg_every-th step
     jac_reg: float = setting(0.0, ge=0)
-    jac_reg_every: int = setting(1, ge=1)
+    jac_reg_every: int = setting(1, ge=1, le=10_000_000)
 
     __post_init__ = _check_ranges
 
