@@ -72,3 +72,61 @@ def during(what: str, lower: str) -> Iterator[None]:
         if not is_out_of_memory(err):
             raise
         raise OutOfMemory(describe(err, what, lower)) from err
+
+
+def minimum_run_bytes(
+    *,
+    n_train: int,
+    n_test: int,
+    image_shape: tuple[int, int, int],
+    batch_size: int,
+    width: int,
+    depth: int,
+    dtype_bytes: int,
+    on_gpu: bool,
+) -> dict[str, int]:
+    """A lower bound on a run's peak memory from its settings: ``{"host": ..., "gpu": ...}``.
+
+    Counted: the data set held in float64 on the host (training images, test images and their
+    measurements); on the run's device, the data in the run's dtype (on the host a float64 run
+    shares those tensors), the activations one application of the network saves for backward
+    (each hidden layer's activation, ``(depth - 1) width`` values per pixel, plus the input and
+    output) for one batch, and the test set's reconstructions. Not counted:
+    the solver's history, a strategy's extra saved iterates (unrolled:k saves k applications),
+    the optimiser, the allocator's overhead; so a run needs at least this much, usually more.
+    """  # fmt: skip
+    channels, height, width_px = image_shape
+    image = channels * height * width_px
+    pixels = height * width_px
+    data = (n_train + 2 * n_test) * image
+    host = data * 8
+    device = 0 if (not on_gpu and dtype_bytes == 8) else data * dtype_bytes
+    step = batch_size * pixels * ((depth - 1) * width + 2 * channels) * dtype_bytes
+    recon = n_test * image * dtype_bytes
+    if on_gpu:
+        return {"host": host, "gpu": device + step + recon}
+    return {"host": host + device + step + recon, "gpu": 0}
+
+
+def available_bytes(device: torch.device) -> int:
+    """Memory free for new allocations: the GPU's free memory (``torch.cuda.mem_get_info``) on
+    CUDA, else the host's available memory (``psutil``)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def fit_warning(run_id: str, need: int, at_once: int, available: int, where: str) -> str | None:
+    """The one-line warning when ``at_once`` runs of ``need`` bytes each exceed ``available``
+    (None when they fit)."""
+    if need * at_once <= available:
+        return None
+    many = f" each, {at_once} at once" if at_once > 1 else ""
+    return (
+        f"{run_id} (and the runs of its setting) needs at least {_bytes(need)} of {where} "
+        f"memory{many}, more than the {_bytes(available)} available: it will likely fail out of "
+        "memory; lower train.batch_size, model.width, the image size"
+        + (" or -j" if at_once > 1 else "")
+    )

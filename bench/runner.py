@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from strategies import parse_spec
 
-from . import diagnostics, provenance, results
+from . import diagnostics, out_of_memory, provenance, results
 from .config import DataConfig, ProblemConfig, RunConfig, Suite
 from .data import load_dataset
 from .measure import (
@@ -798,6 +798,41 @@ def plan(
     return todo, counts | {"elsewhere": 0}
 
 
+def warn_if_too_big(todo: list[RunConfig], executor) -> None:
+    """Warn, before training, for each setting whose runs need more memory than this machine
+    has free (a lower bound of their needs: :func:`out_of_memory.minimum_run_bytes`; ``-j N``
+    runs N at once). Only for the local executor: submitit's runs go to other machines. The GPU
+    is checked when runs train in this process (``-j 1``): workers have GPUs of their own."""
+    from .executor import LocalExecutor
+
+    if not isinstance(executor, LocalExecutor):
+        return
+    at_once = min(executor.jobs, len(todo))
+    seen = set()
+    for run in todo:
+        if run.setting_hash in seen:
+            continue
+        seen.add(run.setting_hash)
+        device = resolve_device(run.train.device)
+        data = load_task_data(run.data, run.problem)
+        need = out_of_memory.minimum_run_bytes(
+            n_train=len(data.train_x), n_test=len(data.test_x),
+            image_shape=tuple(data.test_x.shape[1:]),
+            batch_size=min(run.train.batch_size, len(data.train_x)),
+            width=run.model.width, depth=run.model.depth,
+            dtype_bytes=DTYPES[run.train.dtype].itemsize, on_gpu=device.type == "cuda",
+        )  # fmt: skip
+        host = torch.device("cpu")
+        checks = [(need["host"], at_once, host, "host")]
+        if device.type == "cuda" and executor.jobs == 1:
+            checks.append((need["gpu"], 1, device, str(device)))
+        for bytes_, runs, where, name in checks:
+            available = out_of_memory.available_bytes(where)
+            line = out_of_memory.fit_warning(run.run_id, bytes_, runs, available, name)
+            if line:
+                results.warn(line)
+
+
 def fingerprinted_runs(suite: Suite) -> list[RunConfig]:
     """The suite's runs, each carrying the fingerprint of the images its data setting loads."""
     return [
@@ -838,6 +873,7 @@ def run_suite(
         resolve_device(run.train.device)
     executor.check(suite.runs())
     todo, counts = plan(suite, out, force, stale)
+    warn_if_too_big(todo, executor)
     t_plan = time.perf_counter()
     run_baselines(suite, out, force)
     t_baselines = time.perf_counter()

@@ -149,3 +149,30 @@ def test_baselines_out_of_memory_are_a_warning_and_the_runs_go_on(tmp_path, monk
         "them)"
     ]
     assert pd.read_csv(out / "runs.csv")["status"].tolist() == ["ok"]
+
+
+def test_a_run_that_cannot_fit_is_warned_about_before_training(tmp_path, monkeypatch, capsys):
+    import pandas as pd
+
+    from bench import out_of_memory
+
+    monkeypatch.setattr(out_of_memory, "available_bytes", lambda device: 2**10)
+    out = tmp_path / "res"
+    code = main(["run", str(_suite(tmp_path)), "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "needs at least" in line]
+    assert code == 0 and len(warnings) == 1, err  # one per setting: the 3 seeds share one
+    assert warnings[0].startswith("implicit-bench: warning: jfb-s")
+    assert "of host memory, more than the 1.0 KiB available" in warnings[0]
+    assert "lower train.batch_size" in warnings[0]
+    runs = pd.read_csv(out / "runs.csv")
+    assert runs["status"].tolist() == ["ok"] * 3  # a warning, not a refusal: the estimate is rough
+    # the estimate is a lower bound: at least the data set the runs hold, in float64
+    need = out_of_memory.minimum_run_bytes(
+        n_train=5, n_test=1, image_shape=(1, 25, 25), batch_size=4, width=2, depth=1,
+        dtype_bytes=4, on_gpu=False,
+    )  # fmt: skip
+    assert need["host"] >= (5 + 2 * 1) * 25 * 25 * 8 and need["gpu"] == 0
+    monkeypatch.setattr(out_of_memory, "available_bytes", lambda device: 2**40)
+    main(["run", str(_suite(tmp_path)), "--out", str(tmp_path / "other"), "--quiet"])
+    assert "needs at least" not in capsys.readouterr().err
