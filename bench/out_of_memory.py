@@ -6,7 +6,9 @@ allocate memory: you tried to allocate N bytes", on the CPU) or a ``torch.OutOfM
 ``MemoryError``. :func:`during` turns any of them, raised inside one phase of the work, into an
 :class:`OutOfMemory` naming that phase, the allocation and the settings that size it. A run that
 runs out of memory is then a failed run with that line as its reason (the sweep goes on); the
-data check before training reports it as bad input (exit 2).
+data check before training reports it as bad input (exit 2). Before training,
+:func:`minimum_run_bytes` bounds a run's needs from its settings, so that a run which cannot
+fit is warned about (:func:`fit_warning`).
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ def minimum_run_bytes(
     output) for one batch, and the test set's reconstructions. Not counted:
     the solver's history, a strategy's extra saved iterates (unrolled:k saves k applications),
     the optimiser, the allocator's overhead; so a run needs at least this much, usually more.
-    """  # fmt: skip
+    """
     channels, height, width_px = image_shape
     image = channels * height * width_px
     pixels = height * width_px
@@ -123,10 +125,10 @@ def fit_warning(run_id: str, need: int, at_once: int, available: int, where: str
     (None when they fit)."""
     if need * at_once <= available:
         return None
-    many = f" each, {at_once} at once" if at_once > 1 else ""
+    many = f", {at_once} at once" if at_once > 1 else ""
     return (
-        f"{run_id} (and the runs of its setting) needs at least {_bytes(need)} of {where} "
-        f"memory{many}, more than the {_bytes(available)} available: it will likely fail out of "
-        "memory; lower train.batch_size, model.width, the image size"
+        f"{run_id} and the runs sharing its setting need at least {_bytes(need)} of {where} "
+        f"memory each{many}, more than the {_bytes(available)} available: they will likely fail "
+        "out of memory; lower train.batch_size, model.width, the image size"
         + (" or -j" if at_once > 1 else "")
     )

@@ -216,12 +216,13 @@ def test_a_registered_metric_runs_through_the_pipeline_into_the_report(tmp_path,
     from bench.config import load_suite
     from bench.metrics import Metric
     from bench.report import build_report
-    from bench.runner import run_suite
+    from bench.runner import load_task_data, run_suite
 
     def mae(x, y):
         return (x.double() - y.double()).abs().flatten(1).mean(1)
 
     monkeypatch.setitem(METRICS._entries, "mae", Metric("mae", mae, "MAE", False, "", 4))
+    load_task_data.cache_clear()  # data loaded by an earlier test was scored without mae
     suite_file = tmp_path / "mini.toml"
     suite_file.write_text(MINI.replace("seeds = 3", "seeds = 2"))
     out = tmp_path / "res"
