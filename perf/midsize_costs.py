@@ -60,7 +60,11 @@ def main() -> None:
     data = load_task_data(run.data, run.problem)
     x = data.train_x[: args.batch]
     d = data.task.simulate(x, torch.Generator().manual_seed(0))
-    solver, clock, jfb = solver_from_config(run.solver), StepClock(torch.device("cpu")), parse_spec("jfb")
+    solver, clock, jfb = (
+        solver_from_config(run.solver),
+        StepClock(torch.device("cpu")),
+        parse_spec("jfb"),
+    )
     print(f"{args.side}x{args.side} RGB, width {args.width}, depth {args.depth}, batch {args.batch}, "
           f"{torch.get_num_threads()} threads")  # fmt: skip
     models = {}
@@ -90,8 +94,11 @@ def main() -> None:
             model, jfb, solver, fid_x, fid_d
         ),
         "peak-bytes replay": lambda: diagnostics.peak_step_bytes(
-            model, optimizer,
-            lambda split: train_step(model, jfb, solver, optimizer, x, d, clock, after_certify=split),
+            model,
+            optimizer,
+            lambda split: train_step(
+                model, jfb, solver, optimizer, x, d, clock, after_certify=split
+            ),
         ),  # fmt: skip
     }
     total = 0.0
