@@ -350,7 +350,27 @@ def _sigterm_raises():
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _unencodable_replaced():
+    """Meanwhile, characters that stdout or stderr cannot encode (a non-ASCII path under
+    PYTHONIOENCODING=ascii or the C locale) are printed as '?' instead of failing the print,
+    which would otherwise fail a command after its work is done."""
+    strict = [s for s in (sys.stdout, sys.stderr) if getattr(s, "errors", None) == "strict"]
+    for stream in strict:
+        stream.reconfigure(errors="replace")
+    try:
+        yield
+    finally:
+        for stream in strict:
+            stream.reconfigure(errors="strict")
+
+
 def main(argv: list[str] | None = None) -> int:
+    with _unencodable_replaced():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     saved = "finished runs are saved, rerun to resume"
     try:

@@ -2,10 +2,13 @@
 
 - :class:`LocalExecutor` ``(jobs=N)``: on this machine. N = 1 trains the runs one after the other
   in this process; N > 1 starts N worker processes (spawned, so nothing of this process's torch
-  state leaks into them), each with ``torch.set_num_threads(cores // N)`` so that the runs do not
-  fight over cores (measured: two processes with torch's default threads on 2 cores made a step
-  40x slower). On a CUDA machine each worker gets its own GPU (``CUDA_VISIBLE_DEVICES``, set
-  before CUDA initialises), or ``runs_per_gpu`` workers share one.
+  state leaks into them; never more than there are runs, and a warning when more than cores),
+  each with ``torch.set_num_threads(cores // N)`` so that the runs do not fight over cores
+  (measured: two processes with torch's default threads on 2 cores made a step 40x slower). On
+  a CUDA machine each worker gets its own GPU (``CUDA_VISIBLE_DEVICES``, set before CUDA
+  initialises), or ``runs_per_gpu`` workers share one. A worker that dies (the out-of-memory
+  killer's SIGKILL) costs only the run it was running, recorded as failed with the signal; a
+  new worker takes its place.
 - :class:`SubmititExecutor`: a submitit job array (SLURM, or submitit's local/debug backends).
 
 Either way each run is one call of :func:`bench.runner.execute`, which claims the run, trains it
@@ -16,23 +19,30 @@ complete. An executor yields each run's :class:`~bench.runner.RunOutcome` as it 
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import shutil
 import signal
+import subprocess
+import threading
+import time
+import traceback
+from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from . import results
 from .config import RunConfig
-from .runner import RunOutcome, execute, resolve_device, usable_cores
+from .runner import RunOutcome, execute, record_failure, resolve_device, usable_cores
 
-WORKER_START_TIMEOUT_S = 300  # all workers wait for each other once, before the first run
+JOB_POLL_S = 1.0  # how often a submitit sweep checks its jobs (submitit's own Job.wait: 1 s)
+JOB_STOP_TIMEOUT_S = 30  # a cancelled local job's processes are killed after this long
 # torch's own thread count when this module was imported: physical cores, or OMP_NUM_THREADS
 # when the user set it. The cores shared among the jobs are the usable ones, capped by it, so
 # that -j 1 never runs more threads than torch itself would (hyperthreads, a user's setting).
@@ -75,11 +85,10 @@ class LocalExecutor:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
-    @property
-    def threads(self) -> int:
+    def threads(self, workers: int) -> int:
         """Torch threads of each run: the cores this process may use (capped by torch's own
-        default) shared among the jobs."""
-        return threads_per_job(min(usable_cores(), TORCH_DEFAULT_THREADS), self.jobs)
+        default) shared among the ``workers`` running at once."""
+        return threads_per_job(min(usable_cores(), TORCH_DEFAULT_THREADS), workers)
 
     def check(self, runs: list[RunConfig]) -> None:
         """Settings that cannot work, as a ValueError before anything runs."""
@@ -93,7 +102,7 @@ class LocalExecutor:
                     "own GPU; use device 'cuda' or 'auto'"
                 )
         if self._uses_cuda(runs):
-            gpu_per_slot(_visible_gpus(), self.jobs, self.runs_per_gpu)
+            gpu_per_slot(_visible_gpus(), self.workers(len(runs)), self.runs_per_gpu)
 
     @staticmethod
     def _uses_cuda(runs: list[RunConfig]) -> bool:
@@ -110,7 +119,7 @@ class LocalExecutor:
 
     def _in_process(self, runs, out, started, force, progress) -> Iterator[RunOutcome]:
         previous = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
+        torch.set_num_threads(self.threads(1))
         try:
             bar = tqdm(runs, desc="runs", unit="run", disable=not progress)
             for run in bar:
@@ -119,72 +128,189 @@ class LocalExecutor:
         finally:
             torch.set_num_threads(previous)
 
+    def workers(self, n_runs: int) -> int:
+        """Worker processes a sweep of ``n_runs`` runs starts: never more than it has runs."""
+        return max(1, min(self.jobs, n_runs))
+
     def _in_workers(self, runs, out, started, force) -> Iterator[RunOutcome]:
-        workers = min(self.jobs, len(runs))
-        context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
-        slots = context.Queue()
-        for slot in range(workers):
-            slots.put(slot)
+        workers = self.workers(len(runs))
+        cores = usable_cores()
+        if workers > cores:
+            results.warn(
+                f"-j {self.jobs}: {workers} worker processes on {cores} core(s) share them (1 "
+                "torch thread each); their step times are not comparable to a sweep with fewer"
+            )
+        threads = self.threads(workers)
         gpus = (
             gpu_per_slot(_visible_gpus(), workers, self.runs_per_gpu)
             if self._uses_cuda(runs)
             else None
         )
-        pool = ProcessPoolExecutor(
-            workers,
-            mp_context=context,
-            initializer=_start_worker,
-            initargs=(self.threads, slots, context.Barrier(workers), gpus),
-        )
+        pool = _WorkerPool(threads, gpus or [None] * workers)
         try:
-            futures = {
-                pool.submit(_run_in_worker, run, str(out), started, force, self.jobs): run
-                for run in runs
-            }
-            for future in as_completed(futures):
-                run = futures[future]
-                try:
-                    yield future.result()
-                except BrokenProcessPool as err:  # a worker died (killed, out of memory...)
-                    reason = f"worker process died: {err}"
-                    yield RunOutcome(run.run_id, "failed", {"status_reason": reason})
-        except BaseException:  # Ctrl-C, SIGTERM, a write error: leave no worker behind
-            _stop_workers(pool)
-            raise
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            for item in pool.run(runs, lambda run: (run, str(out), started, force, workers)):
+                if isinstance(item, RunOutcome):
+                    yield item
+                    continue
+                run, reason = item  # its worker died: the run is failed, the others go on
+                yield record_failure(run, out, reason, jobs=workers, torch_threads=threads)
+        finally:  # Ctrl-C, SIGTERM, a write error: leave no worker behind
+            pool.stop()
 
 
-def _start_worker(threads: int, slots, barrier, gpus: list[str] | None) -> None:
-    """Each worker process, once: its GPU and threads, then wait until all workers are up (so
-    that the runs are shared among all of them from the start)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops workers
-    slot = slots.get()
-    if gpus is not None:  # before anything initialises CUDA in this process
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[slot]
-    torch.set_num_threads(threads)
-    barrier.wait(timeout=WORKER_START_TIMEOUT_S)
+@dataclass
+class _Worker:
+    process: multiprocessing.process.BaseProcess
+    conn: Connection
+    run: RunConfig | None = None  # the run it was sent (or will be sent once started)
+    started: bool = False  # it said it is ready (torch imported, threads set)
+    retired: bool = False  # it was told to exit
 
 
-def _run_in_worker(run: RunConfig, out: str, started: float, force: bool, jobs: int):
-    return execute(run, Path(out), started=started, force=force, jobs=jobs)
+class _WorkerPool:
+    """One spawned process per slot (``gpus``: each slot's GPU, or None), each running one run
+    at a time, sent to it over its own pipe.
+
+    Not concurrent.futures' pool: there the death of one worker (SIGKILL from the out-of-memory
+    killer) breaks the pool and fails every run in progress or not yet started. Here the parent
+    knows which run each worker holds, so a death costs that run only: :meth:`run` yields
+    ``(run, reason)`` for it and starts a new worker in the slot, and the others go on. Pipes
+    only: no queue, lock or barrier (named semaphores, which a worker terminated mid-run would
+    leave for multiprocessing's resource tracker to report as leaked).
+    """
+
+    def __init__(self, threads: int, gpus: list[str | None]):
+        self._context = multiprocessing.get_context("spawn")  # fork would copy torch's threads
+        self._threads, self._gpus = threads, gpus
+        self._workers: dict[int, _Worker] = {}
+
+    def _start(self, slot: int, run: RunConfig | None) -> None:
+        parent_end, child_end = self._context.Pipe()
+        process = self._context.Process(
+            target=_worker_main,
+            args=(child_end, self._threads, self._gpus[slot]),
+            name=f"implicit-bench-worker-{slot}",
+        )
+        with _sigint_ignored():  # inherited: Ctrl-C reaches the parent only
+            process.start()
+        child_end.close()
+        self._workers[slot] = _Worker(process, parent_end, run)
+
+    def run(self, runs: list[RunConfig], task) -> Iterator[RunOutcome | tuple[RunConfig, str]]:
+        """Send each of ``runs`` (as the arguments ``task(run)`` of :func:`execute`) to a free
+        worker; yield each outcome as it comes, or ``(run, reason)`` when its worker died."""
+        pending = deque(runs)
+        for slot in range(len(self._gpus)):  # one run reserved for each: all share the work
+            self._start(slot, pending.popleft() if pending else None)
+        while self._workers:
+            ready = set(
+                wait(
+                    [w.conn for w in self._workers.values()]
+                    + [w.process.sentinel for w in self._workers.values()]
+                )
+            )
+            for slot, worker in list(self._workers.items()):
+                while worker.conn in ready and worker.conn.poll():
+                    try:
+                        message = worker.conn.recv()
+                    except (EOFError, OSError):  # it died: its sentinel says so
+                        break
+                    if message[0] == "raised":  # a write error...: the sweep stops
+                        raise message[1]
+                    if message[0] == "done":
+                        worker.run = None
+                        yield message[1]
+                    worker.started = True
+                    if worker.run is None and pending:
+                        worker.run = pending.popleft()
+                    try:
+                        worker.conn.send(None if worker.run is None else task(worker.run))
+                    except OSError:  # it died meanwhile: the run goes back, its sentinel tells
+                        if worker.run is not None:
+                            pending.appendleft(worker.run)
+                            worker.run = None
+                        break
+                    worker.retired = worker.run is None  # sent None: nothing left, it exits
+                if worker.process.sentinel not in ready:
+                    continue
+                worker.process.join()
+                worker.conn.close()
+                del self._workers[slot]
+                if worker.retired:
+                    continue
+                death = _death(worker.process.exitcode)
+                if worker.run is None and not worker.started:
+                    raise RuntimeError(f"a worker process died while starting ({death})")
+                if worker.run is not None:
+                    yield worker.run, f"worker process died: {death}"
+                if pending:
+                    results.warn(f"a worker process died ({death}); starting a new one")
+                    self._start(slot, pending.popleft())
+
+    def stop(self) -> None:
+        """Terminate the workers still running (a run in progress is lost, as with Ctrl-C)."""
+        workers = list(self._workers.values())
+        self._workers.clear()
+        for worker in workers:
+            if worker.process.is_alive():
+                worker.process.terminate()
+        for worker in workers:
+            worker.process.join(timeout=10)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+            worker.conn.close()
 
 
-def _stop_workers(pool: ProcessPoolExecutor) -> None:
-    """Terminate the pool's worker processes now (a run in progress is lost, as with Ctrl-C)."""
-    if hasattr(pool, "terminate_workers"):  # Python >= 3.14
-        pool.terminate_workers()
+def _death(exitcode: int | None) -> str:
+    """How a worker process ended, from its exit code (minus the signal number if killed)."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = "unknown signal"
+        oom = ", likely out of memory" if -exitcode == signal.SIGKILL else ""
+        return f"killed by signal {-exitcode} ({name}{oom})"
+    return f"exit status {exitcode}"
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Ignore SIGINT meanwhile: a process started now inherits SIG_IGN through exec (a blocked
+    mask is not inherited), so a Ctrl-C, which the terminal sends to the whole process group,
+    never interrupts a worker, even while it imports torch; the parent stops the workers
+    itself. A Ctrl-C in the few milliseconds of the start is lost (press it again)."""
+    if threading.current_thread() is not threading.main_thread():  # signals: main thread only
+        yield
         return
-    # Before 3.14 ProcessPoolExecutor has no public way to stop running workers; its
-    # ``_processes`` (pid -> Process) has been there since 3.2.
-    processes = list(getattr(pool, "_processes", {}).values())
-    for process in processes:
-        process.terminate()
-    for process in processes:
-        process.join(timeout=10)
-        if process.is_alive():
-            process.kill()
-            process.join()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _worker_main(conn: Connection, threads: int, gpu: str | None) -> None:
+    """A worker process: its GPU and threads, then one run per message until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops workers
+    # tqdm's default lock is a multiprocessing RLock: in a spawned process, a named semaphore
+    # that the resource tracker reports as leaked ("There appear to be N leaked semaphore
+    # objects") when the worker is terminated mid-run. A worker shows no bars of its own.
+    tqdm.set_lock(threading.RLock())
+    if gpu is not None:  # before anything initialises CUDA in this process
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    torch.set_num_threads(threads)
+    conn.send(("ready",))
+    while (task := conn.recv()) is not None:
+        try:
+            outcome = execute(*task[:2], started=task[2], force=task[3], jobs=task[4])
+        except Exception as err:  # not the run's own failure (execute records those)
+            try:
+                conn.send(("raised", err))
+            except Exception:  # an exception that cannot be pickled: its text
+                conn.send(("raised", RuntimeError(traceback.format_exc())))
+            continue
+        conn.send(("done", outcome))
 
 
 @dataclass
@@ -205,6 +331,10 @@ class SubmititExecutor:
     @property
     def jobs(self) -> int:
         return 1  # per allocation; the local backend's concurrency is recorded per run
+
+    def workers(self, n_runs: int) -> int:
+        """Runs at once: all of them with the local backends, one per allocation on SLURM."""
+        return max(1, n_runs) if self.cluster != "slurm" else 1
 
     def check(self, runs: list[RunConfig]) -> None:
         if self.cluster == "slurm" and shutil.which("sbatch") is None:
@@ -230,17 +360,69 @@ class SubmititExecutor:
         executor.update_parameters(name=f"implicit-bench-{runs[0].suite}", **params)
         n = len(runs)
         # the local backend runs every job at once on this machine: they share its cores
-        jobs = n if self.cluster != "slurm" else 1
-        jobs_list = executor.map_array(
-            _job, runs, [str(out)] * n, [started] * n, [force] * n, [jobs] * n
-        )
+        jobs = self.workers(n)
+        # Local jobs start with SIGINT ignored (inherited), so that a Ctrl-C, which the terminal
+        # sends to the whole process group, reaches this process only: it cancels them, and no
+        # job prints its KeyboardInterrupt traceback here (their stderr is this one).
+        local = _sigint_ignored() if self.cluster == "local" else contextlib.nullcontext()
+        with local:
+            jobs_list = executor.map_array(
+                _job, runs, [str(out)] * n, [started] * n, [force] * n, [jobs] * n
+            )
         print(f"submitted {n} job(s) to {executor.cluster}: {jobs_list[0].job_id.split('_')[0]}")
-        for run, job in zip(runs, jobs_list, strict=True):
-            try:
-                yield job.result()
-            except Exception as err:  # the job itself died (timeout, node failure, OOM kill)
-                reason = f"job {job.job_id} failed: {str(err).splitlines()[0]}"
-                yield RunOutcome(run.run_id, "failed", {"status_reason": reason})
+        remaining = dict(enumerate(zip(runs, jobs_list, strict=True)))
+        try:
+            while remaining:  # each outcome as its job ends, so that it is merged at once
+                done = next((i for i, (_, job) in remaining.items() if _job_done(job)), None)
+                if done is None:
+                    time.sleep(JOB_POLL_S)
+                    continue
+                run, job = remaining.pop(done)
+                try:
+                    yield job.result()
+                except Exception as err:  # the job died (timeout, node failure, OOM kill)
+                    reason = f"job {job.job_id} failed: {str(err).splitlines()[0]}"
+                    yield record_failure(run, out, reason, jobs=jobs)
+        finally:  # Ctrl-C, SIGTERM, a write error: the jobs stop with the sweep
+            _cancel([job for _, job in remaining.values()])
+
+
+def _cancel(jobs: list) -> None:
+    """Cancel submitit ``jobs``; local ones are stopped before this returns.
+
+    A local job is a controller process running a task process; both ignore SIGINT (see
+    :meth:`SubmititExecutor.map`) and submitit's task bypasses SIGTERM, so its task is killed
+    (its run is lost, as with Ctrl-C) and the controller then exits by itself. submitit's own
+    cancel (SIGINT to the controller) would also print the controller's traceback here.
+    """
+    import psutil
+
+    stopping = []
+    for job in jobs:
+        controller = getattr(job, "_process", None)  # a local job's controller (a Popen)
+        try:
+            if controller is None:  # SLURM (scancel), or the debug backend
+                job.cancel(check=False)
+                continue
+            process = psutil.Process(controller.pid)
+            tasks = process.children(recursive=True)
+            for task in tasks if tasks else [process]:  # no task yet: the controller
+                task.kill()
+            stopping += [process, *tasks]
+        except (psutil.Error, OSError, subprocess.SubprocessError) as err:
+            if not isinstance(err, psutil.NoSuchProcess):  # it had ended
+                results.warn(f"could not cancel submitit job {job.job_id}: {err}")
+    _, alive = psutil.wait_procs(stopping, timeout=JOB_STOP_TIMEOUT_S)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+
+
+def _job_done(job) -> bool:
+    try:
+        return job.done()
+    except Exception:  # the debug backend runs the job here: its error comes from result()
+        return True
 
 
 def _job(run: RunConfig, out: str, started: float | None = None, force: bool = False, jobs=1):

@@ -691,20 +691,7 @@ def _train_and_write(run: RunConfig, out: Path, progress: bool, jobs: int) -> di
         raise
     except Exception as err:  # anything but divergence: record it, keep the sweep going
         results.atomic_write_bytes(part / "error.log", traceback.format_exc().encode())
-        row = {
-            **_setting_columns(run, device, None),
-            **host_columns(),
-            "run_id": run.run_id,
-            "strategy": run.strategy.split(":")[0],
-            "strategy_label": run.strategy,
-            "params": "",
-            "seed": run.seed,
-            "status": "failed",
-            "status_reason": _failure_reason(err),
-        }
-        # the schema's columns, plus the task's own setting columns (blur_sigma, ...)
-        columns = list(dict.fromkeys([*results.RUN_COLUMNS, *row]))
-        tables = {"runs": pd.DataFrame([row]).reindex(columns=columns)}
+        tables = {"runs": _failed_row(run, device, _failure_reason(err))}
     tables["runs"] = tables["runs"].assign(jobs=jobs)
     recon = tables.pop("recon", None)
     weights = tables.pop("model", None)
@@ -731,6 +718,41 @@ def _failure_reason(err: Exception) -> str:
     if is_out_of_memory(err):  # outside the phases train() names
         return describe(err, "in the run", STEP_SETTINGS)
     return f"{type(err).__name__}: {err}".splitlines()[0][:500]
+
+
+def _failed_row(run: RunConfig, device, reason: str) -> pd.DataFrame:
+    """A failed run's runs.csv row: its settings, this process's host columns and the reason."""
+    row = {
+        **_setting_columns(run, device, None),
+        **host_columns(),
+        "run_id": run.run_id,
+        "strategy": run.strategy.split(":")[0],
+        "strategy_label": run.strategy,
+        "params": "",
+        "seed": run.seed,
+        "status": "failed",
+        "status_reason": reason.splitlines()[0][:500],
+    }
+    # the schema's columns, plus the task's own setting columns (blur_sigma, ...)
+    columns = list(dict.fromkeys([*results.RUN_COLUMNS, *row]))
+    return pd.DataFrame([row]).reindex(columns=columns)
+
+
+def record_failure(run: RunConfig, out: Path, reason: str, **columns) -> RunOutcome:
+    """Record ``run`` as failed for ``reason`` when the process training it died (a worker
+    killed by a signal, e.g. the out-of-memory killer), so the folder says why it is missing.
+    ``columns`` replace the row's values of this process (e.g. the dead worker's ``jobs`` and
+    ``torch_threads``).
+
+    The part is written only when ``run`` can be claimed and has no complete part (a
+    concurrent sweep may have taken it over); the outcome is returned either way.
+    """
+    out = Path(out)
+    frame = _failed_row(run, resolve_device(run.train.device), reason).assign(**columns)
+    with results.claim(out, run.run_id) as claimed:
+        if claimed and results.part_status(out, run.run_id) not in results.COMPLETE:
+            results.write_run(out, run.run_id, {"runs": frame})
+    return RunOutcome(run.run_id, "failed", frame.iloc[0].to_dict())
 
 
 def run_baselines(suite: Suite, out: Path, force: bool = False) -> None:
@@ -934,26 +956,40 @@ def run_suite(
     merge_s, done = 0.0, []
     # closing: an exception here (Ctrl-C, a write error) stops the executor's workers at once
     outcomes = executor.map(todo, out, started=started, force=force, progress=progress)
-    with contextlib.closing(outcomes):
-        for outcome in outcomes:
-            counts[outcome.status] += 1
-            tqdm.write(outcome.line())
-            if outcome.status != "elsewhere":
-                done.append(outcome.row)
-                t = time.perf_counter()
-                results.merge(out)
-                merge_s += time.perf_counter() - t
+    try:
+        with contextlib.closing(outcomes):
+            for outcome in outcomes:
+                counts[outcome.status] += 1
+                tqdm.write(outcome.line())
+                if outcome.status != "elsewhere":
+                    done.append(outcome.row)
+                    t = time.perf_counter()
+                    results.merge(out)
+                    merge_s += time.perf_counter() - t
+    except BaseException as stop:
+        if not isinstance(stop, Exception):  # Ctrl-C, SIGTERM: what finished goes in the tables
+            _merge_finished(out)
+        raise
     t_runs = time.perf_counter()
     results.merge(out)
     t_end = time.perf_counter()
     timing = _suite_timing(
-        suite.name, executor.jobs, done,
+        suite.name, executor.workers(len(todo)), done,
         wall=t_end - t0, plan=t_plan - t0, baselines=t_baselines - t_plan,
         runs=t_runs - t_baselines, merge=merge_s + t_end - t_runs,
     )  # fmt: skip
     results.atomic_write_bytes(out / SUITE_TIMING, (json.dumps(timing, indent=1) + "\n").encode())
     print(_timing_line(timing))
     return counts
+
+
+def _merge_finished(out: Path) -> None:
+    """Merge the parts written so far, when a sweep is stopped: also those of runs that ended
+    after the last merge (a job or worker that finished while the sweep was being stopped)."""
+    try:
+        results.merge(out)
+    except Exception as err:  # the stop is what the user sees; the next run merges again
+        results.warn(f"could not merge the finished runs ({type(err).__name__}: {err})")
 
 
 SUITE_TIMING = "suite_timing.json"

@@ -3,6 +3,7 @@ needed)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -55,6 +56,49 @@ def test_submitit_jobs_merge_into_one_results_folder_and_resume(tmp_path):
     )  # fmt: skip
     assert again.returncode == 0 and "2 already complete" in again.stdout
     assert "submitted" not in again.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("group", [False, True])
+def test_interrupting_a_submitit_sweep_cancels_its_jobs_and_merges_what_finished(tmp_path, group):
+    suite = tmp_path / "two.toml"  # one short run, one long: interrupted between their ends
+    suite.write_text(
+        MINI.replace("seeds = 3", "seeds = 1") + '[sweep]\n"train.epochs" = [1, 1000]\n'
+    )
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.cli", "run", str(suite), "--out", str(out), "--quiet",
+         "--executor", "submitit", "--submitit-cluster", "local"],
+        cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not list(out.glob("parts/*/runs.csv")) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)  # polling for the short run's part, not waiting for timing
+    (short,) = [p.parent.name for p in out.glob("parts/*/runs.csv")]
+    jobs = psutil.Process(proc.pid).children(recursive=True)  # the jobs, and their tasks
+    if group:  # Ctrl-C: the terminal signals the whole process group, jobs included
+        os.killpg(proc.pid, signal.SIGINT)
+    else:  # `kill -INT`: the jobs get no signal of their own
+        proc.send_signal(signal.SIGINT)
+    try:
+        _, stderr = proc.communicate(timeout=120)  # returns once the jobs let go of its pipes
+        _, alive = psutil.wait_procs(jobs, timeout=60)
+    finally:  # a job left running would train for minutes
+        if proc.poll() is None:
+            proc.kill()
+        for process in jobs:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines() == [
+        "implicit-bench: interrupted; finished runs are saved, rerun to resume"
+    ]
+    assert not alive, alive  # cancelled, not left to run to the end
+    runs = results.load(out)["runs"]  # merged, as a local sweep merges each finished run
+    assert list(runs.run_id) == [short] and list(runs.status) == ["ok"]
+    assert len(list(out.glob("parts/*/runs.csv"))) == 1  # the long run never finished
 
 
 @pytest.mark.skipif(shutil.which("sbatch") is not None, reason="SLURM is installed here")
@@ -121,37 +165,99 @@ def test_jobs_from_the_command_line_print_a_line_per_run_and_the_suite_timing(tm
     assert (parts.sum(axis=1) <= runs.run_wall_time_s).all()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_stopping_a_parallel_sweep_leaves_no_worker_behind(tmp_path, sig, code):
+def _sweep_until(tmp_path: Path, runs_under_way: bool) -> tuple[subprocess.Popen, dict]:
+    """Start ``implicit-bench run -j 2`` on a slow FAST suite (in its own process group, as a
+    terminal runs it) and wait until its two worker processes are loading torch, or until each
+    holds a run's claim: returns the process and {worker: the run id it trains, or None}."""
     suite = _write(
-        tmp_path, FAST.replace("seeds = 2", "seeds = 6").replace("epochs = 1", "epochs = 20")
+        tmp_path, FAST.replace("seeds = 2", "seeds = 3").replace("epochs = 1", "epochs = 20")
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.cli", "run", str(suite), "--out", str(tmp_path / "out"),
-         "-j", "2", "--quiet"],
-        cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+         "--quiet", "-j", "2"],
+        cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
     )  # fmt: skip
     parent = psutil.Process(proc.pid)
 
-    def workers():
+    def workers() -> dict:
+        found = {}
         try:
-            children = parent.children()
-            return [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+            for child in parent.children():
+                if "spawn_main" not in " ".join(child.cmdline()):
+                    continue  # e.g. multiprocessing's resource tracker
+                if not any("libtorch" in m.path for m in child.memory_maps()):
+                    continue  # not yet past its start (the parent may still be starting it)
+                claims = [f.path for f in child.open_files() if "/.claims/" in f.path]
+                # a claim is a lock file held open while its run trains
+                found[child] = Path(claims[0]).stem if claims else None
         except psutil.Error:  # a child that ended meanwhile
-            return []
+            pass
+        return found
+
+    def ready(found: dict) -> bool:
+        return len(found) == 2 and (not runs_under_way or None not in found.values())
 
     deadline = time.monotonic() + 300
-    while len(workers()) < 2 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)  # polling for the workers to exist, not waiting for timing
-    started = workers()
-    assert len(started) == 2, proc.communicate(timeout=60)
-    proc.send_signal(sig)
+    while not ready(found := workers()) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)  # polling for the workers' state, not waiting for timing
+    assert ready(found), proc.communicate(timeout=60)
+    return proc, found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "sig, code, runs_under_way",
+    [(signal.SIGTERM, 143, True), (signal.SIGINT, 130, True), (signal.SIGINT, 130, False)],
+)
+def test_stopping_a_parallel_sweep_leaves_no_worker_behind(tmp_path, sig, code, runs_under_way):
+    proc, found = _sweep_until(tmp_path, runs_under_way)
+    if sig == signal.SIGINT:  # Ctrl-C: the terminal signals the whole process group
+        os.killpg(proc.pid, sig)  # (while the workers train, or still import torch)
+    else:  # a scheduler signals the process it started
+        proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == code, stderr
-    assert "finished runs are saved" in stderr and "Traceback" not in stderr
-    _, alive = psutil.wait_procs(started, timeout=30)
+    # the harness's one line, nothing else (no multiprocessing "leaked semaphore" warning, no
+    # worker's KeyboardInterrupt traceback)
+    assert stderr.strip().splitlines()[-1].endswith("finished runs are saved, rerun to resume")
+    assert all(line.startswith("implicit-bench: ") for line in stderr.strip().splitlines())
+    _, alive = psutil.wait_procs(list(found), timeout=30)
     assert not alive, [p.pid for p in alive]
+
+
+@pytest.mark.slow
+def test_a_killed_worker_costs_only_the_run_it_was_running(tmp_path):
+    proc, found = _sweep_until(tmp_path, runs_under_way=True)
+    worker, killed = next(iter(found.items()))
+    worker.send_signal(signal.SIGKILL)  # what the out-of-memory killer does
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 1, stderr  # a run failed
+    runs = results.load(tmp_path / "out")["runs"].set_index("run_id")
+    assert len(runs) == 6, stdout + stderr  # every run is recorded
+    assert runs.status.drop(killed).eq("ok").all(), runs.status_reason
+    assert runs.status[killed] == "failed"
+    reason = runs.status_reason[killed]
+    assert "signal 9" in reason and "SIGKILL" in reason and "out of memory" in reason
+    assert runs.jobs.eq(2).all()
+    assert f"{killed}: failed (worker process died: killed by signal 9" in stdout
+    assert "starting a new one" in stderr and "Traceback" not in stderr
+
+
+@pytest.mark.slow
+def test_more_jobs_than_runs_or_cores_records_the_workers_used(tmp_path, monkeypatch, capsys):
+    suite = load_suite(str(_write(tmp_path, FAST.replace("seeds = 2", "seeds = 1"))))
+    out = tmp_path / "out"
+    todo, _ = runner.plan(suite, out)
+    monkeypatch.setattr("bench.executor.usable_cores", lambda: 1)  # as on a 1-core machine
+    executor = LocalExecutor(jobs=1000)
+    outcomes = list(executor.map(todo, out, started=time.time(), force=False, progress=False))
+    assert [o.status for o in outcomes] == ["ok", "ok"]
+    runs = results.merge(out)["runs"]
+    assert (runs.jobs == 2).all() and (runs.torch_threads == 1).all()  # 2 workers, not 1000
+    err = capsys.readouterr().err
+    assert "-j 1000: 2 worker processes on 1 core(s)" in err
+    assert executor.workers(len(todo)) == 2
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import io
 import math
 import os
 import re
@@ -715,3 +716,20 @@ def test_decompression_bomb_is_one_clear_error(tmp_path, monkeypatch):
     message = str(err.value)
     assert "huge.png" in message and "decompression bomb" in message
     assert len(message.splitlines()) == 1
+
+
+# ---- issue 20, item 13: an output encoding that cannot show a path ----------------------------
+
+
+def test_a_path_the_output_encoding_cannot_show_does_not_fail_the_command(
+    tmp_path, fake_train, monkeypatch
+):
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="ascii")  # as PYTHONIOENCODING=ascii
+    monkeypatch.setattr(sys, "stdout", stdout)
+    out = tmp_path / "résultats"
+    code = main(["run", str(tiny_suite(tmp_path)), "--out", str(out), "--quiet"])
+    stdout.flush()
+    printed = stdout.buffer.getvalue().decode("ascii")
+    assert code == 0 and "3 ok" in printed and "r?sultats" in printed, printed
+    assert len(results.load(out)["runs"]) == 3
+    assert stdout.errors == "strict"  # the stream is handed back as it was
