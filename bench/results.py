@@ -295,8 +295,10 @@ def read_part(part: Path) -> dict[str, pd.DataFrame]:
 
 
 def _is_blank(value) -> bool:
+    """A missing value (empty, NaN or not a number). +inf is a value: a perfect reconstruction's
+    PSNR (an exact result, e.g. constant images without noise)."""
     try:
-        return not math.isfinite(float(value))
+        return math.isnan(float(value))
     except (TypeError, ValueError):
         return True
 
