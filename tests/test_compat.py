@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from test_reliability import FakeTrain, fake_tables, load, part_ids, tiny_suite
-from test_report_settings import Folder, _build, no_figures  # noqa: F401 (a fixture)
+from test_report_settings import Folder, _build, _cells, _compared, no_figures  # noqa: F401 (a fixture)
 
 from bench import results, runner
 from bench.config import (
@@ -58,11 +58,21 @@ def test_the_target_uses_finite_values_and_says_when_there_are_none(tmp_path):
 
     mixed = Folder()
     for seed, psnr in enumerate((30.0, 32.0)):
-        mixed.learned("jfb", seed, psnr, 8.0)
-    mixed.learned("cg", 0, math.inf, 8.0)
+        mixed.learned("jfb", seed, psnr, 8.0, ssim=0.9)
+        mixed.learned("cg", seed, math.inf, 8.0, ssim=0.9)
+    mixed.learned("neumann", 0, 31.0, 8.0, ssim=0.9)
+    mixed.learned("neumann", 1, math.inf, 8.0, ssim=0.9)
     markdown = _build(mixed.write(tmp_path / "mixed"), tmp_path / "b")
     # midway between the naive 20 dB and the best finite learned mean (31 dB)
     assert "Target PSNR: **25.50 dB**" in markdown
+    # the quality cells and differences say where the values were infinite, never blank
+    assert "+inf in 2 seeds" in _cells(markdown, "cg", "PSNR (dB)")
+    assert "31.00 (1 seed: no CI); +inf in 1 seed not in the mean" in _cells(
+        markdown, "neumann", "PSNR (dB)"
+    )
+    assert _compared(markdown, "cg − jfb", "PSNR (dB)", "verdict") == [
+        "no finite difference: +inf in 2 seeds"
+    ]
 
 
 # ---- a folder written by an older commit resumes ---------------------------------------------

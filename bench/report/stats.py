@@ -116,6 +116,10 @@ class Estimate:
     low: float
     high: float
     n: int
+    # values of ±inf left out of the mean (e.g. PSNR = +inf of a perfect reconstruction), and
+    # their own mean (+inf, -inf, or NaN when both signs occur)
+    infinite: int = 0
+    infinite_mean: float = math.nan
 
     @property
     def has_interval(self) -> bool:
@@ -134,15 +138,19 @@ class Estimate:
 def mean_ci(values, confidence: float = CONFIDENCE) -> Estimate:
     """Mean of the finite ``values`` with its Student-t interval (n - 1 degrees of freedom)."""
     values = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce"), dtype=float)
+    infinite = values[np.isinf(values)]
+    inf = {"infinite": len(infinite)}
+    if len(infinite):
+        inf["infinite_mean"] = float(infinite.mean()) if len(set(infinite)) == 1 else math.nan
     values = values[np.isfinite(values)]
     n = len(values)
     if n == 0:
-        return Estimate(math.nan, math.nan, math.nan, 0)
+        return Estimate(math.nan, math.nan, math.nan, 0, **inf)
     mean = float(values.mean())
     if n == 1:
-        return Estimate(mean, math.nan, math.nan, 1)
+        return Estimate(mean, math.nan, math.nan, 1, **inf)
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * stats.sem(values))
-    return Estimate(mean, mean - half, mean + half, n)
+    return Estimate(mean, mean - half, mean + half, n, **inf)
 
 
 def paired_difference(values: pd.Series, reference: pd.Series) -> Estimate:
