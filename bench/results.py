@@ -10,8 +10,12 @@ rebuilt atomically after every run. Several processes (e.g. SLURM array jobs) ca
 into one folder: a process claims a run (``claim``, a lock file per run) before training it, and
 part writes and merges happen under one folder-wide lock (``folder_lock``), so no row is lost.
 
-A part is trusted only after it is validated against the schema (``read_part``); a broken one is
-named in a warning, moved to ``parts/.broken/`` and its run redone.
+A part is trusted only after it is validated against the schema (``read_part``, through
+:mod:`bench.schema`, which the report reads tables through too); a broken one is named in a
+warning, moved to ``parts/.broken/`` and its run redone. A part an older harness wrote is not
+broken: the columns it lacks are missing values. A process reads each part once and again only
+when its files change, so merging after every finished run costs one part read, whatever the
+folder's size.
 """
 
 from __future__ import annotations

@@ -33,11 +33,9 @@ from bench.schema import COLUMNS, TEXT_COLUMNS
 from bench.summary import run_summary
 
 # The schema, declared once in bench.schema (the merge reads parts through it too): renamed
-# columns, columns added since the first harness (absent in older tables: "not measured"), and
-# settings older tables imply.
+# columns and columns added since the first harness (absent in older tables: "not measured").
 RENAMED = schema.RENAMED
 NEW_COLUMNS = schema.ADDED_COLUMNS
-IMPLIED_SETTINGS = schema.IMPLIED_SETTINGS
 BOOL_RUN_COLUMNS = set(schema.BOOL_COLUMNS["runs"])
 # runs.csv columns that hold text; every other known column is coerced to numbers.
 TEXT_RUN_COLUMNS = set(schema.TABLE_TEXT_COLUMNS["runs"])
@@ -81,13 +79,6 @@ def _preview(names, limit: int = 6) -> str:
     return ", ".join(names[:limit]) + (f", … ({len(names)} in all)" if len(names) > limit else "")
 
 
-def rename_old_columns(frame: pd.DataFrame, name: str) -> tuple[pd.DataFrame, dict[str, str]]:
-    """``frame`` with columns of an older schema under their current names, and the renames made
-    (old -> new); implied settings filled in (:func:`bench.schema.conform`)."""
-    frame, conformed = schema.conform(frame, name)
-    return frame, conformed.renamed
-
-
 def _parse_bool(value):
     """True / False from a CSV cell ("True", "false", "1", 0.0 ...); NaN when empty."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
@@ -107,7 +98,7 @@ def _parse_bool(value):
 def check_schema(frame: pd.DataFrame, name: str, path: Path) -> None:
     """Raise ValueError, one line naming ``path``, unless ``frame`` is this tool's ``name`` table.
 
-    ``frame`` has its columns under their current names (:func:`rename_old_columns`). The table
+    ``frame`` has its columns under their current names (:func:`bench.schema.conform`). The table
     must have its identifier columns (:data:`REQUIRED_COLUMNS`), at least half of the columns
     :mod:`bench.results` declares for it, numbers (or nothing) in every declared numeric column
     it has, and True / False in its boolean ones. An older table lacking newer columns passes.
