@@ -15,6 +15,7 @@ from test_reliability import FakeTrain, fake_tables, load, part_ids, tiny_suite
 from test_report_settings import Folder, _build, _cells, _compared, no_figures  # noqa: F401 (a fixture)
 
 from bench import results, runner
+from bench.cli import main
 from bench.config import (
     DataConfig,
     ModelConfig,
@@ -24,7 +25,6 @@ from bench.config import (
     TrainConfig,
 )
 from bench.report import build_report, prepare
-from bench.results import TABLES
 
 # ---- a perfect reconstruction (PSNR = +inf) is kept -------------------------------------------
 
@@ -136,6 +136,21 @@ def test_a_folder_of_an_older_commit_resumes_without_losing_or_redoing_anything(
     assert len(learned) == 2 and learned["setting"].nunique() == 1  # one setting, not two
 
 
+@pytest.mark.parametrize("commit", ["12fb0d5", "db97b47"])
+def test_the_cli_resumes_an_older_folder_and_reports_it(tmp_path, commit, capsys):
+    """The real commands, nothing faked: nothing is left to train, so nothing trains."""
+    out = _older_folder(tmp_path, commit)
+    before = set(pd.read_csv(out / "runs.csv", dtype=str)["run_id"])
+    assert main(["run", str(OLDER / "tiny.toml"), "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr()
+    assert "broken part" not in printed.err and "1 already complete" in printed.out
+    assert f"written by older harness commits ({commit}" in printed.out
+    assert set(pd.read_csv(out / "runs.csv", dtype=str)["run_id"]) == before
+    assert set(part_ids(out)) == before
+    assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "report.html").exists()
+
+
 def test_a_report_reads_a_resumed_older_folder(tmp_path, monkeypatch):
     out = _older_folder(tmp_path, "db97b47")
     monkeypatch.setattr(runner, "train", FakeTrain())
@@ -161,11 +176,11 @@ def test_an_older_run_whose_settings_differ_is_redone_and_its_row_kept(tmp_path,
 
 
 def _synthetic_folder(out: Path, n: int) -> list[str]:
-    """``n`` valid parts (copies of one fake run's part under other ids), written plainly."""
+    """``n`` valid parts (copies of one fake run's runs.csv under other ids), written plainly."""
     run = RunConfig("s", "jfb", 0, DataConfig(), ProblemConfig(), ModelConfig(), SolverConfig(),
                     TrainConfig())  # fmt: skip
     results.write_run(out, run.run_id, fake_tables(run))
-    template = {name: (out / "parts" / run.run_id / f"{name}.csv").read_text() for name in TABLES}
+    template = {"runs": (out / "parts" / run.run_id / "runs.csv").read_text()}
     ids = [f"synthetic-{i:04d}" for i in range(n)]
     for run_id in ids:
         folder = out / "parts" / run_id
