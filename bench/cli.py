@@ -1,9 +1,12 @@
-"""Command line: ``implicit-bench run | report | list | strategies | suites``.
+"""Command line: ``implicit-bench run | report | compare | list | strategies | suites``.
 
 A user's mistake (unknown strategy or suite, bad TOML key, wrong type or range, missing data
 folder, absent device, a results folder that cannot be written) is one line on stderr and exit
 status 2, never a traceback. ``run`` exits 1 when some run failed for a reason other than
-divergence, or when writing results failed mid-sweep (one line, naming the file). SIGINT exits
+divergence, or when writing results failed mid-sweep (one line, naming the file). Out of
+memory is one line too: in a run, that run fails with it as its reason and the sweep goes on; in
+the data check before training, exit 2; anywhere else, exit 1. ``compare`` exits 1 when folder
+B is significantly slower, heavier or worse than A, 0 otherwise. SIGINT exits
 130 and SIGTERM 143, both saying that finished runs are kept.
 """
 
@@ -107,6 +110,23 @@ def _parser() -> argparse.ArgumentParser:
         "results)",
     )
 
+    compare = sub.add_parser(
+        "compare",
+        help="compare results folder B against A (step time, memory, quality); exit 1 when B is "
+        "significantly slower, heavier or worse",
+    )
+    compare.add_argument("a", type=Path, metavar="A", help="the baseline results folder")
+    compare.add_argument("b", type=Path, metavar="B", help="the results folder compared with A")
+    compare.add_argument(
+        "--threshold",
+        type=float,
+        default=10.0,
+        metavar="PERCENT",
+        help="change in median step time or peak step memory below which B is not called "
+        "slower or heavier (default 10)",
+    )
+    compare.add_argument("--output", type=Path, help="also write the Markdown to this file")
+
     listing = sub.add_parser(
         "list", help="list the registered plug-ins (tasks, metrics, data sets, ...), one line each"
     )
@@ -133,9 +153,11 @@ def _run(args) -> int:
         raise ValueError(f"--runs-per-gpu must be >= 1, got {args.runs_per_gpu}")
     if args.executor == "submitit" and args.jobs != 1:
         raise ValueError("-j/--jobs applies to --executor local (submitit runs one run per job)")
+    notes: list[str] = []
     suite = with_overrides(
         load_suite(args.suite),
         args.set,
+        notes=notes,
         strategies=args.strategies,
         seeds=args.seeds,
         epochs=args.epochs,
@@ -144,6 +166,8 @@ def _run(args) -> int:
         data_root=args.data_root,
         device=args.device,
     )
+    for note in notes:  # a swept key the command line replaced
+        print(f"implicit-bench: note: {note}", file=sys.stderr)
     _check_data(suite)
     out = args.out or Path("results") / suite.name
     if args.executor == "submitit":
@@ -193,6 +217,21 @@ def _report(args) -> int:
     html = build_report(args.results, args.out, metric=args.metric, target=args.target)
     print(f"report: {html}")
     return 0
+
+
+def _compare(args) -> int:
+    from .report.compare import compare_folders
+    from .results import atomic_write_bytes
+
+    result = compare_folders(args.a, args.b, threshold=args.threshold / 100)
+    markdown = result.to_markdown()
+    if args.output:
+        try:
+            atomic_write_bytes(args.output, markdown.encode())
+        except OSError as err:  # a user's path, not a sweep's results: a usage error
+            raise ValueError(f"cannot write {args.output}: {err.strerror or err}") from err
+    print(markdown, end="")
+    return 1 if result.regressions else 0
 
 
 def _strategies() -> int:
@@ -320,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _run(args)
             if args.command == "report":
                 return _report(args)
+            if args.command == "compare":
+                return _compare(args)
             if args.command == "list":
                 return _list(args.kind)
             if args.command == "strategies":
@@ -331,6 +372,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"implicit-bench: error: {err}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as err:  # out of memory outside a run: one line too
+        from .out_of_memory import allocation, is_out_of_memory
+
+        if not is_out_of_memory(err):
+            raise
+        print(f"implicit-bench: error: out of memory ({allocation(err)})", file=sys.stderr)
+        return 1
     except OSError as err:  # the disk filled up, the folder went away... mid-sweep
         from .results import describe_os_error
 

@@ -13,7 +13,7 @@ and an unknown key, a value of the wrong type or out of its range (declared with
     [model]   width, depth, eta, alpha, lipschitz, form, lipschitz_control
     [solver]  name, max_iter, tol, m, lam
     [train]   epochs, batch_size, lr, device, dtype, n_recon, grad_fidelity, eval_every,
-              lr_schedule
+              lr_schedule, jac_reg, jac_reg_every
     [sweep]   "section.key" = [values]  # cartesian product, e.g. "solver.max_iter" = [10, 100]
 """
 
@@ -34,7 +34,7 @@ from typing import Any
 from strategies import parse_spec
 
 from .data import DATASETS
-from .model import ACTIVATIONS, FORMS, LIPSCHITZ_CONTROLS
+from .model import ACTIVATIONS, FORMS, LIPSCHITZ_CONTROLS, check_activation_width
 from .solver import SOLVERS
 from .tasks import TASKS
 
@@ -42,6 +42,9 @@ SUITES_DIR = Path(__file__).parent / "suites"
 # A suite's name becomes a folder name (results/<name>): no separators, no leading dot.
 SUITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_RUN_ID = 120  # well under the 255-byte file-name limit, with room for suffixes
+# Every integer is stored as int64 (torch, the tables' Parquet copies): a larger one is no setting.
+INT64_MAX = 2**63 - 1
+MAX_SEEDS = 10_000  # seeds = N runs N seeds per strategy and sweep point
 
 
 @dataclass(frozen=True)
@@ -60,8 +63,9 @@ class Range:
     odd: bool = False
 
     def describe(self) -> str:
-        rules = [f"{op} {b:g}" for op, b in ((">=", self.ge), (">", self.gt), ("<", self.lt),
-                                              ("<=", self.le)) if b is not None]  # fmt: skip
+        rules = [f"{op} {b if isinstance(b, int) else format(b, 'g')}"
+                 for op, b in ((">=", self.ge), (">", self.gt), ("<", self.lt), ("<=", self.le))
+                 if b is not None]  # fmt: skip
         if self.odd:
             rules.append("odd")
         if self.choices:
@@ -83,7 +87,14 @@ class Range:
 
 
 def setting(default: Any, **rule: Any) -> Any:
-    """A config field with its default and its valid range (see :class:`Range`)."""
+    """A config field with its default and its valid range (see :class:`Range`).
+
+    An integer setting must declare an upper bound (``le``/``lt``) or its choices: an absurd
+    value (a width of 10^20) is refused when the suite is loaded, with the accepted range,
+    instead of failing every run."""
+    bounded = {"le", "lt", "choices"} & set(rule)
+    if isinstance(default, int) and not isinstance(default, bool) and not bounded:
+        raise TypeError(f"integer setting (default {default!r}) declared without an upper bound")
     return field(default=default, metadata={"range": Range(**rule)})
 
 
@@ -100,11 +111,13 @@ def _check_ranges(obj: Any) -> None:
 class DataConfig:
     dataset: str = setting("faces", choices=DATASETS)
     root: str = ""
-    image_size: int = setting(0, ge=0)  # 0: the data set's own size (faces: 25) or its default
-    n_images: int = setting(0, ge=0)  # 0: all
+    # 0: the data set's own size (faces: 25) or its default; at most 4096 (a 4096^2 RGB image
+    # is 200 MB in float64)
+    image_size: int = setting(0, ge=0, le=4096)
+    n_images: int = setting(0, ge=0, le=10_000_000)  # 0: all (CelebA has 202,599)
     test_fraction: float = setting(0.2, gt=0, lt=1)
-    patch_size: int = setting(32, ge=1)
-    channels: int = setting(0, ge=0)  # 0: the data set's own
+    patch_size: int = setting(32, ge=1, le=4096)
+    channels: int = setting(0, choices=(0, 1, 3))  # 0: the data set's own; 1 gray, 3 RGB
 
     __post_init__ = _check_ranges
 
@@ -117,12 +130,14 @@ class ProblemConfig:
     key is silently ignored; a blur suite's hash-relevant values are the ones it always had.
     """
 
-    kernel_size: int = setting(5, ge=1, odd=True)  # blur
+    kernel_size: int = setting(5, ge=1, le=255, odd=True)  # blur
     sigma: float = setting(1.0, gt=0)  # blur
     noise_std: float = setting(0.01, ge=0)
     task: str = setting("blur", choices=TASKS)
-    mask_keep_fraction: float = setting(0.5, gt=0, le=1)  # inpaint
-    mask_seed: int = setting(0, ge=0)  # inpaint
+    # inpaint; it must also keep at least one pixel of each image, checked by the task once the
+    # data (their size) are loaded, before any run (bench.tasks.inpaint, cli._check_data)
+    mask_keep_fraction: float = setting(0.5, gt=0, le=1)
+    mask_seed: int = setting(0, ge=0, le=INT64_MAX)  # inpaint
 
     def __post_init__(self):
         _check_ranges(self)
@@ -139,8 +154,9 @@ class ProblemConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    width: int = setting(32, ge=1)
-    depth: int = setting(3, ge=1)
+    # hidden channels; even for activation "maxmin" (bench.model.check_activation_width)
+    width: int = setting(32, ge=1, le=4096)
+    depth: int = setting(3, ge=1, le=256)  # convolutions of the learned denoiser
     eta: float = setting(0.3, gt=0, lt=0.5)
     alpha: float = setting(0.05, gt=0, lt=1.5)
     lipschitz: float = setting(0.9, gt=0, lt=1)
@@ -154,16 +170,18 @@ class ModelConfig:
     # (GroupSort-2, gradient-norm preserving; needs an even width)
     activation: str = setting("relu", choices=ACTIVATIONS)
 
-    __post_init__ = _check_ranges
+    def __post_init__(self):
+        _check_ranges(self)
+        check_activation_width(self.activation, self.width, self.depth)
 
 
 @dataclass(frozen=True)
 class SolverConfig:
     name: str = setting("anderson", choices=SOLVERS)
-    max_iter: int = setting(50, ge=1)
+    max_iter: int = setting(50, ge=1, le=100_000)
     tol: float = setting(1e-3, gt=0)
     # the rest go to the solvers that declare them (register_solver(..., options=)): anderson
-    m: int = setting(5, ge=1)
+    m: int = setting(5, ge=1, le=100)  # past iterates kept
     lam: float = setting(1e-4, ge=0)
 
     def __post_init__(self):
@@ -184,17 +202,21 @@ class SolverConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = setting(5, ge=1)
-    batch_size: int = setting(16, ge=1)
+    epochs: int = setting(5, ge=1, le=100_000)
+    batch_size: int = setting(16, ge=1, le=65_536)
     lr: float = setting(1e-3, gt=0)
     device: str = "auto"  # checked against the machine by runner.resolve_device
     dtype: str = setting("float32", choices=("float32", "float64"))
-    n_recon: int = setting(6, ge=0)  # test images kept for the reconstruction figure
+    n_recon: int = setting(6, ge=0, le=1000)  # test images kept for the reconstruction figure
     grad_fidelity: bool = True  # cosine to the exact gradient at the first and last epoch
     # evaluate every N training steps too (0: at the end of each epoch only)
-    eval_every: int = setting(0, ge=0)
+    eval_every: int = setting(0, ge=0, le=10_000_000)
     # per step
     lr_schedule: str = setting("constant", choices=("constant", "cosine", "onecycle"))
+    # Jacobian regularisation (Bai et al. 2021): weight of the Hutchinson estimate of
+    # ||dT/dx||_F^2 / dim added to the loss (0: off), on every jac_reg_every-th step
+    jac_reg: float = setting(0.0, ge=0)
+    jac_reg_every: int = setting(1, ge=1, le=10_000_000)
 
     __post_init__ = _check_ranges
 
@@ -307,16 +329,26 @@ class Suite:
     sweep: tuple[tuple[str, tuple], ...] = ()
 
     def runs(self) -> list[RunConfig]:
-        """All runs: sweep points x strategies x seeds."""
+        """All runs: sweep points x strategies x seeds.
+
+        Raises ValueError naming a sweep point whose values do not go together (e.g. an odd
+        width swept with activation maxmin), though each value is valid on its own."""
         keys = [k for k, _ in self.sweep]
         grids = [v for _, v in self.sweep] or [()]
         points = itertools.product(*grids) if self.sweep else [()]
         out = []
         for point in points:
-            sections = {name: getattr(self, name) for name in SECTIONS}
+            changes: dict[str, dict[str, Any]] = {}
             for key, value in zip(keys, point, strict=True):
                 section, attr = key.split(".")
-                sections[section] = dataclasses.replace(sections[section], **{attr: value})
+                changes.setdefault(section, {})[attr] = value
+            sections = {name: getattr(self, name) for name in SECTIONS}
+            for section, values in changes.items():  # a section's keys at once: checked together
+                try:
+                    sections[section] = dataclasses.replace(sections[section], **values)
+                except ValueError as err:
+                    where = ", ".join(f"{k} = {v!r}" for k, v in zip(keys, point, strict=True))
+                    raise ValueError(f"[sweep] point {where}: [{section}] {err}") from None
             for strategy in self.strategies:
                 for seed in self.seeds:
                     out.append(RunConfig(self.name, strategy, seed, **sections))
@@ -360,16 +392,21 @@ def _section(cls, raw: Any, where: str):
 
 
 def _seeds(value: Any, where: str) -> tuple[int, ...]:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_SEEDS:
         return tuple(range(value))
     if (
         isinstance(value, list)
-        and value
-        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)
+        and 0 < len(value) <= MAX_SEEDS
+        and all(
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= INT64_MAX for s in value
+        )
     ):
         _no_duplicates(value, f"{where}: seeds")
         return tuple(value)
-    raise ValueError(f"{where}: seeds must be an int >= 1 or a list of ints >= 0, got {value!r}")
+    raise ValueError(
+        f"{where}: seeds must be an int in [1, {MAX_SEEDS}] or a list of at most {MAX_SEEDS} "
+        f"ints in [0, 2^63 - 1], got {value!r}"
+    )
 
 
 def _no_duplicates(values, what: str) -> None:
@@ -452,7 +489,13 @@ def suite_from_dict(raw: dict, name: str, where: str) -> Suite:
         kwargs["baselines"] = tuple(value)
     if "sweep" in raw:
         kwargs["sweep"] = _sweep(raw["sweep"], where, sections)
-    return Suite(name=name, **kwargs)
+    suite = Suite(name=name, **kwargs)
+    if suite.sweep:
+        try:
+            suite.runs()  # every combination of the swept values, not only each value alone
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+    return suite
 
 
 def list_suites() -> list[str]:
@@ -472,7 +515,9 @@ def load_suite(name_or_path: str) -> Suite:
     if not path.is_file():
         raise ValueError(f"suite file not found: {str(path)!r}")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:  # TOML is UTF-8; the bare error names no file
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"{path}: not valid TOML: {err}") from None
     return suite_from_dict(raw, path.stem, str(path))
@@ -501,7 +546,9 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def with_overrides(suite: Suite, sets: Sequence[str] = (), **shortcuts: Any) -> Suite:
+def with_overrides(
+    suite: Suite, sets: Sequence[str] = (), *, notes: list[str] | None = None, **shortcuts: Any
+) -> Suite:
     """The suite with command-line overrides applied and validated like the suite file.
 
     ``sets`` holds ``--set`` items, ``KEY=VALUE`` with the dotted keys of ``[sweep]``
@@ -509,10 +556,14 @@ def with_overrides(suite: Suite, sets: Sequence[str] = (), **shortcuts: Any) -> 
     ``strategies=jfb,cg``). ``shortcuts`` are the CLI's named options (``epochs``, ``lr``,
     ``seeds``, ``strategies``, ``dataset``, ``data_root``, ``device``; None means not given),
     each the same as its ``--set`` item. All go through ``suite_from_dict``: one set of checks.
+
+    The command line wins over the suite's ``[sweep]``: overriding a swept key replaces its
+    sweep by the one value given, and ``notes`` (when a list is passed) receives a line saying
+    so for each such key, for the caller to show: an override is never dropped silently.
     """
     raw = suite_to_dict(suite)
     items: list[tuple[str, Any, str]] = [
-        (SHORTCUTS[key], value, "--" + key.replace("_", "-"))
+        (SHORTCUTS[key], value, f"--{key.replace('_', '-')} {value}")
         for key, value in shortcuts.items()
         if value is not None
     ]
@@ -538,6 +589,15 @@ def with_overrides(suite: Suite, sets: Sequence[str] = (), **shortcuts: Any) -> 
             )
         else:
             raw[section][attr] = value
+            swept = raw.get("sweep", {}).pop(key, None)
+            if swept is not None:
+                if not raw["sweep"]:
+                    del raw["sweep"]
+                if notes is not None:
+                    notes.append(
+                        f"{where} replaces the suite's [sweep] over {key} "
+                        f"({', '.join(map(repr, swept))}): every run uses {key} = {value!r}"
+                    )
         suite_from_dict(raw, suite.name, where)  # each item checked on its own: errors name it
     return suite_from_dict(raw, suite.name, "command line")
 

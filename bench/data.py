@@ -295,20 +295,13 @@ def _celeba_files(
 
     on_disk = {p.name: p for p in files}
     train, test = [], []
-    for lineno, line in enumerate(partition_file.read_text().splitlines(), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
-            raise ValueError(
-                f"{partition_file}:{lineno}: expected '<image>.jpg <0|1|2>', got {line!r}"
-            )
-        path = on_disk.get(fields[0])
+    for image, partition in _partition_lines(partition_file):
+        path = on_disk.get(image)
         if path is None:
             continue  # a partial copy of CelebA: use the listed images that are present
-        if fields[1] == "0":
+        if partition == "0":
             train.append(path)
-        elif fields[1] == "2":
+        elif partition == "2":
             test.append(path)  # partition 1 (validation) is not used
     train.sort()
     test.sort()
@@ -327,6 +320,41 @@ def _celeba_files(
         n_test = min(max(math.floor(n_images * len(test) / available + 0.5), 1), n_images - 1)
         train, test = train[: n_images - n_test], test[:n_test]
     return train, test
+
+
+def _partition_lines(path: Path) -> list[tuple[str, str]]:
+    """(image, partition) of each line of a ``list_eval_partition.txt``.
+
+    ValueError naming the file, the line and the image for a line that is not
+    ``<image> <0|1|2>`` or an image listed twice: an image in two partitions would be trained
+    on and tested on (and one listed twice in one partition counted twice), so the file is
+    refused rather than either line chosen.
+    """
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = err.object[: err.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}:{line}: not UTF-8 text ({err.reason} at byte {err.start})"
+        ) from None
+    entries, first_seen = [], {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
+            raise ValueError(f"{path}:{lineno}: expected '<image>.jpg <0|1|2>', got {line!r}")
+        image, partition = fields
+        if image in first_seen:
+            first_line, first_partition = first_seen[image]
+            raise ValueError(
+                f"{path}:{lineno}: image {image} is listed again (partition {partition}; line "
+                f"{first_line} puts it in partition {first_partition}): each image must be listed "
+                "once, in one partition"
+            )
+        first_seen[image] = (lineno, partition)
+        entries.append((image, partition))
+    return entries
 
 
 def _folder_files(root: Path) -> list[Path]:

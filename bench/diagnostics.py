@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from strategies import get_strategy
+from strategies import get_strategy, weighted_loss
 
 from .measure import PeakLiveBytes
 from .solver import lipschitz_estimate, make_solver
@@ -37,8 +37,8 @@ def gradient_cosine(model, strategy, solver, x, d) -> dict[str, float]:
     def grad_of(m, strat, solv, dtype):
         m.eval()
         m.zero_grad(set_to_none=True)
-        xhat, info = m(d.to(dtype), strat, solv)
-        torch.nn.functional.mse_loss(xhat, x.to(dtype)).backward()
+        out, info = m(d.to(dtype), strat, solv)
+        weighted_loss(out, lambda z: torch.nn.functional.mse_loss(z, x.to(dtype))).backward()
         g = flat_grad(m)
         m.zero_grad(set_to_none=True)
         m.train()
@@ -80,14 +80,22 @@ def layer_lipschitz(model, solver, d) -> dict[str, float]:
     }
 
 
-def peak_step_bytes(model, optimizer, step) -> int:
-    """Peak live tensor bytes of ``step()`` (a training step of ``model``), which is replayed
-    and then undone: the model's and the optimiser's states are restored afterwards."""
+def peak_step_bytes(model, optimizer, step) -> dict[str, int]:
+    """Peak live tensor bytes of ``step(after_certify)`` (a training step of ``model``), which is
+    replayed and then undone: the model's and the optimiser's states are restored afterwards.
+
+    Split where the step calls ``after_certify``: ``certify_peak_bytes`` is the peak while the
+    model certifies its weights (the same for every strategy: its transient buffers are the
+    certificate's, not the strategy's); ``peak_step_bytes`` is the peak of the rest of the step
+    (forward, backward, optimiser), with the certified weights and their graph counted as live.
+    The whole step's peak is the larger of the two.
+    """
     model_state = copy.deepcopy(model.state_dict())
     optimizer_state = copy.deepcopy(optimizer.state_dict())
     with PeakLiveBytes() as tracker:
-        step()
+        step(tracker.split)
     model.load_state_dict(model_state)
     optimizer.load_state_dict(optimizer_state)
     optimizer.zero_grad(set_to_none=True)
-    return tracker.peak_bytes
+    certify = tracker.phase_peaks[0] if tracker.phase_peaks else 0
+    return {"peak_step_bytes": tracker.phase_peak_bytes, "certify_peak_bytes": certify}

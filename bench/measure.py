@@ -116,6 +116,9 @@ class PeakLiveBytes(TorchDispatchMode):
             raise ValueError(f"round_to must be a positive int, got {round_to!r}")
         self.round_to = round_to
         self.peak_bytes = 0
+        # per-phase peaks: split() closes a phase (see there); the open phase's peak so far
+        self.phase_peaks: list[int] = []
+        self._phase_peak = 0
         self.n_allocations = 0  # storages registered (for diagnostics)
         self._live = 0
         # key -> (weakref to the storage object, counted bytes, its finalizer)
@@ -133,6 +136,22 @@ class PeakLiveBytes(TorchDispatchMode):
         with self._lock:
             self._apply_frees()
             return self._live
+
+    def split(self) -> int:
+        """Close the current phase: append its peak (since entering, or the previous split) to
+        ``phase_peaks`` and return it. The next phase's peak starts from the bytes alive now
+        (what earlier phases left alive counts in it); ``peak_bytes`` stays the whole block's."""
+        with self._lock:
+            self._apply_frees()
+            peak, self._phase_peak = self._phase_peak, self._live
+        self.phase_peaks.append(peak)
+        return peak
+
+    @property
+    def phase_peak_bytes(self) -> int:
+        """Peak of the open phase (the whole block when :meth:`split` was never called)."""
+        with self._lock:
+            return self._phase_peak
 
     def _apply_frees(self) -> None:
         while self._freed:
@@ -153,7 +172,7 @@ class PeakLiveBytes(TorchDispatchMode):
                 if nbytes != entry[1]:
                     self._tracked[key] = (entry[0], nbytes, entry[2])
                     self._live += nbytes - entry[1]
-                    self.peak_bytes = max(self.peak_bytes, self._live)
+                    self._new_peak()
                 return
             # the address was reused before the old storage's free was seen: retire it now
             entry[2].detach()
@@ -165,7 +184,11 @@ class PeakLiveBytes(TorchDispatchMode):
         self._tracked[key] = (ref, nbytes, fin)
         self.n_allocations += 1
         self._live += nbytes
+        self._new_peak()
+
+    def _new_peak(self) -> None:
         self.peak_bytes = max(self.peak_bytes, self._live)
+        self._phase_peak = max(self._phase_peak, self._live)
 
     @staticmethod
     def _tensors(obj, found: list) -> list:
@@ -428,14 +451,23 @@ class RecordingSolver:
 
     :meth:`merge` returns a strategy's ``info`` with the ``forward_*`` entries replaced by the
     recorded ones (over several solves in one step: iterations summed, the worst residual,
-    converged only if every solve was). A strategy that never called the solver (unrolled runs
-    its own k iterations) keeps its own ``forward_iters``/``forward_residual``, and its
-    ``forward_converged`` is NaN: it had no solve that could converge.
+    converged only if every solve was). A strategy that never called the solver keeps its own
+    ``forward_*`` entries: unrolled runs k iterations and reports no ``forward_converged`` (NaN:
+    no solve that could converge); shine runs its own Broyden solve (it needs the solver's
+    internal state, which torchdeq does not return) and reports its statistics.
+
+    The wrapped solver's settings (``name``, ``max_iter``, ``tol``, ...) read through, so that a
+    strategy running its own solve can use the suite's settings.
     """
 
     def __init__(self, solver):
         self.solver = solver
         self.calls: list[dict[str, float]] = []
+
+    def __getattr__(self, name):
+        if name in ("solver", "calls"):  # not yet set (e.g. while unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.solver, name)
 
     def __call__(self, f, z0):
         z, info = self.solver(f, z0)
@@ -444,7 +476,7 @@ class RecordingSolver:
 
     def merge(self, info: dict) -> dict:
         if not self.calls:
-            return {**info, "forward_converged": math.nan}
+            return {"forward_converged": math.nan, **info}
         recorded = {
             "forward_iters": sum(c["forward_iters"] for c in self.calls),
             "forward_residual": max(c["forward_residual"] for c in self.calls),

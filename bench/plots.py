@@ -239,7 +239,8 @@ def plot_quality_vs_time(data: ReportData) -> Figure:
 
 
 def plot_step_time(data: ReportData) -> Figure:
-    """Stacked horizontal bars: median forward / backward / optimizer time per step, per label."""
+    """Stacked horizontal bars: median certification / forward / backward / optimizer time per
+    step, per label (older folders have no certification column: that segment is empty)."""
     medians = step_phase_medians(data)
     phase_cols = [s for s, _, _ in PHASES]
     medians = medians[medians[phase_cols].notna().any(axis=1)]
@@ -653,7 +654,8 @@ def plot_specs(data: ReportData) -> list[PlotSpec]:
                  "training-step time (mean over seeds): the first curve to cross the red target "
                  "line reaches that quality first."),
         PlotSpec("step_time", "Time per training step", plot_step_time,
-                 "Medians over all steps of the ok runs of each phase (forward solve, backward, "
+                 "Medians over all steps of the ok runs of each phase (certification of the "
+                 "model's weights, the same work for every strategy; forward solve; backward; "
                  "optimizer), stacked; the black tick is the median whole step."),
         PlotSpec("memory", "Memory per strategy", plot_memory,
                  "The main figure: the exact peak of live tensor bytes during one training step "

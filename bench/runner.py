@@ -26,9 +26,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from strategies import parse_spec
+from strategies import final_output, parse_spec, weighted_loss
 
-from . import diagnostics, legacy, provenance, results
+from . import diagnostics, legacy, out_of_memory, provenance, results
 from .config import DataConfig, ProblemConfig, RunConfig, Suite
 from .data import load_dataset
 from .measure import (
@@ -41,7 +41,8 @@ from .measure import (
 )
 from .metrics import METRICS, mean_metrics
 from .model import build_model
-from .solver import solver_from_config
+from .out_of_memory import OutOfMemory, describe, during, is_out_of_memory
+from .solver import jacobian_frobenius_sq, solver_from_config
 from .summary import run_summary, timing_verdict
 from .tasks import Task, make_task
 
@@ -52,6 +53,10 @@ FIDELITY_BATCH = 8  # images in the fixed batch for gradient fidelity and ||dT/d
 STEP_INFO = (
     "forward_iters", "forward_residual", "forward_converged", "backward_iters", "backward_residual"
 )  # fmt: skip
+# The settings that size a run's tensors, named when it runs out of memory.
+IMAGE_SETTINGS = "the image size (data.patch_size or data.image_size)"
+DATA_SETTINGS = f"data.n_images or {IMAGE_SETTINGS}"
+STEP_SETTINGS = f"train.batch_size, model.width or {IMAGE_SETTINGS}"
 DIVERGED_ABS = 1e3  # images live in [0, 1]: a reconstruction this large has blown up
 
 
@@ -108,7 +113,16 @@ class TaskData:
 
 @cache
 def load_task_data(data: DataConfig, problem: ProblemConfig) -> TaskData:
-    """Load the data set and simulate the fixed test measurements (cached per setting)."""
+    """Load the data set and simulate the fixed test measurements (cached per setting).
+
+    Running out of memory here is an :class:`OutOfMemory` (a ValueError: before training, the
+    command stops with one line and exit 2) naming the data set and what to lower.
+    """
+    with during(f"loading data set {data.dataset!r} and scoring its test set", DATA_SETTINGS):
+        return _load_task_data(data, problem)
+
+
+def _load_task_data(data: DataConfig, problem: ProblemConfig) -> TaskData:
     images = load_dataset(
         data.dataset,
         root=data.root or None,
@@ -155,8 +169,8 @@ def _evaluate(model, strategy, solver, x, d, batch_size) -> tuple[dict[str, floa
     recon = []
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            xhat, _ = model(d[i : i + batch_size], strategy, solver)
-            recon.append(xhat.clamp(0, 1))
+            out, _ = model(d[i : i + batch_size], strategy, solver)
+            recon.append(final_output(out).clamp(0, 1))
     model.train()
     recon = torch.cat(recon)
     return mean_metrics(recon, x), recon
@@ -167,40 +181,76 @@ def _numeric_info(info: dict) -> dict[str, float]:
     return {k: float(v) for k, v in info.items() if isinstance(v, (int, float))}
 
 
-def train_step(model, strategy, solver, optimizer, x, d, clock: StepClock, counter=None):
+def train_step(
+    model,
+    strategy,
+    solver,
+    optimizer,
+    x,
+    d,
+    clock: StepClock,
+    counter=None,
+    jac_reg: float = 0.0,
+    after_certify=None,
+):
     """One instrumented training step: returns (its ``steps`` row without epoch/step, output).
 
-    The phases are timed by ``clock``; ``counter`` (a :class:`SavedBytes`), when given, counts
-    the bytes the forward pass saves for backward. A strategy that sets ``info["skip_update"]``
-    (e.g. cg:skip_unconverged=true after an unconverged adjoint solve) gets no parameter update;
-    the row then has ``skipped = 1``.
+    The phases are timed by ``clock``: certification (the model's normalised weights, the same
+    work for every strategy), the forward pass (solve and the strategy's forward), backward and
+    the optimiser, so that forward and backward times are the solver's and the strategy's own.
+    ``counter`` (a :class:`SavedBytes`), when given, counts the bytes the forward pass saves for
+    backward; ``after_certify``, when given, is called between certification and the forward
+    pass (the peak-memory replay splits its peak there). A strategy that sets
+    ``info["skip_update"]`` (e.g. cg:skip_unconverged=true after an unconverged adjoint solve)
+    gets no parameter update; the row then has ``skipped = 1``. The loss is the MSE of the
+    reconstruction (weighted over a strategy's :class:`~strategies.WeightedOutputs`).
+    ``jac_reg`` > 0 adds that weight times the Hutchinson estimate of ||dT/dx||_F^2 / dim at the
+    reconstruction to the objective (Bai et al.'s Jacobian regularisation), recorded as
+    ``jac_frobenius_sq`` (NaN on steps without it); ``loss`` stays the reconstruction loss,
+    comparable with and without it.
     """
     optimizer.zero_grad(set_to_none=True)
     # the harness, not the strategy, records the forward solve and counts Jacobian products
     recorder, products = RecordingSolver(solver), JacobianProducts()
+    counted, layer = products.strategy(strategy), {}
+
+    def call(f, z0, solver):
+        layer["f"] = f  # the regulariser's T: the very layer the strategy got, uncounted
+        return counted(f, z0, solver)
+
     marks = [clock.mark()]
     with products, counter.count() if counter else contextlib.nullcontext():
-        xhat, info = model(d, products.strategy(strategy), recorder)
-        loss = torch.nn.functional.mse_loss(xhat, x)
+        weights = model.certified_weights(d.shape[-2:])
+        marks.append(clock.mark())
+        if after_certify is not None:
+            after_certify()
+        out, info = model(d, call, recorder, weights=weights)
+        loss = weighted_loss(out, lambda z: torch.nn.functional.mse_loss(z, x))
+    xhat, objective, jac_sq = final_output(out), loss, math.nan
+    if jac_reg > 0:  # outside ``products``: the regulariser's products are not the strategy's
+        penalty = jacobian_frobenius_sq(layer["f"], xhat)
+        objective, jac_sq = loss + jac_reg * penalty, penalty.item()
     marks.append(clock.mark())
     with products:
-        loss.backward()  # strategies with a backward solve complete ``info`` here
+        objective.backward()  # strategies with a backward solve complete ``info`` here
     marks.append(clock.mark())
     info = {**recorder.merge(info), "jacobian_products": float(products.total)}
     skipped = bool(info.get("skip_update", 0))
     if not skipped:
         optimizer.step()
     marks.append(clock.mark())
-    fwd, bwd, opt = clock.durations(marks)
+    certify, fwd, bwd, opt = clock.durations(marks)
     row = {key: math.nan for key in STEP_INFO}
     row.update(_numeric_info(info))
     row.pop("skip_update", None)
     row.update(
         loss=loss.item(),
+        certify_time_s=certify,
+        jac_frobenius_sq=jac_sq,
         forward_time_s=fwd,
         backward_time_s=bwd,
         optimizer_time_s=opt,
-        step_time_s=fwd + bwd + opt,
+        step_time_s=certify + fwd + bwd + opt,
         skipped=float(skipped),
     )
     return row, xhat
@@ -262,6 +312,7 @@ class _Record:
         self.evals: list[dict] = []
         self.saved_bytes = math.nan
         self.peak_step_bytes = math.nan
+        self.certify_peak_bytes = math.nan
         # Phases of the run (wall-clock seconds): setup, evaluation, diagnostics (gradient
         # fidelity, ||dT/dx||, the replayed peak-bytes step). Training is the sum of step times.
         self.setup_time_s = 0.0
@@ -309,7 +360,10 @@ def _evaluation(s: _Setup, rec: _Record, epoch: int, epoch_end: bool, fidelity: 
         "grad_reference_forward_residual": math.nan,
         "grad_reference_backward_residual": math.nan,
         **diagnostics.layer_lipschitz(s.model, s.solver, s.fid_d),
+        "certified_lipschitz_bound": s.model.contraction_bound(),
     }
+    # how much of the proved bound the layer uses (NaN where nothing is proved)
+    row["contraction_budget_used"] = row["layer_lipschitz"] / row["certified_lipschitz_bound"]
     if fidelity:
         row.update(diagnostics.gradient_cosine(s.model, s.strategy, s.solver, s.fid_x, s.fid_d))
     rec.evals.append(row)
@@ -335,15 +389,21 @@ def _train_loop(s: _Setup, rec: _Record, memory: PeakMemory, device, progress: b
             x = s.train_x[idx]
             d = s.data.task.simulate(x, s.generator)
             step = len(rec.steps) + 1
+            every = run.train.jac_reg_every
+            jac_reg = run.train.jac_reg if (step - 1) % every == 0 else 0.0
+            in_step = f"in a training step (batch of {len(x)} images of {_shape(x)})"
             if step == tracked_step:
                 t0 = time.perf_counter()
-                rec.peak_step_bytes = _peak_step_bytes(s, x, d, clock)
+                with during(in_step, STEP_SETTINGS):
+                    peaks = _peak_step_bytes(s, x, d, clock, jac_reg)
+                rec.peak_step_bytes = peaks["peak_step_bytes"]
+                rec.certify_peak_bytes = peaks["certify_peak_bytes"]
                 rec.diagnostics_time_s += time.perf_counter() - t0
             counter = SavedBytes() if step == 1 else None  # one step suffices: exact
-            with memory:
+            with memory, during(in_step, STEP_SETTINGS):
                 wall, cpu = time.perf_counter(), time.process_time()
                 row, xhat = train_step(
-                    s.model, s.strategy, s.solver, s.optimizer, x, d, clock, counter
+                    s.model, s.strategy, s.solver, s.optimizer, x, d, clock, counter, jac_reg
                 )
                 rec.step_cpu_s += time.process_time() - cpu  # every thread of the process
                 rec.step_wall_s += time.perf_counter() - wall
@@ -357,12 +417,25 @@ def _train_loop(s: _Setup, rec: _Record, memory: PeakMemory, device, progress: b
             epoch_end = step % n_batches == 0
             if _evaluates(run, step, epoch_end, total_steps):
                 fidelity = run.train.grad_fidelity and (not rec.evals or step == total_steps)
-                _evaluation(s, rec, epoch, epoch_end, fidelity)
+                what = f"evaluating (test set in batches of {run.train.batch_size}, diagnostics)"
+                with during(what, f"train.batch_size or {IMAGE_SETTINGS}"):
+                    _evaluation(s, rec, epoch, epoch_end, fidelity)
 
 
-def _peak_step_bytes(s: _Setup, x, d, clock: StepClock) -> int:
-    """Peak live tensor bytes of a training step on (x, d), replayed and then undone."""
-    step = lambda: train_step(s.model, s.strategy, s.solver, s.optimizer, x, d, clock)  # noqa: E731
+def _shape(x: torch.Tensor) -> str:
+    return "×".join(map(str, x.shape[1:]))
+
+
+def _peak_step_bytes(s: _Setup, x, d, clock: StepClock, jac_reg: float) -> dict[str, int]:
+    """Peak live tensor bytes of a training step on (x, d), replayed and then undone, split into
+    the certification's and the rest's (see :func:`bench.diagnostics.peak_step_bytes`)."""
+
+    def step(after_certify):
+        train_step(
+            s.model, s.strategy, s.solver, s.optimizer, x, d, clock,
+            jac_reg=jac_reg, after_certify=after_certify,
+        )  # fmt: skip
+
     return diagnostics.peak_step_bytes(s.model, s.optimizer, step)
 
 
@@ -386,7 +459,8 @@ def train(run: RunConfig, device: torch.device, progress: bool = False) -> dict:
     started = time.perf_counter()
     rec = _Record()
     rec.sample_load()
-    s = _Setup.build(run, device)
+    with during(f"moving the data to {device} and building the model", DATA_SETTINGS):
+        s = _Setup.build(run, device)
     rec.setup_time_s = time.perf_counter() - started
     memory = PeakMemory(device)
     try:
@@ -465,6 +539,7 @@ def _tables(s: _Setup, rec: _Record, memory: PeakMemory, device, run_wall_time_s
         **_timing_columns(rec, summary, device),
         "saved_bytes": rec.saved_bytes,
         "peak_step_bytes": rec.peak_step_bytes,
+        "certify_peak_bytes": rec.certify_peak_bytes,
         "peak_rss_bytes": memory.rss_bytes or math.nan,
         "peak_gpu_memory_bytes": memory.gpu_bytes if memory.gpu_bytes is not None else math.nan,
         "peak_gpu_device_memory_bytes": memory.gpu_device_bytes or math.nan,
@@ -492,6 +567,8 @@ def _setting_columns(run: RunConfig, device, data: TaskData | None) -> dict:
         "epochs": run.train.epochs,
         "lr": run.train.lr,
         "lr_schedule": run.train.lr_schedule,
+        "jac_reg": run.train.jac_reg,
+        "jac_reg_every": run.train.jac_reg_every,
         "task": run.problem.task,
         **(data.task if data else make_task(run.problem)).setting_columns(),
         "noise_std": run.problem.noise_std,
@@ -623,7 +700,7 @@ def _train_and_write(run: RunConfig, out: Path, progress: bool, jobs: int) -> di
             "params": "",
             "seed": run.seed,
             "status": "failed",
-            "status_reason": f"{type(err).__name__}: {err}".splitlines()[0][:500],
+            "status_reason": _failure_reason(err),
         }
         # the schema's columns, plus the task's own setting columns (blur_sigma, ...)
         columns = list(dict.fromkeys([*results.RUN_COLUMNS, *row]))
@@ -645,6 +722,15 @@ def _train_and_write(run: RunConfig, out: Path, progress: bool, jobs: int) -> di
     if row["status"] != "failed":  # an earlier attempt's traceback no longer describes this run
         (part / "error.log").unlink(missing_ok=True)
     return row
+
+
+def _failure_reason(err: Exception) -> str:
+    """A failed run's one-line reason; out of memory says where and what to lower."""
+    if isinstance(err, OutOfMemory):
+        return str(err)
+    if is_out_of_memory(err):  # outside the phases train() names
+        return describe(err, "in the run", STEP_SETTINGS)
+    return f"{type(err).__name__}: {err}".splitlines()[0][:500]
 
 
 def run_baselines(suite: Suite, out: Path, force: bool = False) -> None:
@@ -677,7 +763,14 @@ def run_baselines(suite: Suite, out: Path, force: bool = False) -> None:
         with results.claim(out, f"baseline-{run.config_hash}") as claimed:
             if not claimed:  # another process is fitting this setting's baselines
                 continue
-            _fit_baselines(suite, out, run, data, ids, reference_path if index == 0 else None)
+            what = f"fitting the classical baselines on {len(data.train_x)} training images"
+            try:
+                with during(what, DATA_SETTINGS):
+                    _fit_baselines(
+                        suite, out, run, data, ids, reference_path if index == 0 else None
+                    )
+            except OutOfMemory as err:  # the runs, a batch at a time, may still fit: go on
+                results.warn(f"{err}; these baselines are left out (a rerun retries them)")
 
 
 def _fit_baselines(suite, out: Path, run: RunConfig, data: TaskData, ids: dict, reference_path):
@@ -783,6 +876,41 @@ def _commits(out: Path, run_ids) -> str:
     return ", ".join(sorted(set(commits)))
 
 
+def warn_if_too_big(todo: list[RunConfig], executor) -> None:
+    """Warn, before training, for each setting whose runs need more memory than this machine
+    has free (a lower bound of their needs: :func:`out_of_memory.minimum_run_bytes`; ``-j N``
+    runs N at once). Only for the local executor: submitit's runs go to other machines. The GPU
+    is checked when runs train in this process (``-j 1``): workers have GPUs of their own."""
+    from .executor import LocalExecutor
+
+    if not isinstance(executor, LocalExecutor):
+        return
+    at_once = min(executor.jobs, len(todo))
+    seen = set()
+    for run in todo:
+        if run.setting_hash in seen:
+            continue
+        seen.add(run.setting_hash)
+        device = resolve_device(run.train.device)
+        data = load_task_data(run.data, run.problem)
+        need = out_of_memory.minimum_run_bytes(
+            n_train=len(data.train_x), n_test=len(data.test_x),
+            image_shape=tuple(data.test_x.shape[1:]),
+            batch_size=min(run.train.batch_size, len(data.train_x)),
+            width=run.model.width, depth=run.model.depth,
+            dtype_bytes=DTYPES[run.train.dtype].itemsize, on_gpu=device.type == "cuda",
+        )  # fmt: skip
+        host = torch.device("cpu")
+        checks = [(need["host"], at_once, host, "host")]
+        if device.type == "cuda" and executor.jobs == 1:
+            checks.append((need["gpu"], 1, device, str(device)))
+        for bytes_, runs, where, name in checks:
+            available = out_of_memory.available_bytes(where)
+            line = out_of_memory.fit_warning(run.run_id, bytes_, runs, available, name)
+            if line:
+                results.warn(line)
+
+
 def fingerprinted_runs(suite: Suite) -> list[RunConfig]:
     """The suite's runs, each carrying the fingerprint of the images its data setting loads."""
     return [
@@ -823,6 +951,7 @@ def run_suite(
         resolve_device(run.train.device)
     executor.check(suite.runs())
     todo, counts = plan(suite, out, force, stale)
+    warn_if_too_big(todo, executor)
     t_plan = time.perf_counter()
     run_baselines(suite, out, force)
     t_baselines = time.perf_counter()

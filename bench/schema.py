@@ -24,7 +24,7 @@ RUN_COLUMNS = (
     "model_width", "model_depth", "device", "device_name", "torch_version", "torchdeq_version",
     "git_commit", "config_hash", "final_train_loss",
     *(f"final_test_{m}" for m in METRICS), *(f"naive_test_{m}" for m in METRICS),
-    "train_time_s", "median_step_time_s", "median_forward_time_s",
+    "train_time_s", "median_step_time_s", "median_certify_time_s", "median_forward_time_s",
     "median_backward_time_s", "median_optimizer_time_s", "saved_bytes", "peak_rss_bytes",
     "peak_gpu_memory_bytes", "peak_gpu_device_memory_bytes", "mean_forward_iters",
     "forward_converged_frac", "mean_backward_iters", "grad_cosine_first", "grad_cosine_last",
@@ -35,6 +35,9 @@ RUN_COLUMNS = (
     "setting_hash",
     "max_layer_lipschitz", "certified_lipschitz_bound", "backward_converged_frac",
     "skipped_steps", "peak_step_bytes", "run_wall_time_s", "eval_time_s", "diagnostics_time_s",
+    # the certification's own peak bytes (peak_step_bytes is the rest of the step's), and the
+    # largest measured ||dT/dx|| / certified bound over the evaluations (1: the budget all used)
+    "certify_peak_bytes", "contraction_budget_used",
     # J u + J^T u products per training step, counted by the harness (bench.measure)
     "jacobian_products_per_step",
     # timings you can trust (bench/summary.py): where the run's time went (train_time_s above
@@ -51,11 +54,12 @@ EPOCH_COLUMNS = (
     # one row per evaluation: at each epoch's end (epoch_end = 1) and every [train] eval_every steps
     "step", "epoch_end", "layer_lipschitz", "layer_lipschitz_converged",
     "grad_reference_converged", "grad_reference_forward_residual",
-    "grad_reference_backward_residual",
+    "grad_reference_backward_residual", "certified_lipschitz_bound", "contraction_budget_used",
 )  # fmt: skip
 STEP_COLUMNS = (
-    "run_id", "strategy", "seed", "epoch", "step", "loss", "forward_time_s", "backward_time_s",
-    "optimizer_time_s", "step_time_s", "forward_iters", "forward_residual", "forward_converged",
+    "run_id", "strategy", "seed", "epoch", "step", "loss", "certify_time_s", "forward_time_s",
+    "backward_time_s", "optimizer_time_s", "step_time_s", "forward_iters", "forward_residual",
+    "forward_converged",
     "backward_iters", "backward_residual", "jacobian_products",
     # always present, empty where they do not apply (a jfb-only sweep solves nothing in backward):
     # a missing column would read as a folder from before they existed
@@ -106,7 +110,8 @@ ADDED_COLUMNS = {
         *(f"naive_test_{m}" for m in METRICS), "jacobian_products_per_step",
         "torch_threads", "cpu_count", "jobs", "load_avg_max", "cpu_util", "step_time_cv",
         "step_time_robust_cv", "warmup_steps", "warmup_step_time_s", "timing_reliable",
-        "timing_note", "task",
+        "timing_note", "task", "median_certify_time_s", "certify_peak_bytes",
+        "contraction_budget_used",
         # a metric registered later has no column in older tables
         *(f"final_test_{m}" for m in METRICS if m not in ("psnr", "ssim")),
     ),
@@ -114,13 +119,18 @@ ADDED_COLUMNS = {
         "step", "epoch_end", "layer_lipschitz", "layer_lipschitz_converged",
         "grad_reference_converged", "grad_reference_forward_residual",
         "grad_reference_backward_residual", "train_time_s", *(f"naive_test_{m}" for m in METRICS),
+        "certified_lipschitz_bound", "contraction_budget_used",
         *(f"test_{m}" for m in METRICS if m not in ("psnr", "ssim")),
     ),
-    "steps": ("backward_converged", "skipped", "jacobian_products"),
+    "steps": ("backward_converged", "skipped", "jacobian_products", "certify_time_s"),
 }  # fmt: skip
 # Settings added after results were written, with the value every earlier run had (the harness
 # had no other choice then): filled in where absent, since nothing is missing.
-IMPLIED_SETTINGS = {"runs": {"model_activation": "relu"}, "epochs": {}, "steps": {}}
+IMPLIED_SETTINGS = {
+    "runs": {"model_activation": "relu", "jac_reg": 0.0, "jac_reg_every": 1},
+    "epochs": {},
+    "steps": {},
+}
 # Cells a complete runs row must fill: a runs.csv cut off mid-row parses, with these left empty.
 REQUIRED_CELLS = ("run_id", "status", "config_hash")
 

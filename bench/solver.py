@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
+from torchdeq.loss import jac_reg as _torchdeq_jac_reg
 from torchdeq.solver import get_solver as _torchdeq_solver
 
 from strategies import Jacobian
@@ -190,3 +191,17 @@ def lipschitz_estimate(
                 return LipschitzEstimate(float(sigma.max()), it, True)
             u = jac.T(ju)
     return LipschitzEstimate(float(sigma.max()), max_iter, False)
+
+
+def jacobian_frobenius_sq(f, z: torch.Tensor, probes: int = 1) -> torch.Tensor:
+    """Hutchinson estimate of ||df/dz||_F^2 / dim at ``z``, differentiable in f's parameters.
+
+    The Jacobian regulariser of Bai, Koltun & Kolter, "Stabilizing Equilibrium Models by
+    Jacobian Regularization" (ICML 2021, arXiv 2106.14342), as torchdeq computes it
+    (``torchdeq.loss.jac_reg``): E ||e^T J||^2 = ||J||_F^2 for a standard Gaussian probe e, one
+    vector-Jacobian product per probe with its graph kept, divided by ``z.numel()`` (over a
+    batch, J is block diagonal: the mean over samples of ||J_b||_F^2 / dim).
+    """
+    with torch.enable_grad():
+        z = z.detach().requires_grad_()
+        return _torchdeq_jac_reg(f(z), z, vecs=probes, create_graph=True)

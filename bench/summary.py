@@ -69,6 +69,7 @@ def run_summary(
         **{f"final_test_{m}": float(last.get(f"test_{m}", math.nan)) for m in METRICS},
         "train_time_s": float(steps["step_time_s"].sum()) if n else 0.0,
         "median_step_time_s": median(timed, "step_time_s"),
+        "median_certify_time_s": median(timed, "certify_time_s"),
         "median_forward_time_s": median(timed, "forward_time_s"),
         "median_backward_time_s": median(timed, "backward_time_s"),
         "median_optimizer_time_s": median(timed, "optimizer_time_s"),
@@ -86,6 +87,9 @@ def run_summary(
         "grad_cosine_last": float(fidelity["grad_cosine"].iloc[-1]) if len(fidelity) else math.nan,
         "lipschitz_estimate": float(lipschitz.iloc[-1]) if len(lipschitz) else math.nan,
         "max_layer_lipschitz": float(lipschitz.max()) if len(lipschitz) else math.nan,
+        "contraction_budget_used": float(epochs["contraction_budget_used"].max())
+        if len(epochs) and "contraction_budget_used" in epochs
+        else math.nan,
     }
 
 

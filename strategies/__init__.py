@@ -19,7 +19,7 @@ import pkgutil
 import sys
 from importlib.metadata import entry_points
 
-from ._base import Info, Param, Strategy
+from ._base import Info, Param, Strategy, WeightedOutputs, final_output, weighted_loss
 from ._implicit import Jacobian, batch_dot, implicit_output
 
 __all__ = [
@@ -27,6 +27,9 @@ __all__ = [
     "Jacobian",
     "Param",
     "Strategy",
+    "WeightedOutputs",
+    "final_output",
+    "weighted_loss",
     "batch_dot",
     "implicit_output",
     "broken_strategies",

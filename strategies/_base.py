@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -10,10 +11,17 @@ import torch
 
 Info = dict[str, float]
 
+# An int parameter without its own upper bound still fits in 64 bits (torch, the result tables).
+INT_MAX = 2**63 - 1
+
 
 @dataclass(frozen=True)
 class Param:
-    """A declared strategy parameter: its default (which fixes its type) and its valid range."""
+    """A declared strategy parameter: its default (which fixes its type) and its valid range.
+
+    Declare an upper bound (``le``) on every size (steps, iterations): an absurd value is then
+    refused when the suite is loaded, with the accepted range. An int parameter without one is
+    still bounded by ``INT_MAX`` (2^63 - 1)."""
 
     default: int | float | str | bool
     ge: float | None = None  # inclusive lower bound
@@ -26,11 +34,16 @@ class Param:
     def type(self) -> type:
         return type(self.default)
 
+    @property
+    def upper(self) -> float | None:
+        """The inclusive upper bound: ``le``, or ``INT_MAX`` for an int without one."""
+        return INT_MAX if self.le is None and self.type is int else self.le
+
     def describe(self) -> str:
         rule = self.type.__name__
-        for op, bound in ((">=", self.ge), (">", self.gt), ("<=", self.le)):
+        for op, bound in ((">=", self.ge), (">", self.gt), ("<=", self.upper)):
             if bound is not None:
-                rule += f" {op} {bound:g}"
+                rule += f" {op} {bound if isinstance(bound, int) else format(bound, 'g')}"
         if self.choices:
             rule += " in {" + ", ".join(map(str, self.choices)) + "}"
         return f"{rule}, default {self.default!r}"
@@ -53,7 +66,7 @@ class Param:
         if (
             (self.ge is not None and value < self.ge)
             or (self.gt is not None and value <= self.gt)
-            or (self.le is not None and value > self.le)
+            or (self.upper is not None and value > self.upper)
             or (self.choices and value not in self.choices)
         ):
             raise ValueError(f"{value!r} is out of range ({self.describe()})")
@@ -74,6 +87,44 @@ class Param:
             raise ValueError(f"expected {kind.__name__}, got {text!r}") from None
 
 
+@dataclass(frozen=True)
+class WeightedOutputs:
+    """Several outputs of one forward pass, each with the weight of its loss in training.
+
+    ``weighted_loss(out, loss_fn)`` is ``sum_i weights[i] * loss_fn(outputs[i])``; the last
+    output is the reconstruction (``final``), the one evaluated and measured.
+    """
+
+    outputs: tuple[torch.Tensor, ...]
+    weights: tuple[float, ...]
+
+    def __post_init__(self):
+        if not self.outputs or len(self.outputs) != len(self.weights):
+            raise ValueError(
+                f"WeightedOutputs needs as many weights as outputs (at least one), got "
+                f"{len(self.outputs)} outputs and {len(self.weights)} weights"
+            )
+
+    @property
+    def final(self) -> torch.Tensor:
+        return self.outputs[-1]
+
+
+def final_output(out: torch.Tensor | WeightedOutputs) -> torch.Tensor:
+    """The reconstruction a strategy returned: ``out`` itself, or a WeightedOutputs' last."""
+    return out.final if isinstance(out, WeightedOutputs) else out
+
+
+def weighted_loss(
+    out: torch.Tensor | WeightedOutputs, loss_fn: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """The training loss of a strategy's output: ``loss_fn(out)``, or for WeightedOutputs the
+    weighted sum of each output's loss."""
+    if not isinstance(out, WeightedOutputs):
+        return loss_fn(out)
+    return sum(w * loss_fn(z) for w, z in zip(out.weights, out.outputs, strict=True))
+
+
 class Strategy:
     """Base class of gradient strategies.
 
@@ -87,6 +138,11 @@ class Strategy:
     It returns ``z`` attached to the autograd graph, so that ``loss(z).backward()`` leaves the
     strategy's gradient in the parameters' ``.grad``, and ``info`` (str -> number), which
     strategies with a backward solve complete during ``backward()``.
+
+    A strategy whose loss is on several states (fixed-point correction) returns a
+    :class:`WeightedOutputs` instead of ``z``: the training loss is then ``sum_i w_i loss(z_i)``
+    and the reconstruction its last output. Callers go through :func:`weighted_loss` and
+    :func:`final_output`, which take either form, so a strategy returning one tensor is unchanged.
 
     Validated parameter values are available as attributes (``self.k``) and in ``self.params``.
 

@@ -9,6 +9,7 @@ import torch
 
 from bench.measure import saved_bytes
 from bench.solver import FixedPointSolver
+from strategies import final_output, weighted_loss
 
 N, M = 5, 3  # state size, input size
 
@@ -39,9 +40,9 @@ def accurate_solver():
 def strategy_gradient(strategy, layer, x, solver=None):
     layer.zero_grad()
     f = layer.layer(x)
-    z, info = strategy(f, torch.zeros(x.shape[0], N, dtype=x.dtype), solver or accurate_solver())
-    loss_fn(z).backward()
-    return torch.cat([p.grad.flatten() for p in layer.parameters()]), z, info
+    out, info = strategy(f, torch.zeros(x.shape[0], N, dtype=x.dtype), solver or accurate_solver())
+    weighted_loss(out, loss_fn).backward()
+    return torch.cat([p.grad.flatten() for p in layer.parameters()]), final_output(out), info
 
 
 def exact_fixed_point(layer, x):
@@ -99,8 +100,8 @@ def saved_bytes_of(strategy, solver_iters):
     solver = FixedPointSolver("fixed_point_iter", max_iter=solver_iters, tol=1e-30)
 
     def step():
-        z, info = model(d, strategy, solver)
-        return z.square().mean()
+        out, info = model(d, strategy, solver)
+        return weighted_loss(out, lambda z: z.square().mean())
 
     nbytes, loss = saved_bytes(step)
     loss.backward()

@@ -120,7 +120,8 @@ def test_help_and_usage_errors_import_no_registry_and_no_torch():
     probe = (
         "import sys\n"
         "from bench.cli import main\n"
-        "for argv in (['--help'], ['report', '--help'], ['run', '--help'], ['list', 'x']):\n"
+        "for argv in (['--help'], ['report', '--help'], ['run', '--help'], ['compare', '--help'],\n"
+        "             ['list', 'x']):\n"
         "    try:\n"
         "        main(argv)\n"
         "    except SystemExit:\n"

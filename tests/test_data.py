@@ -176,8 +176,37 @@ def test_celeba_missing_folder_explains_the_layout(tmp_path):
 def test_celeba_malformed_partition_file(tmp_path):
     root = _make_celeba(tmp_path)
     (root / "celeba" / "list_eval_partition.txt").write_text("000001.jpg train\n")
-    with pytest.raises(ValueError, match="list_eval_partition.txt:1"):
+    with pytest.raises(ValueError, match="list_eval_partition.txt:1.*000001.jpg train"):
         load_dataset("celeba", root=root)
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        ("000005.jpg 0", "partition 0; line 5 puts it in partition 2"),  # test image in training
+        ("000002.jpg 0", "partition 0; line 2 puts it in partition 0"),  # counted twice
+        ("000009.jpg 2\n000009.jpg 0", "partition 0; line 7 puts it in partition 2"),  # not on disk
+    ],
+)
+def test_celeba_partition_file_listing_an_image_twice_is_refused(tmp_path, extra, words):
+    root = _make_celeba(tmp_path)
+    partition = root / "celeba" / "list_eval_partition.txt"
+    partition.write_text(partition.read_text() + extra + "\n")
+    image = extra.split()[-2]
+    line = 7 + extra.count("\n")
+    with pytest.raises(
+        ValueError, match=rf"list_eval_partition.txt:{line}: image {image}.*{words}"
+    ):
+        load_dataset("celeba", root=root)
+
+
+def test_celeba_partition_file_not_utf8_names_the_file_and_line(tmp_path):
+    root = _make_celeba(tmp_path)
+    partition = root / "celeba" / "list_eval_partition.txt"
+    partition.write_bytes(b"000001.jpg 0\n\xff\xfe.jpg 2\n")
+    with pytest.raises(ValueError, match=r"list_eval_partition.txt:2: not UTF-8") as err:
+        load_dataset("celeba", root=root)
+    assert str(partition) in str(err.value)
 
 
 # --- folder ------------------------------------------------------------------------------------

@@ -256,6 +256,7 @@ def test_bad_suite_documents_name_the_problem(raw, words):
         (["run", "nosuchsuite"], ["nosuchsuite", "quick"]),
         (["run", "{badtoml}"], ["widht", "width"]),
         (["run", "{notoml}"], ["not valid TOML"]),
+        (["run", "{latin1}"], ["latin1.toml", "not UTF-8"]),
         (["run", "--dataset", "celeba", "--data-root", "{missing}"], ["img_align_celeba"]),
         (["run", "--dataset", "imagenet"], ["imagenet", "faces"]),
         (["run", "--seeds", "0"], ["--seeds"]),
@@ -267,9 +268,11 @@ def test_bad_suite_documents_name_the_problem(raw, words):
 def test_bad_input_is_one_line_and_exit_status_2(args, words, tmp_path, capsys):
     (tmp_path / "bad.toml").write_text("[model]\nwidht = 3\n")
     (tmp_path / "broken.toml").write_text("strategies = [\n")
+    (tmp_path / "latin1.toml").write_bytes('name = "caf\u00e9"\n'.encode("latin-1"))
     fill = {
         "{badtoml}": str(tmp_path / "bad.toml"),
         "{notoml}": str(tmp_path / "broken.toml"),
+        "{latin1}": str(tmp_path / "latin1.toml"),
         "{missing}": str(tmp_path / "nowhere"),
     }
     args = [fill.get(a, a) for a in args] + (

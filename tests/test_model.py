@@ -21,6 +21,7 @@ from bench.model import (
     ReconstructionDEQ,
     aol_rescale,
     build_model,
+    certificate_grid,
     conv_operator_norm,
     eta_max,
     maxmin,
@@ -65,7 +66,8 @@ def _dense_conv_norm(weight: torch.Tensor, size: tuple[int, int]) -> float:
     c_in = weight.shape[1]
 
     def conv(x):
-        return F.conv2d(x.view(1, c_in, *size), weight.detach().double(), padding=1).flatten()
+        w = weight.detach().double()
+        return F.conv2d(x.view(1, c_in, *size), w, padding=w.shape[-1] // 2).flatten()
 
     x = torch.zeros(c_in * size[0] * size[1], dtype=torch.float64)
     return torch.linalg.matrix_norm(torch.autograd.functional.jacobian(conv, x), 2).item()
@@ -101,6 +103,70 @@ def test_conv_operator_norm_is_a_tight_upper_bound_and_differentiable():
         # it bounds smaller images too (they are sub-blocks)
         assert _dense_conv_norm(w, (size[0] - 3, size[1] - 2)) <= bound.item() * (1 + 1e-12)
     assert torch.autograd.gradcheck(lambda w: conv_operator_norm(w, (6, 7)), (w,))
+
+
+EXACT = 10**6  # a max_grid no image reaches: the exact cyclic grid, Sedghi et al.'s bound
+
+
+@pytest.mark.parametrize("max_grid", [8, 10, 16])
+def test_continuous_frequency_certificate_bounds_every_image_size(max_grid):
+    # images longer than the grid: the bound from max_grid samples per axis and the proved
+    # correction must still bound the dense operator (12x12 and 7x30 images), and the exact
+    # cyclic bound of much larger images (which tends to the supremum over all frequencies)
+    torch.manual_seed(max_grid)
+    kernels = [(4, 1, 3), (4, 4, 3), (1, 4, 3)] + ([(3, 2, 5)] if max_grid >= 10 else [])
+    for c_out, c_in, k in kernels:
+        w = torch.randn(c_out, c_in, k, k, dtype=torch.float64)
+        for size in [(12, 12), (7, 24)]:
+            bound = conv_operator_norm(w, size, max_grid=max_grid).item()
+            assert _dense_conv_norm(w, size) <= bound * (1 + 1e-12)
+        large = conv_operator_norm(w, (300, 300), max_grid=EXACT).item()
+        bound = conv_operator_norm(w, (300, 300), max_grid=max_grid).item()
+        _, correction = certificate_grid((k, k), (300, 300), max_grid)
+        assert large <= bound * (1 + 1e-12) <= large * correction * (1 + 1e-12)
+
+
+def test_certificate_grid_is_exact_on_short_axes_and_refuses_a_grid_too_coarse():
+    assert certificate_grid((3, 3), (25, 25)) == ((27, 27), 1.0)
+    grid, correction = certificate_grid((3, 3), (64, 10))  # one long axis, one cyclic
+    assert grid == (32, 12) and correction == pytest.approx(1 / (1 - (math.pi / 32) ** 2 / 2))
+    grid, correction = certificate_grid((3, 3), (128, 128))
+    assert grid == (32, 32) and correction == pytest.approx(1 / (1 - (math.pi / 16) ** 2 / 2))
+    with pytest.raises(ValueError, match="too coarse"):
+        certificate_grid((9, 9), (64, 64), max_grid=4)
+
+
+def test_continuous_certificate_is_differentiable():
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda w: conv_operator_norm(w, (20, 9), max_grid=8), (w,))
+
+
+def _trained_wide_kernels(lr: float) -> list[torch.Tensor]:
+    """The convolutions of a width-64 denoiser after Adam steps at ``lr`` on a denoising loss."""
+    torch.manual_seed(0)
+    den = Denoiser(3, 64, 3, 0.97)
+    optimizer = torch.optim.Adam(den.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        x = torch.rand(4, 3, 16, 16, generator=g)
+        loss = F.mse_loss(den(x + 0.1 * torch.randn(x.shape, generator=g)), x)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return [conv.weight.detach().double() for conv in den.convs]
+
+
+@pytest.mark.parametrize("lr", [0.0, 5e-2])  # fresh, and after training at a high lr
+def test_certificate_bounds_the_exact_all_frequency_svd_at_the_real_sizes(lr):
+    # the reference work's sizes: 64x64 and 128x128 images, 64 channels; the exact bound is the
+    # SVD of the DFT at every frequency of the image's cyclic grid. The certificate must never
+    # be below it and, on these kernels, is at most its proved correction above.
+    for w in _trained_wide_kernels(lr):
+        for size in [(64, 64), (128, 128)]:
+            exact = conv_operator_norm(w, size, max_grid=EXACT).item()
+            bound = conv_operator_norm(w, size).item()
+            _, correction = certificate_grid((3, 3), size)
+            assert exact <= bound <= exact * correction * (1 + 1e-9)
 
 
 def test_aol_rescaled_convolutions_are_1_lipschitz():

@@ -11,7 +11,8 @@ import pytest
 from helpers import TINY, cli
 
 import bench.config as config
-from bench import provenance, results
+from bench import provenance, results, runner
+from bench.cli import main
 from bench.config import ModelConfig, RunConfig, load_suite, suite_from_dict, with_overrides
 from bench.runner import StaleResults, execute, plan
 
@@ -146,3 +147,27 @@ def test_set_overrides_use_the_sweep_keys_and_the_suite_file_checks():
     ]:
         with pytest.raises(ValueError, match=words):
             with_overrides(suite, [bad])
+
+
+def test_an_override_of_a_swept_key_replaces_its_sweep_and_says_so(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "swept.toml"
+    path.write_text(ONE_RUN + '[sweep]\n"train.lr" = [1e-2, 2e-2]\n"train.epochs" = [1, 2]\n')
+    planned = []
+
+    def run_suite(suite, out, executor, **_):  # what would be trained
+        planned.append(sorted({(r.train.lr, r.train.epochs) for r in suite.runs()}))
+        return {"ok": 0, "diverged": 0, "failed": 0, "skipped": 0}
+
+    monkeypatch.setattr(runner, "run_suite", run_suite)
+    for args in (["--lr", "0.05"], ["--set", "train.lr=0.05"]):
+        code = main(["run", str(path), "--out", str(tmp_path / "o"), "--quiet", *args])
+        err = capsys.readouterr().err
+        assert code == 0 and planned.pop() == [(0.05, 1), (0.05, 2)]  # the other sweep stays
+        assert " ".join(args) in err and "[sweep] over train.lr (0.01, 0.02)" in err, err
+    notes = []
+    suite = with_overrides(_suite(path.read_text()), ["train.epochs=3"], notes=notes)
+    assert suite.sweep == (("train.lr", (1e-2, 2e-2)),) and suite.train.epochs == 3
+    assert notes == [
+        "--set train.epochs=3 replaces the suite's [sweep] over train.epochs (1, 2): "
+        "every run uses train.epochs = 3"
+    ]

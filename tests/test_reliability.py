@@ -8,9 +8,11 @@ plugin and signal tests run the real CLI in subprocesses on a tiny suite.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -266,6 +268,21 @@ def test_merge_skips_nothing_valid_and_reads_parts_with_only_runs_csv(tmp_path):
         ("train", "eval_every", -1),
         ("train", "lr_schedule", "step"),
         ("train", "n_recon", -1),
+        # absurd sizes, and integers beyond int64 (issue 20, item 9): upper bounds
+        ("train", "epochs", 10**9),
+        ("train", "batch_size", 10**7),
+        ("train", "eval_every", 2**64),
+        ("train", "n_recon", 10**6),
+        ("solver", "max_iter", 10**9),
+        ("solver", "m", 10**4),
+        ("model", "width", 99999999999999999999),
+        ("model", "depth", 10**6),
+        ("data", "image_size", 10**6),
+        ("data", "n_images", 2**63),
+        ("data", "patch_size", 10**6),
+        ("data", "channels", 2),
+        ("problem", "kernel_size", 2**70 + 1),
+        ("problem", "mask_seed", 2**63),
         ("solver", "name", "newton"),
         ("solver", "tol", 0.0),
         ("solver", "tol", math.inf),
@@ -299,6 +316,62 @@ def test_out_of_range_settings_are_rejected_when_loaded(section, key, value):
     )
     with pytest.raises(ValueError, match=key):  # the same rule for a [sweep] value
         suite_from_dict({"sweep": {f"{section}.{key}": [value]}}, "bad", "bad.toml")
+
+
+def test_every_integer_setting_declares_an_upper_bound():
+    from bench.config import SECTIONS, setting
+
+    for cls in SECTIONS.values():
+        for f in dataclasses.fields(cls):
+            rule = f.metadata.get("range")
+            if type(f.default) is int:
+                assert rule.le is not None or rule.lt is not None or rule.choices, f.name
+                assert str(rule.le or rule.lt or "") in rule.describe()  # the message shows it
+    with pytest.raises(TypeError, match="upper bound"):
+        setting(3, ge=1)
+    with pytest.raises(ValueError, match=r"<= 1000"):  # a strategy's sizes too
+        parse_spec("neumann:k=99999999999999999999")
+
+
+def test_an_int_strategy_parameter_without_its_own_bound_fits_in_64_bits():
+    from strategies import Param
+
+    assert Param(3, ge=1).check(2**63 - 1) == 2**63 - 1
+    with pytest.raises(ValueError, match="out of range"):
+        Param(3, ge=1).check(2**63)
+
+
+def test_maxmin_with_an_odd_width_is_refused_when_loaded_alone_or_swept():
+    with pytest.raises(ValueError, match=r"bad\.toml \[model\]: width must be even.*got 3"):
+        suite_from_dict({"model": {"activation": "maxmin", "width": 3}}, "bad", "bad.toml")
+    # each swept value is valid alone; one combination is not
+    sweep = {"model.activation": ["relu", "maxmin"], "model.width": [3, 4]}
+    with pytest.raises(ValueError, match=r"bad\.toml: \[sweep\] point .*'maxmin'.*width = 3"):
+        suite_from_dict({"sweep": sweep}, "bad", "bad.toml")
+    assert suite_from_dict({"model": {"activation": "maxmin", "width": 3, "depth": 1}}, "ok", "x")
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--set", "model.width=99999999999999999999"], "width must be >= 1 and <= 4096"),
+        (["--set", "model.activation=maxmin", "--set", "model.depth=2", "--set", "model.width=3"],
+         "width must be even"),
+        (["--set", "solver.max_iter=1000000000"], "max_iter must be >= 1 and <= 100000"),
+        (["--strategies", "neumann:k=99999999999999999999"], "k: .*<= 1000"),
+        (["--seeds", "99999999999"], "seeds must be an int in \\[1, 10000\\]"),
+        (["--set", "seeds=[99999999999999999999]"], "seeds must be"),
+        (["--set", "problem.task=inpaint", "--set", "problem.mask_keep_fraction=1e-9"],
+         "keeps 0 of the 625 pixels of a 25x25 image.*>= 0.0016"),
+    ],
+)  # fmt: skip
+def test_a_setting_no_run_can_use_is_exit_2_before_training(
+    tmp_path, fake_train, capsys, args, words
+):
+    code = main(["run", str(tiny_suite(tmp_path)), "--out", str(tmp_path / "o"), "--quiet", *args])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 2 and re.search(words, line), line
+    assert fake_train.calls == [] and not (tmp_path / "o").exists()
 
 
 def test_in_range_settings_are_accepted():

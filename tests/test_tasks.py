@@ -147,6 +147,11 @@ def test_setting_columns_name_each_task_parameters():
         (lambda: InpaintTask(keep_fraction=0.0), "keep_fraction"),
         (lambda: InpaintTask(keep_fraction=1.5), "keep_fraction"),
         (lambda: InpaintTask(seed=-1), "seed"),
+        # round(1e-9 * 625) = 0: no pixel measured (issue 20, item 10)
+        (
+            lambda: InpaintTask(keep_fraction=1e-9).A(torch.zeros(1, 1, 25, 25)),
+            r"keeps 0 of the 625 pixels of a 25x25 image.*>= 0.0016",
+        ),
         (lambda: InpaintTask().A(torch.zeros(8, 8)), r"\(B, C, H, W\)"),
         (lambda: TASKS.get("denoise"), r"unknown task 'denoise'; accepted: blur, inpaint"),
         (lambda: ProblemConfig(task="denoise"), "denoise"),

@@ -57,7 +57,8 @@ SETTING_COLUMNS = (
     "task", "dataset", "image_size", "channels", "n_train", "batch_size", "epochs", "lr",
     "blur_kernel_size", "blur_sigma", "noise_std", "solver", "solver_max_iter", "solver_tol",
     "model_width", "model_depth", "model_form", "lipschitz_control", "lr_schedule",
-    "model_lipschitz", "model_activation", "mask_keep_fraction", "mask_seed",
+    "model_lipschitz", "model_activation", "mask_keep_fraction", "mask_seed", "jac_reg",
+    "jac_reg_every",
 )  # fmt: skip
 # Classical baselines depend on the data and the blur only: they belong to every setting that
 # shares these (e.g. all points of a sweep over the solver's max_iter).

@@ -266,6 +266,8 @@ def label_palette(labels: list[str], strategy_of: dict[str, str]) -> dict[str, t
 
 
 PHASES = (
+    # the model's Lipschitz control (certificate): the same work for every strategy
+    ("certify_time_s", "median_certify_time_s", "certification"),
     ("forward_time_s", "median_forward_time_s", "forward solve"),
     ("backward_time_s", "median_backward_time_s", "backward"),
     ("optimizer_time_s", "median_optimizer_time_s", "optimizer"),
@@ -273,7 +275,7 @@ PHASES = (
 
 
 def step_phase_medians(data: ReportData) -> pd.DataFrame:
-    """Per label: median forward / backward / optimizer / whole-step time in seconds.
+    """Per label: median certification / forward / backward / optimizer / whole-step time (s).
 
     From steps.csv (median over all steps of the label's ok runs) where present, else the mean over
     seeds of the per-run medians in runs.csv.

@@ -167,7 +167,23 @@ def observe_memory(data: ReportData, summary: pd.DataFrame, target) -> list[str]
 
 
 def observe_convergence(data: ReportData, summary: pd.DataFrame, target) -> list[str]:
-    return _convergence_observations(summary[summary["n_ok"] > 0])
+    return _convergence_observations(summary[summary["n_ok"] > 0]) + _own_forward_observations(data)
+
+
+def _own_forward_observations(data: ReportData) -> list[str]:
+    """Strategies whose forward solve was not the suite's (shine runs its own Broyden)."""
+    if "shine_forward_differs" not in data.steps:
+        return []
+    fractions = data.steps.groupby("label")["shine_forward_differs"].mean().dropna()
+    solver = data.runs["solver"].dropna().unique() if "solver" in data.runs else []
+    suite = f" ({', '.join(map(str, solver))})" if len(solver) else ""
+    return [
+        f"{label} ran its own Broyden forward solve, not the suite's solver{suite}, in "
+        f"{fraction:.0%} of steps: its forward iterations and residuals are not the suite "
+        "solver's."
+        for label, fraction in fractions.items()
+        if fraction > 0
+    ]
 
 
 def observe_gradient_fidelity(data: ReportData, summary: pd.DataFrame, target) -> list[str]:

@@ -142,7 +142,7 @@ def mean_ci(values, confidence: float = CONFIDENCE) -> Estimate:
     inf = {"infinite": len(infinite)}
     if len(infinite):
         inf["infinite_mean"] = float(infinite.mean()) if len(set(infinite)) == 1 else math.nan
-    values = values[np.isfinite(values)]
+    values = _finite(values)
     n = len(values)
     if n == 0:
         return Estimate(math.nan, math.nan, math.nan, 0, **inf)
@@ -151,6 +151,36 @@ def mean_ci(values, confidence: float = CONFIDENCE) -> Estimate:
         return Estimate(mean, math.nan, math.nan, 1, **inf)
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * stats.sem(values))
     return Estimate(mean, mean - half, mean + half, n, **inf)
+
+
+def _finite(values) -> np.ndarray:
+    """The finite numbers among ``values`` (text and NaN dropped), as a float array."""
+    values = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce"), dtype=float)
+    return values[np.isfinite(values)]
+
+
+def welch_difference(values, reference, confidence: float = CONFIDENCE) -> Estimate:
+    """Mean of ``values`` minus mean of ``reference``, two independent samples (e.g. runs with
+    different seeds), with Welch's t interval (Welch-Satterthwaite degrees of freedom).
+
+    ``n`` is the smaller sample's size: no interval unless both have two finite values. Two
+    samples without spread give the difference itself as its interval (as :func:`mean_ci` does
+    for values without spread), where Welch's degrees of freedom are undefined.
+    """
+    a, b = _finite(values), _finite(reference)
+    n = min(len(a), len(b))
+    if n == 0:
+        return Estimate(math.nan, math.nan, math.nan, 0)
+    difference = float(a.mean() - b.mean())
+    if n == 1:
+        return Estimate(difference, math.nan, math.nan, 1)
+    var_a, var_b = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    variance = var_a + var_b
+    if variance == 0:
+        return Estimate(difference, difference, difference, n)
+    dof = variance**2 / (var_a**2 / (len(a) - 1) + var_b**2 / (len(b) - 1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, dof) * math.sqrt(variance))
+    return Estimate(difference, difference - half, difference + half, n)
 
 
 def paired_difference(values: pd.Series, reference: pd.Series) -> Estimate:
@@ -331,16 +361,20 @@ def summarize(data: ReportData, target: float | None) -> pd.DataFrame:
             {label: mean_ci(ok.get_group(label)[column]) if label in ok.groups else mean_ci([])
              for label in summary.index}, dtype=object,
         )  # fmt: skip
-    summary["step_time"] = step_phase_medians(data)["step_time_s"]
+    phases = step_phase_medians(data)
+    summary["step_time"] = phases["step_time_s"]
+    summary["certify_time"] = phases["certify_time_s"]
     for column in (
         "train_time_s", "peak_step_bytes", "peak_gpu_memory_bytes", "saved_bytes",
         "peak_rss_bytes", "mean_forward_iters", "forward_converged_frac", "mean_backward_iters",
         "backward_converged_frac", "grad_cosine_first", "grad_cosine_last", "solver_max_iter",
         "layer_lipschitz_max", "skipped_steps", "jacobian_products_per_step",
-        "warmup_step_time_s", "step_time_cv",
+        "warmup_step_time_s", "step_time_cv", "certify_peak_bytes",
     ):  # fmt: skip
         summary[column] = ok[column].mean()
-    summary["layer_lipschitz_max"] = ok["layer_lipschitz_max"].max()  # the worst run, not a mean
+    # the worst run, not a mean
+    for column in ("layer_lipschitz_max", "contraction_budget_used"):
+        summary[column] = ok[column].max()
     times = time_to_target(data, target)
     per_label = times.groupby("label")
     summary["target_time"] = per_label["time"].mean()  # over the seeds that reached it

@@ -15,8 +15,9 @@ class InpaintTask(Task):
     """Keep a random fraction of the pixels: A x = m * x with a fixed 0/1 mask m.
 
     The mask is drawn per image size (H, W) from ``seed``: exactly ``round(keep_fraction * H * W)``
-    pixels (at least one) are kept, the same pixels in every channel and every image, so it is one
-    fixed operator, as a blur is. A is diagonal with entries 0 and 1: self-adjoint, A^T A = A,
+    pixels are kept, the same pixels in every channel and every image, so it is one fixed
+    operator, as a blur is; a fraction that keeps no pixel of the images is a ValueError (the
+    harness meets it when it loads the data, before any run). A is diagonal with entries 0 and 1: self-adjoint, A^T A = A,
     ``||A||_2 = 1``, and (A^T A + lam I)^-1 is the elementwise division by m + lam.
     Measurements get the same white noise on every pixel as the blur's; the masked-out pixels
     of d are pure noise, which A^T = A discards.
@@ -54,7 +55,13 @@ class InpaintTask(Task):
         key = (h, w, x.dtype, x.device)
         m = self._masks.get(key)
         if m is None:  # cached per (size, dtype, device): no per-call draw or copy
-            keep = max(1, round(self.keep_fraction * h * w))
+            keep = round(self.keep_fraction * h * w)
+            if keep < 1:  # nothing measured: no reconstruction to learn or compare
+                raise ValueError(
+                    f"mask_keep_fraction = {self.keep_fraction:g} keeps 0 of the {h * w} pixels "
+                    f"of a {h}x{w} image; at least one pixel per image must be kept: "
+                    f"mask_keep_fraction >= {1 / (h * w):.3g} (1/{h * w})"
+                )
             order = torch.randperm(h * w, generator=torch.Generator().manual_seed(self.seed))
             flat = torch.zeros(h * w, dtype=torch.float64)
             flat[order[:keep]] = 1.0
