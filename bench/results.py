@@ -10,14 +10,19 @@ rebuilt atomically after every run. Several processes (e.g. SLURM array jobs) ca
 into one folder: a process claims a run (``claim``, a lock file per run) before training it, and
 part writes and merges happen under one folder-wide lock (``folder_lock``), so no row is lost.
 
-A part is trusted only after it is validated against the schema (``read_part``); a broken one is
-named in a warning, moved to ``parts/.broken/`` and its run redone.
+A part is trusted only after it is validated against the schema (``read_part``, through
+:mod:`bench.schema`, which the report reads tables through too); a broken one is named in a
+warning, moved to ``parts/.broken/`` and its run redone. A part an older harness wrote is not
+broken: the columns it lacks are missing values. A process reads each part once and again only
+when its files change, so merging after every finished run costs one part read, whatever the
+folder's size.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import math
 import os
 import sys
@@ -30,102 +35,37 @@ import pandas as pd
 from filelock import FileLock, Timeout
 
 from .metrics import METRICS
+from .schema import (
+    COLUMNS,
+    EPOCH_COLUMNS,
+    REQUIRED_CELLS,
+    RUN_COLUMNS,
+    STEP_COLUMNS,
+    TEXT_COLUMNS,
+    conform,
+    read_csv,
+)
+
+__all__ = ["COLUMNS", "EPOCH_COLUMNS", "RUN_COLUMNS", "STEP_COLUMNS", "TEXT_COLUMNS"]
 
 TABLES = ("runs", "epochs", "steps")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
-# Columns every writer must provide (more are allowed, e.g. p_<param> for strategy parameters,
-# and each task's own setting columns, e.g. blur_sigma or mask_keep_fraction: bench/tasks).
-# One column per registered metric (bench/metrics.py) in each place a metric is reported:
-# final_test_<m> / naive_test_<m> (the task's naive reconstruction, e.g. the blurred input).
-RUN_COLUMNS = (
-    "run_id", "suite", "strategy", "strategy_label", "params", "seed", "status", "status_reason",
-    "dataset", "image_size", "channels", "n_train", "n_test", "batch_size", "epochs", "lr",
-    "task", "noise_std", "solver", "solver_max_iter", "solver_tol",
-    "model_width", "model_depth", "device", "device_name", "torch_version", "torchdeq_version",
-    "git_commit", "config_hash", "final_train_loss",
-    *(f"final_test_{m}" for m in METRICS), *(f"naive_test_{m}" for m in METRICS),
-    "train_time_s", "median_step_time_s", "median_certify_time_s", "median_forward_time_s",
-    "median_backward_time_s", "median_optimizer_time_s", "saved_bytes", "peak_rss_bytes",
-    "peak_gpu_memory_bytes", "peak_gpu_device_memory_bytes", "mean_forward_iters",
-    "forward_converged_frac", "mean_backward_iters", "grad_cosine_first", "grad_cosine_last",
-    "lipschitz_estimate",
-    # validity and cost columns (see bench/runner.py): the layer's contraction at every
-    # evaluation, the backward solves, the exact peak of live bytes of a training step, phases
-    "lr_schedule", "model_form", "lipschitz_control", "model_lipschitz", "model_activation",
-    "setting_hash",
-    "max_layer_lipschitz", "certified_lipschitz_bound", "backward_converged_frac",
-    "skipped_steps", "peak_step_bytes", "run_wall_time_s", "eval_time_s", "diagnostics_time_s",
-    # the certification's own peak bytes (peak_step_bytes is the rest of the step's), and the
-    # largest measured ||dT/dx|| / certified bound over the evaluations (1: the budget all used)
-    "certify_peak_bytes", "contraction_budget_used",
-    # J u + J^T u products per training step, counted by the harness (bench.measure)
-    "jacobian_products_per_step",
-    # timings you can trust (bench/summary.py): where the run's time went (train_time_s above
-    # is the sum of step times, not wall-clock), the warm-up left out of medians, the threads and
-    # cores the run had, the load it saw, and the verdict drawn from them
-    "setup_time_s", "warmup_steps", "warmup_step_time_s", "step_time_cv", "step_time_robust_cv",
-    "torch_threads", "cpu_count", "jobs", "load_avg_max", "cpu_util", "timing_reliable",
-    "timing_note",
-)  # fmt: skip
-EPOCH_COLUMNS = (
-    "run_id", "strategy", "seed", "epoch", "train_loss",
-    *(f"test_{m}" for m in METRICS), *(f"naive_test_{m}" for m in METRICS),
-    "train_time_s", "grad_cosine",
-    # one row per evaluation: at each epoch's end (epoch_end = 1) and every [train] eval_every steps
-    "step", "epoch_end", "layer_lipschitz", "layer_lipschitz_converged",
-    "grad_reference_converged", "grad_reference_forward_residual",
-    "grad_reference_backward_residual", "certified_lipschitz_bound", "contraction_budget_used",
-)  # fmt: skip
-STEP_COLUMNS = (
-    "run_id", "strategy", "seed", "epoch", "step", "loss", "certify_time_s", "forward_time_s",
-    "backward_time_s", "optimizer_time_s", "step_time_s", "forward_iters", "forward_residual", "forward_converged",
-    "backward_iters", "backward_residual", "jacobian_products",
-    # always present, empty where they do not apply (a jfb-only sweep solves nothing in backward):
-    # a missing column would read as a folder from before they existed
-    "backward_converged", "skipped",
-)  # fmt: skip
-COLUMNS = {"runs": RUN_COLUMNS, "epochs": EPOCH_COLUMNS, "steps": STEP_COLUMNS}
 STATUSES = ("ok", "diverged", "failed")
 COMPLETE = ("ok", "diverged")  # results: skipped on resume (a failed run is retried)
-# Cells a complete row must fill: a runs.csv cut off mid-row parses, with these left empty.
-REQUIRED_CELLS = ("run_id", "status", "config_hash")
-REQUIRED_OK_METRICS = tuple(f"final_test_{m}" for m in METRICS)
 LOCK_NAME = ".results.lock"
 BROKEN_DIR = ".broken"
 CLAIMS_DIR = ".claims"
-# Identifiers and text are always read as strings: pandas would otherwise turn an all-digit hash
-# or commit into an int (or "1e5..." into a float) in one part and not in another.
-TEXT_COLUMNS = (
-    "run_id", "suite", "strategy", "strategy_label", "params", "status", "status_reason",
-    "dataset", "task", "solver", "device", "device_name", "torch_version", "torchdeq_version",
-    "git_commit", "config_hash", "setting_hash", "lr_schedule", "model_form", "lipschitz_control",
-    "model_activation",
-    "timing_note",
-)  # fmt: skip
 
 
-# Tables written before the task became a plug-in (issue 10): the naive reconstruction's
-# metrics were the blurred input's, and blur was the only task. Read as the new names.
-LEGACY_COLUMNS = {
-    # the sum of step times, named for what it is (it never was wall-clock)
-    "total_wall_time_s": "train_time_s",
-    "wall_time_s": "train_time_s",
-    "blurred_test_psnr": "naive_test_psnr",
-    "blurred_test_ssim": "naive_test_ssim",
-}
-
-
-def read_table(path: Path) -> pd.DataFrame:
-    """Read one CSV table with identifier/text columns as strings (missing text stays NaN);
-    a table of the older schema is read under the current column names (``LEGACY_COLUMNS``,
-    and ``task`` = "blur" for runs that have blur settings but no task)."""
-    frame = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS})
-    frame = frame.rename(columns={k: v for k, v in LEGACY_COLUMNS.items() if v not in frame})
-    if "task" not in frame.columns and "blur_kernel_size" in frame.columns:
-        frame.insert(frame.columns.get_loc("blur_kernel_size"), "task", "blur")
-    return frame
+def read_table(path: Path, name: str | None = None) -> pd.DataFrame:
+    """Read one CSV table with identifier/text columns as strings (missing text stays NaN),
+    under the current schema (:func:`bench.schema.conform`: renamed columns under their new
+    names, implied settings filled in; columns an older harness did not write stay absent).
+    ``name`` is the table (runs, epochs, steps); by default the file's name."""
+    name = name or Path(path).stem
+    return conform(read_csv(path, name), name)[0]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -276,25 +216,34 @@ class BrokenPart(ValueError):
     """A part folder whose files do not hold one valid run (its message says why)."""
 
 
-def _read_checked(path: Path, name: str) -> pd.DataFrame:
+def _read_checked(path: Path, name: str) -> tuple[pd.DataFrame, list[str]]:
+    """Table ``name`` of a part under the current schema, and the declared columns it lacks.
+
+    A table an older harness wrote lacks newer columns: those are missing values, never a reason
+    to set the part aside; only a file that cannot be read, or lacks the identifying columns,
+    is broken.
+    """
     try:
-        frame = read_table(path)
+        frame = read_csv(path, name)
     except (ValueError, UnicodeDecodeError) as err:  # pandas' parser errors are ValueErrors
         raise BrokenPart(f"{path.name} is unreadable ({str(err).splitlines()[0]})") from None
     except OSError as err:
         raise BrokenPart(f"{path.name} cannot be read ({describe_os_error(err)})") from None
-    missing = [c for c in COLUMNS[name] if c not in frame.columns]
-    if missing:
-        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-        raise BrokenPart(f"{path.name} lacks the column(s) {shown}")
-    return frame
+    frame, conformed = conform(frame, name)
+    required = REQUIRED_CELLS if name == "runs" else ("run_id",)
+    absent = [c for c in required if c not in frame.columns]
+    if absent:
+        raise BrokenPart(f"{path.name} lacks the column(s) {', '.join(absent)}")
+    return frame, conformed.missing
 
 
-def read_part(part: Path) -> dict[str, pd.DataFrame]:
-    """The tables of one part folder, validated: one row in runs.csv with a known status, its
-    required cells filled, and every file holding its table's columns. BrokenPart otherwise."""
-    part = Path(part)
-    runs = _read_checked(part / "runs.csv", "runs")
+def _final_metrics(frame: pd.DataFrame) -> list[str]:
+    return [f"final_test_{m}" for m in METRICS if f"final_test_{m}" in frame.columns]
+
+
+def _load_part(part: Path) -> dict[str, pd.DataFrame]:
+    """Read and validate one part folder (see :func:`read_part`); the only place parts are read."""
+    runs, missing = _read_checked(part / "runs.csv", "runs")
     if len(runs) != 1:
         raise BrokenPart(f"runs.csv has {len(runs)} rows, expected 1")
     row = runs.iloc[0]
@@ -306,21 +255,106 @@ def read_part(part: Path) -> dict[str, pd.DataFrame]:
     if row["status"] not in STATUSES:
         raise BrokenPart(f"runs.csv has status {row['status']!r}, not one of {STATUSES}")
     if row["status"] == "ok":
-        blank = [c for c in REQUIRED_OK_METRICS if _is_blank(row[c])]
-        if blank:
-            raise BrokenPart(f"runs.csv is incomplete: an ok run without {', '.join(blank)}")
+        # every metric the part's harness recorded (a metric registered since has no column)
+        recorded = _final_metrics(runs)
+        blank = [c for c in recorded if _is_blank(row[c])]
+        if blank or not recorded:
+            what = ", ".join(blank) or "any final_test_<metric>"
+            raise BrokenPart(f"runs.csv is incomplete: an ok run without {what}")
     tables = {"runs": runs}
+    missing_by_table = {"runs": missing}
     for name in ("epochs", "steps"):
         path = part / f"{name}.csv"
-        tables[name] = (
-            _read_checked(path, name) if path.exists() else pd.DataFrame(columns=COLUMNS[name])
-        )
+        if path.exists():
+            tables[name], missing_by_table[name] = _read_checked(path, name)
+        else:
+            tables[name] = pd.DataFrame(columns=COLUMNS[name])
+    for name, frame in tables.items():  # for the one note on older parts (scan_parts)
+        frame.attrs["missing_columns"] = missing_by_table.get(name, [])
     return tables
 
 
+def _signature(part: Path) -> tuple:
+    """What identifies the current contents of a part's files without reading them."""
+    signature = []
+    for name in TABLES:
+        try:
+            st = (part / f"{name}.csv").stat()
+        except FileNotFoundError:
+            signature.append(None)
+            continue
+        signature.append((st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(signature)
+
+
+# Parts already read by this process, by folder: (signature, tables). Files are replaced
+# atomically (a new inode) and only then read again, so merging after each finished run reads
+# only that run's part, not the whole folder again (issue 20 §6).
+_PART_CACHE: dict[Path, tuple[tuple, dict[str, pd.DataFrame], int]] = {}
+_READS = itertools.count()  # numbers each read, so a merge knows which parts are new
+
+
+def read_part(part: Path) -> dict[str, pd.DataFrame]:
+    """The tables of one part folder under the current schema, validated: one row in runs.csv with
+    a known status, its required cells filled, and an ok run's recorded metrics set (+inf is a
+    value). Columns its harness did not write are absent (missing values), never a reason to set
+    it aside. BrokenPart otherwise. A part unchanged since this process read it is not re-read.
+    """
+    part = Path(part)
+    key = part.absolute()
+    signature = _signature(part)
+    cached = _PART_CACHE.get(key)
+    if cached is not None and cached[0] == signature:
+        return cached[1]
+    _PART_CACHE.pop(key, None)
+    if signature[TABLES.index("runs")] is None:  # no part (yet), or set aside meanwhile
+        raise FileNotFoundError(errno.ENOENT, "no runs.csv", str(part / "runs.csv"))
+    tables = _load_part(part)
+    _PART_CACHE[key] = (signature, tables, next(_READS))
+    return tables
+
+
+# The tables this process last merged per folder, with the read of each part they hold: the next
+# merge appends the parts read since instead of concatenating every part again.
+_MERGED: dict[Path, tuple[dict[str, int], dict[str, pd.DataFrame]]] = {}
+
+
+def _concatenated(out: Path, parts: dict[str, dict[str, pd.DataFrame]]) -> dict[str, pd.DataFrame]:
+    """The parts' tables concatenated (rows by run id, as the part folders sort)."""
+    folder = Path(out).absolute()
+    reads = {
+        run_id: _PART_CACHE[folder / "parts" / run_id][2]
+        for run_id in parts
+        if folder / "parts" / run_id in _PART_CACHE
+    }
+    before = _MERGED.get(folder)
+    if before is not None and all(reads.get(i) == n for i, n in before[0].items()):
+        base, todo = before[1], [i for i in parts if i not in before[0]]
+    else:
+        base, todo = {}, list(parts)
+    merged = {}
+    for name in TABLES:
+        frames = [f for f in (base.get(name), *(parts[i][name] for i in todo)) if f is not None]
+        frames = [f for f in frames if len(f)]
+        frame = (
+            pd.concat(frames, ignore_index=True)
+            if frames
+            else pd.DataFrame(columns=list(COLUMNS[name]))
+        )
+        if todo and base and len(frame):
+            frame = frame.sort_values("run_id", kind="stable", ignore_index=True)
+        frame.attrs = {}
+        merged[name] = frame
+    if len(reads) == len(parts):
+        _MERGED[folder] = (reads, merged)
+    return merged
+
+
 def _is_blank(value) -> bool:
+    """A missing value (empty, NaN or not a number). +inf is a value: a perfect reconstruction's
+    PSNR (an exact result, e.g. constant images without noise)."""
     try:
-        return not math.isfinite(float(value))
+        return math.isnan(float(value))
     except (TypeError, ValueError):
         return True
 
@@ -350,8 +384,16 @@ def quarantine(out: Path, part: Path, reason: str) -> Path | None:
     return target
 
 
+# Folders whose older parts this process has named in a note already (once per command).
+_NOTED: set[Path] = set()
+
+
 def scan_parts(out: Path) -> dict[str, dict[str, pd.DataFrame]]:
-    """Every valid part of ``out`` (run_id -> its tables); broken parts are set aside."""
+    """Every valid part of ``out`` (run_id -> its tables); broken parts are set aside.
+
+    Parts written by an older harness are kept; the columns they lack are named once per
+    folder and process in a note.
+    """
     out = Path(out)
     valid = {}
     with folder_lock(out):
@@ -360,7 +402,31 @@ def scan_parts(out: Path) -> dict[str, dict[str, pd.DataFrame]]:
                 valid[part.name] = read_part(part)
             except BrokenPart as err:
                 quarantine(out, part, str(err))
+            except FileNotFoundError:  # another process set it aside since the listing
+                continue
+    _note_older_parts(out, valid)
     return valid
+
+
+def _note_older_parts(out: Path, parts: dict[str, dict[str, pd.DataFrame]]) -> None:
+    key = out.absolute()
+    if key in _NOTED:
+        return
+    lacking: dict[str, set[str]] = {}
+    older = 0
+    for tables in parts.values():
+        missing = {c for frame in tables.values() for c in frame.attrs.get("missing_columns", [])}
+        older += bool(missing)
+        for table, frame in tables.items():
+            for column in frame.attrs.get("missing_columns", []):
+                lacking.setdefault(column, set()).add(table)
+    if older:
+        _NOTED.add(key)
+        names = ", ".join(sorted(lacking))
+        print(
+            f"note: {older} part(s) in {out} were written by an older harness and lack the "
+            f"column(s) {names}: kept, with those values missing"
+        )
 
 
 def completed_runs(out: Path) -> dict[str, str]:
@@ -379,24 +445,30 @@ def part_status(out: Path, run_id: str, written_after: float | None = None) -> s
         return None
 
 
+def set_setting_hash(out: Path, run_id: str, setting_hash: str) -> None:
+    """Set the ``setting_hash`` cell of part ``run_id`` (an older part adopted by a current run,
+    bench.legacy), atomically and only if it differs; every other cell is kept as written."""
+    path = Path(out) / "parts" / run_id / "runs.csv"
+    with folder_lock(out):
+        frame = read_csv(path, "runs")
+        if "setting_hash" in frame.columns and (frame["setting_hash"] == setting_hash).all():
+            return
+        atomic_write_csv(path, frame.assign(setting_hash=setting_hash))
+
+
 def merge(out: Path) -> dict[str, pd.DataFrame]:
     """Concatenate all valid parts into ``out/{runs,epochs,steps}.csv`` (and .parquet).
 
     Runs under the folder lock, so concurrent processes cannot overwrite each other's merge
-    with a stale one. The CSVs are written first; the Parquet copies are a convenience, and a
-    failure there (pyarrow missing memory, say) is a warning, never a lost CSV.
+    with a stale one. Parts this process has read before and that are unchanged are not read
+    again. The CSVs are written first; the Parquet copies are a convenience, and a failure there
+    (pyarrow missing memory, say) is a warning, never a lost CSV.
     """
     out = Path(out)
     with folder_lock(out):
-        parts = scan_parts(out)
+        merged = _concatenated(out, scan_parts(out))
         tables = {}
-        for name in TABLES:
-            frames = [t[name] for t in parts.values() if len(t[name])]
-            frame = (
-                pd.concat(frames, ignore_index=True)
-                if frames
-                else pd.DataFrame(columns=list(COLUMNS[name]))
-            )
+        for name, frame in merged.items():
             atomic_write_csv(out / f"{name}.csv", frame)
             # the table as the CSV reads back: mixed columns (a bool parameter that baselines
             # lack) then hold the same values in both copies

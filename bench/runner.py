@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from strategies import final_output, parse_spec, weighted_loss
 
-from . import diagnostics, out_of_memory, provenance, results
+from . import diagnostics, legacy, out_of_memory, provenance, results
 from .config import DataConfig, ProblemConfig, RunConfig, Suite
 from .data import load_dataset
 from .measure import (
@@ -772,9 +772,15 @@ def run_baselines(suite: Suite, out: Path, force: bool = False) -> None:
             train_cfg, data_fingerprint=data.fingerprint,
         )  # fmt: skip
         ids = {name: f"baseline-{name}-{run.config_hash}" for name in suite.baselines}
+        # a baseline an older commit fitted on the same setting (its id hashed another way)
+        older = legacy.legacy_config_hashes(run)
+        fitted = all(
+            any(i in done for i in (ids[name], *(f"baseline-{name}-{h}" for h in older)))
+            for name in suite.baselines
+        )
         reference_path = out / "recons" / "reference.npz"
         needs_reference = index == 0 and (force or not reference_path.exists())
-        if all(i in done for i in ids.values()) and not needs_reference:
+        if fitted and not needs_reference:
             continue
         with results.claim(out, f"baseline-{run.config_hash}") as claimed:
             if not claimed:  # another process is fitting this setting's baselines
@@ -854,6 +860,14 @@ def plan(
     done = results.completed_runs(out)  # validates (and sets aside broken parts) either way
     if force:
         done = {}
+    # parts an older commit wrote for the same runs, under the run ids of its time
+    adopted = legacy.adopt(out, runs, done)
+    if adopted:
+        commits = _commits(out, adopted.values())
+        print(
+            f"note: {len(adopted)} completed run(s) written by older harness commits "
+            f"({commits}) have the settings of this suite's runs: kept, not redone"
+        )
     old = provenance.stale_runs(out, runs, done)
     if old and stale == "error":
         first_id, reasons = next(iter(old.items()))
@@ -869,9 +883,19 @@ def plan(
         made = ", ".join(f"{n} at {c[:10]}" for c, n in commits.items())
         print(f"note: completed runs made at other harness commits are kept: {made}")
     redo = set(old) if stale == "rerun" else set()
+    done |= {current: done[older] for current, older in adopted.items()}
     todo = [r for r in runs if done.get(r.run_id) not in results.COMPLETE or r.run_id in redo]
     counts = {"skipped": len(runs) - len(todo), "ok": 0, "diverged": 0, "failed": 0}
     return todo, counts | {"elsewhere": 0}
+
+
+def _commits(out: Path, run_ids) -> str:
+    """The harness commits (git_commit) the parts ``run_ids`` of ``out`` were written at."""
+    commits = []
+    for run_id in run_ids:
+        row = results.read_part(Path(out) / "parts" / run_id)["runs"].iloc[0]
+        commits.append(str(row.get("git_commit", "unknown"))[:10])
+    return ", ".join(sorted(set(commits)))
 
 
 def warn_if_too_big(todo: list[RunConfig], executor) -> None:

@@ -41,12 +41,26 @@ def fmt_number(value: float, pattern: str = "{:.3g}") -> str:
 
 
 def fmt_estimate(estimate, digits: int) -> str:
-    """``mean ± half-width`` of the 95 % interval; one seed: no interval, said so."""
+    """``mean ± half-width`` of the 95 % interval; one seed: no interval, said so. Infinite
+    values (a perfect PSNR) are no numbers to average: they are counted apart."""
     if estimate.n == 0:
-        return DASH
+        return _infinite(estimate) or DASH
     if not estimate.has_interval:
-        return f"{estimate.mean:.{digits}f} (1 seed: no CI)"
-    return f"{estimate.mean:.{digits}f} ± {estimate.half_width:.{digits}f}"
+        text = f"{estimate.mean:.{digits}f} (1 seed: no CI)"
+    else:
+        text = f"{estimate.mean:.{digits}f} ± {estimate.half_width:.{digits}f}"
+    extra = _infinite(estimate)
+    return f"{text}; {extra} not in the mean" if extra else text
+
+
+def _infinite(estimate) -> str:
+    """``+inf in 3 seeds`` for the infinite values an estimate left out ("" when none)."""
+    count = getattr(estimate, "infinite", 0)
+    if not count:
+        return ""
+    value = estimate.infinite_mean
+    shown = "±inf" if math.isnan(value) else ("+inf" if value > 0 else "-inf")
+    return f"{shown} in {count} seed{'s' if count > 1 else ''}"
 
 
 def fmt_interval(estimate, digits: int) -> str:
@@ -58,7 +72,7 @@ def fmt_difference(estimate, digits: int, unit: str = "") -> str:
     if estimate is None or (isinstance(estimate, float) and math.isnan(estimate)):
         return DASH
     if estimate.n == 0:
-        return "no common seeds"
+        return _no_difference(estimate)
     value = f"{estimate.mean:+.{digits}f}{unit}"
     if not estimate.has_interval:
         return f"{value} (1 seed: CI not available)"
@@ -68,9 +82,15 @@ def fmt_difference(estimate, digits: int, unit: str = "") -> str:
     return f"no significant difference ({value} {interval})"
 
 
+def _no_difference(estimate) -> str:
+    if getattr(estimate, "infinite", 0):
+        return f"no finite difference: {_infinite(estimate)}"
+    return "no common seeds"
+
+
 def verdict(estimate) -> str:
     if estimate.n == 0:
-        return "no common seeds"
+        return _no_difference(estimate)
     if not estimate.has_interval:
         return "CI not available (1 seed)"
     return "significant" if estimate.significant else "no significant difference"

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench import schema
 from bench.metrics import METRICS
 from bench.report.fmt import DASH, fmt_value
 from bench.report.model import (
@@ -28,48 +29,16 @@ from bench.report.model import (
     strategy_order,
     strategy_palette,
 )
-from bench.results import COLUMNS, LEGACY_COLUMNS, TEXT_COLUMNS
+from bench.schema import COLUMNS, TEXT_COLUMNS
 from bench.summary import run_summary
 
-# Columns renamed since results folders were first written: old name -> current name, per table,
-# from the one list bench.results keeps (the old "wall-clock" columns were sums of step times;
-# the "blurred" columns are the task's naive reconstruction).
-RENAMED = {
-    name: {old: new for old, new in LEGACY_COLUMNS.items() if new in columns}
-    for name, columns in COLUMNS.items()
-}
-# Columns of the current schema that bench.results may or may not declare yet (several helpers
-# add them): read when present; an older table lacking them is reported as "not measured".
-NEW_COLUMNS = {
-    "runs": (
-        "setting_hash", "model_form", "lipschitz_control", "lr_schedule", "model_lipschitz",
-        "model_activation",
-        "certified_lipschitz_bound", "max_layer_lipschitz",
-        "backward_converged_frac", "skipped_steps", "peak_step_bytes", "eval_time_s",
-        "diagnostics_time_s", "run_wall_time_s", "setup_time_s", "train_time_s",
-        *(f"naive_test_{m}" for m in METRICS), "jacobian_products_per_step",
-        "torch_threads", "cpu_count", "jobs", "load_avg_max", "cpu_util", "step_time_cv",
-        "warmup_steps", "warmup_step_time_s", "timing_reliable", "timing_note", "task",
-    ),
-    "epochs": (
-        "step", "epoch_end", "layer_lipschitz", "layer_lipschitz_converged",
-        "grad_reference_converged", "grad_reference_forward_residual",
-        "grad_reference_backward_residual", "train_time_s", *(f"naive_test_{m}" for m in METRICS),
-    ),
-    "steps": ("backward_converged", "skipped", "jacobian_products"),
-}  # fmt: skip
-# Settings added after results were written, with the value every earlier run had (the model had
-# no other choice then): filled in when absent, since nothing is missing.
-IMPLIED_SETTINGS = {"runs": {"model_activation": "relu", "jac_reg": 0.0, "jac_reg_every": 1}}
+# The schema, declared once in bench.schema (the merge reads parts through it too): renamed
+# columns and columns added since the first harness (absent in older tables: "not measured").
+RENAMED = schema.RENAMED
+NEW_COLUMNS = schema.ADDED_COLUMNS
+BOOL_RUN_COLUMNS = set(schema.BOOL_COLUMNS["runs"])
 # runs.csv columns that hold text; every other known column is coerced to numbers.
-TEXT_RUN_COLUMNS = {
-    "run_id", "suite", "strategy", "strategy_label", "params", "status", "status_reason",
-    "dataset", "solver", "device", "device_name", "torch_version", "torchdeq_version",
-    "git_commit", "config_hash", "setting_hash", "model_form", "lipschitz_control", "lr_schedule",
-    "timing_note", "task", "model_activation",
-}  # fmt: skip
-# True / False cells (written by pandas as "True" / "False").
-BOOL_RUN_COLUMNS = {"timing_reliable"}
+TEXT_RUN_COLUMNS = set(schema.TABLE_TEXT_COLUMNS["runs"])
 # A table without these columns is not one of this tool's tables (schema check on loading).
 REQUIRED_COLUMNS = {
     "runs": ("run_id", "strategy", "status"),
@@ -79,9 +48,8 @@ REQUIRED_COLUMNS = {
 # ... nor one holding fewer than this share of its declared columns.
 MIN_KNOWN_COLUMN_SHARE = 0.5
 TABLE_TEXT_COLUMNS = {
-    "runs": TEXT_RUN_COLUMNS | BOOL_RUN_COLUMNS | set(TEXT_COLUMNS),
-    "epochs": {"run_id", "strategy"},
-    "steps": {"run_id", "strategy"},
+    name: set(columns) | set(schema.BOOL_COLUMNS[name])
+    for name, columns in schema.TABLE_TEXT_COLUMNS.items()
 }
 # What makes two runs "the same configuration" in results folders written before runs.csv had
 # `setting_hash` (seed, strategy, suite name and device excluded, as in the hash).
@@ -112,19 +80,6 @@ def _preview(names, limit: int = 6) -> str:
     return ", ".join(names[:limit]) + (f", … ({len(names)} in all)" if len(names) > limit else "")
 
 
-def rename_old_columns(frame: pd.DataFrame, name: str) -> tuple[pd.DataFrame, dict[str, str]]:
-    """``frame`` with columns of an older schema under their current names, and the renames made
-    (old -> new). A table holding both (rows of both schemas concatenated) keeps the current
-    name, filled from the old one where empty."""
-    renames = {old: new for old, new in RENAMED[name].items() if old in frame.columns}
-    frame = frame.copy()
-    for old, new in renames.items():
-        if new in frame.columns:
-            frame[new] = frame[new].fillna(frame[old])
-    both = [old for old, new in renames.items() if new in frame.columns]
-    return frame.drop(columns=both).rename(columns=renames), renames
-
-
 def _parse_bool(value):
     """True / False from a CSV cell ("True", "false", "1", 0.0 ...); NaN when empty."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
@@ -144,7 +99,7 @@ def _parse_bool(value):
 def check_schema(frame: pd.DataFrame, name: str, path: Path) -> None:
     """Raise ValueError, one line naming ``path``, unless ``frame`` is this tool's ``name`` table.
 
-    ``frame`` has its columns under their current names (:func:`rename_old_columns`). The table
+    ``frame`` has its columns under their current names (:func:`bench.schema.conform`). The table
     must have its identifier columns (:data:`REQUIRED_COLUMNS`), at least half of the columns
     :mod:`bench.results` declares for it, numbers (or nothing) in every declared numeric column
     it has, and True / False in its boolean ones. An older table lacking newer columns passes.
@@ -219,8 +174,9 @@ def read_table(results_dir: Path, name: str, notes: list[str]) -> pd.DataFrame:
             raise ValueError(f"cannot read {path}: {_one_line(error)}") from error
         notes.append(f"`{name}.csv` cannot be read ({_one_line(error)}); treated as empty")
         return pd.DataFrame(columns=columns)
-    frame, renames = rename_old_columns(frame, name)
-    check_schema(frame, name, path)
+    frame, conformed = schema.conform(frame, name)
+    renames = conformed.renamed
+    check_schema(frame.drop(columns=list(conformed.implied)), name, path)  # as written
     if renames:
         notes.append(
             f"`{name}.csv` is from an older schema: read "
@@ -232,8 +188,6 @@ def read_table(results_dir: Path, name: str, notes: list[str]) -> pd.DataFrame:
     absent = [c for c in current if c not in frame.columns and c not in NEW_COLUMNS[name]]
     if absent:
         notes.append(f"`{name}.csv` lacks columns {', '.join(absent)} (treated as not measured)")
-    implied = {c: v for c, v in IMPLIED_SETTINGS.get(name, {}).items() if c not in frame.columns}
-    frame = frame.assign(**implied)
     newer = [c for c in NEW_COLUMNS[name] if c not in frame.columns]
     if newer:
         notes.append(

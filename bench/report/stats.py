@@ -50,11 +50,14 @@ def choose_target(data: ReportData, override: float | None):
     what = metric.label
     if override is not None:
         return float(override), "given by the caller (`--target`)"
-    learned = data.learned_ok.groupby("label")[f"final_test_{metric.name}"].mean().dropna()
+    # Finite values only: a perfect reconstruction (PSNR = +inf) is a result, but no target.
+    column = f"final_test_{metric.name}"
+    learned = finite_rows(data.learned_ok, column).groupby("label")[column].mean()
     best_learned = learned[best_of(learned, metric)] if len(learned) else None
     baselines = baseline_means(data, metric)
     best_base = baselines[best_of(baselines, metric)] if len(baselines) else None
     naive = data.naive_metrics.get(metric.name)
+    naive = naive if naive is not None and math.isfinite(naive) else None
     if (
         best_base is not None
         and best_learned is not None
@@ -74,6 +77,12 @@ def choose_target(data: ReportData, override: float | None):
         return float(best_base), f"the best classical baseline's {what}"
     if best_learned is not None:
         return float(best_learned), f"the best learned strategy's mean final {what}"
+    if any(
+        len(frame) and np.isinf(pd.to_numeric(frame[column], errors="coerce")).any()
+        for frame in (data.learned_ok, data.baselines)
+        if column in frame
+    ):
+        return None, f"no finite {what} was recorded (only perfect scores, {what} = ±inf)"
     return None, f"no {what} was recorded"
 
 
@@ -107,6 +116,10 @@ class Estimate:
     low: float
     high: float
     n: int
+    # values of ±inf left out of the mean (e.g. PSNR = +inf of a perfect reconstruction), and
+    # their own mean (+inf, -inf, or NaN when both signs occur)
+    infinite: int = 0
+    infinite_mean: float = math.nan
 
     @property
     def has_interval(self) -> bool:
@@ -124,15 +137,20 @@ class Estimate:
 
 def mean_ci(values, confidence: float = CONFIDENCE) -> Estimate:
     """Mean of the finite ``values`` with its Student-t interval (n - 1 degrees of freedom)."""
+    values = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce"), dtype=float)
+    infinite = values[np.isinf(values)]
+    inf = {"infinite": len(infinite)}
+    if len(infinite):
+        inf["infinite_mean"] = float(infinite.mean()) if len(set(infinite)) == 1 else math.nan
     values = _finite(values)
     n = len(values)
     if n == 0:
-        return Estimate(math.nan, math.nan, math.nan, 0)
+        return Estimate(math.nan, math.nan, math.nan, 0, **inf)
     mean = float(values.mean())
     if n == 1:
-        return Estimate(mean, math.nan, math.nan, 1)
+        return Estimate(mean, math.nan, math.nan, 1, **inf)
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * stats.sem(values))
-    return Estimate(mean, mean - half, mean + half, n)
+    return Estimate(mean, mean - half, mean + half, n, **inf)
 
 
 def _finite(values) -> np.ndarray:
