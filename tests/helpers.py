@@ -57,6 +57,12 @@ grad_fidelity = false
 device = "cpu"
 """
 
+# The suite of the one real run that the tests which only read a results folder share (the
+# session fixture `mini_run` of conftest.py trains it once): two strategies, two seeds each.
+MINI_RUN = MINI.replace('strategies = ["jfb"]', 'strategies = ["jfb", "unrolled:k=2"]').replace(
+    "seeds = 3", "seeds = 2"
+)
+
 
 def markdown_tables(markdown: str) -> list[list[list[str]]]:
     """Every Markdown table of a report as rows of cells (header first, rule dropped)."""
@@ -88,3 +94,21 @@ def cli(*args, cwd: Path, extra_path: Path | None = None, timeout=600):
         text=True,
         timeout=timeout,
     )
+
+
+def cli_in_process(capsys, *args) -> subprocess.CompletedProcess:
+    """`implicit-bench ARGS` through ``bench.cli.main`` in this process, answered as :func:`cli`
+    answers (exit status, stdout, stderr). For tests of what the command says and returns: no
+    interpreter start and torch import (seconds each). Keep :func:`cli` where the test is about a
+    real process (signals, workers, imports, the interpreter's exit)."""
+    from bench.cli import main
+
+    capsys.readouterr()  # what the test printed before is not the command's
+    try:
+        code = main([str(arg) for arg in args])
+    except SystemExit as exit_:  # argparse's usage errors and --help
+        code = exit_.code
+    out, err = capsys.readouterr()
+    if isinstance(code, str):  # sys.exit("message"): printed to stderr, status 1
+        err, code = err + code + "\n", 1
+    return subprocess.CompletedProcess(list(args), 0 if code is None else code, out, err)

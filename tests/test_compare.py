@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import MINI, markdown_tables
+from helpers import MINI_RUN, markdown_tables
 from scipy import stats
 
 from bench.cli import main
@@ -18,23 +18,13 @@ from bench.report.stats import welch_difference
 from bench.summary import run_summary
 
 SLOWED = "unrolled:k=2"  # the label whose step times the edited copy multiplies
-SUITE = MINI.replace('strategies = ["jfb"]', f'strategies = ["jfb", "{SLOWED}"]').replace(
-    "seeds = 3", "seeds = 2"
-)
+assert f'"{SLOWED}"' in MINI_RUN  # the shared run's suite
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    """One real run of the smallest suite: jfb and unrolled:k=2, two seeds each."""
-    from bench.config import load_suite
-    from bench.runner import run_suite
-
-    base = tmp_path_factory.mktemp("compare")
-    suite = base / "mini.toml"
-    suite.write_text(SUITE)
-    out = base / "results"
-    assert run_suite(load_suite(str(suite)), out, progress=False)["ok"] == 4
-    return out
+@pytest.fixture
+def tiny(mini_run) -> Path:
+    """One real run of the smallest suite: jfb and unrolled:k=2, two seeds each (shared)."""
+    return mini_run
 
 
 def _copy(folder: Path, to: Path) -> Path:

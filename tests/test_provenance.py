@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import tomllib
 
 import pytest
-from helpers import TINY, cli
+from helpers import MINI_RUN, cli
 
 import bench.config as config
 from bench import provenance, results, runner
@@ -16,10 +17,8 @@ from bench.cli import main
 from bench.config import ModelConfig, RunConfig, load_suite, suite_from_dict, with_overrides
 from bench.runner import StaleResults, execute, plan
 
-ONE_RUN = TINY.replace(
-    'strategies = ["jfb", "cg:tol=1e-6:max_iter=300", "neumann:k=3", "unrolled:k=3"]',
-    'strategies = ["jfb"]',
-).replace("epochs = 2", "epochs = 1")
+# one of the shared run's runs (conftest.py's mini_run)
+ONE_RUN = MINI_RUN.replace('["jfb", "unrolled:k=2"]', '["jfb"]').replace("seeds = 2", "seeds = 1")
 
 
 def _suite(text: str = ONE_RUN):
@@ -65,14 +64,12 @@ def test_strategy_labels_name_only_non_default_parameters():
 
 
 @pytest.fixture()
-def done(tmp_path):
-    """A results folder holding one completed run: (suite, out, run)."""
+def done(tmp_path, mini_run):
+    """A results folder holding one completed run of the suite: (suite, out, run)."""
     suite = _suite()
-    out = tmp_path / "out"
-    todo, _ = plan(suite, out)
-    assert len(todo) == 1
-    assert execute(todo[0], out).status == "ok"
-    return suite, out, todo[0]
+    out = shutil.copytree(mini_run, tmp_path / "out")
+    (run,) = runner.fingerprinted_runs(suite)  # as planned: with its images' fingerprint
+    return suite, out, run
 
 
 def test_completed_run_records_its_provenance_and_is_not_stale(done):

@@ -508,6 +508,7 @@ for args in (["strategies"], ["run", suite, "--strategies", "boom", "--out", out
 """
 
 
+@pytest.mark.slow
 def test_a_copy_of_a_strategy_file_does_not_silently_replace_it(tmp_path):
     plugins = tmp_path / "plugins"
     plugins.mkdir()

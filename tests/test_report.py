@@ -374,6 +374,7 @@ def _images_in_browser(browser: str, page: Path, profile: Path) -> list[dict]:
     return json.loads(match.group(1).replace("&quot;", '"').replace("&amp;", "&"))
 
 
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium_without_broken_images(built, tmp_path):
     browser = _chromium()
     _, out, _, html_text = built
@@ -392,6 +393,7 @@ def test_report_renders_in_headless_chromium_without_broken_images(built, tmp_pa
     assert len(images) == len(EXPECTED_FIGURES) and not broken, broken
 
 
+@pytest.mark.slow
 def test_browser_check_detects_a_broken_image(tmp_path):
     """The browser check itself must be able to fail."""
     browser = _chromium()
@@ -456,6 +458,7 @@ window.addEventListener("load", () => {
 </script>"""
 
 
+@pytest.mark.slow
 def test_summary_tables_fit_a_1280_pixel_window_in_chromium(built, tmp_path):
     browser = _chromium()
     _, out, _, html_text = built

@@ -16,7 +16,7 @@ import matplotlib.colors
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import ROOT, cli, markdown_tables
+from helpers import cli_in_process, markdown_tables
 from scipy import stats
 
 from bench import plots
@@ -495,11 +495,11 @@ def test_a_foreign_number_column_names_file_and_column(tmp_path, no_figures):
         build_report(folder, tmp_path / "out")
 
 
-def test_cli_exits_2_with_one_line_on_a_foreign_runs_csv(tmp_path):
+def test_cli_exits_2_with_one_line_on_a_foreign_runs_csv(tmp_path, capsys):
     folder = tmp_path / "res"
     folder.mkdir()
     (folder / "runs.csv").write_text("name,value\nfoo,1\n")
-    result = cli("report", folder, "--out", tmp_path / "out", cwd=ROOT, timeout=120)
+    result = cli_in_process(capsys, "report", folder, "--out", tmp_path / "out")
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
@@ -846,7 +846,9 @@ def test_a_lower_is_better_metric_as_the_primary_one_ranks_the_other_way(tmp_pat
     assert _cells(markdown, "jfb", header) == ["not reached"]
 
 
-def test_an_unknown_or_unrecorded_primary_metric_is_a_clear_error(tmp_path, no_figures, mae):
+def test_an_unknown_or_unrecorded_primary_metric_is_a_clear_error(
+    tmp_path, no_figures, mae, capsys
+):
     results = _mae_folder(tmp_path / "res")
     with pytest.raises(ValueError, match="unknown metric 'lpips'; accepted: psnr, ssim"):
         build_report(results, tmp_path / "out", metric="lpips")
@@ -854,7 +856,7 @@ def test_an_unknown_or_unrecorded_primary_metric_is_a_clear_error(tmp_path, no_f
     folder.learned("jfb", 0, 25.0, 8.0)
     with pytest.raises(ValueError, match="metric 'mae' has no final value in any run"):
         build_report(folder.write(tmp_path / "plain"), tmp_path / "out", metric="mae")
-    done = cli("report", results, "--out", tmp_path / "o", "--metric", "lpips", cwd=tmp_path)
+    done = cli_in_process(capsys, "report", results, "--out", tmp_path / "o", "--metric", "lpips")
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert "unknown metric 'lpips'" in done.stderr and "Traceback" not in done.stderr
 
