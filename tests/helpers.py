@@ -3,6 +3,8 @@ another)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -96,19 +98,20 @@ def cli(*args, cwd: Path, extra_path: Path | None = None, timeout=600):
     )
 
 
-def cli_in_process(capsys, *args) -> subprocess.CompletedProcess:
+def cli_in_process(*args) -> subprocess.CompletedProcess:
     """`implicit-bench ARGS` through ``bench.cli.main`` in this process, answered as :func:`cli`
-    answers (exit status, stdout, stderr). For tests of what the command says and returns: no
-    interpreter start and torch import (seconds each). Keep :func:`cli` where the test is about a
-    real process (signals, workers, imports, the interpreter's exit)."""
+    answers (exit status, stdout, stderr). For tests of what the command says, writes and
+    returns: no interpreter start and torch import (seconds each). Keep :func:`cli` where the test
+    is about a real process (signals, workers, imports, the interpreter's exit)."""
     from bench.cli import main
 
-    capsys.readouterr()  # what the test printed before is not the command's
-    try:
-        code = main([str(arg) for arg in args])
-    except SystemExit as exit_:  # argparse's usage errors and --help
-        code = exit_.code
-    out, err = capsys.readouterr()
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(arg) for arg in args])
+        except SystemExit as exit_:  # argparse's usage errors and --help
+            code = exit_.code
     if isinstance(code, str):  # sys.exit("message"): printed to stderr, status 1
-        err, code = err + code + "\n", 1
-    return subprocess.CompletedProcess(list(args), 0 if code is None else code, out, err)
+        err.write(code + "\n")
+        code = 1
+    return subprocess.CompletedProcess(list(args), code or 0, out.getvalue(), err.getvalue())

@@ -78,6 +78,7 @@ def _row(markdown: str, header: str, label: str) -> dict[str, str]:
     raise AssertionError(f"no row {label!r} under a header {header!r}")
 
 
+@pytest.mark.slow
 def test_a_folder_against_itself_reports_no_change_and_exits_0(tiny, capsys, tmp_path):
     output = tmp_path / "out" / "compare.md"
     code, out, err = _compare(capsys, tiny, tiny, "--output", output)
@@ -97,6 +98,7 @@ def test_a_folder_against_itself_reports_no_change_and_exits_0(tiny, capsys, tmp
     assert output.read_text() == out  # the same Markdown, written to the file
 
 
+@pytest.mark.slow
 def test_a_strategy_with_1_5x_step_times_is_named_and_exits_1(tiny, capsys, tmp_path):
     slower = _copy(tiny, tmp_path / "slower")
     _slow_down(slower, SLOWED, 1.5)
@@ -126,6 +128,7 @@ def _set_timing(folder: Path, reliable: bool, note: str = "") -> None:
     _write(folder, tables)
 
 
+@pytest.mark.slow
 def test_a_slowdown_on_unreliable_timings_says_so(tiny, capsys, tmp_path):
     reliable = _copy(tiny, tmp_path / "reliable")
     _set_timing(reliable, True)
@@ -140,6 +143,7 @@ def test_a_slowdown_on_unreliable_timings_says_so(tiny, capsys, tmp_path):
     assert f"- B: {SLOWED}: timings of 2 run(s) unreliable (load average 9.00 > 2 cores + 1)" in out
 
 
+@pytest.mark.slow
 def test_heavier_memory_and_a_worse_metric_are_regressions(tiny, capsys, tmp_path):
     changed = _copy(tiny, tmp_path / "changed")
     tables = _tables(changed)
@@ -159,6 +163,7 @@ def test_heavier_memory_and_a_worse_metric_are_regressions(tiny, capsys, tmp_pat
     assert f"[{low:+.2f}, {high:+.2f}]" in verdict
 
 
+@pytest.mark.slow
 def test_different_seeds_are_compared_by_welch(tiny, capsys, tmp_path):
     """B ran other seeds: no pairing; the intervals are Welch's."""
     other = _copy(tiny, tmp_path / "other")
@@ -172,6 +177,7 @@ def test_different_seeds_are_compared_by_welch(tiny, capsys, tmp_path):
     assert _row(out, "PSNR (dB)", "jfb")["compared by"] == "Welch's t over seeds"
 
 
+@pytest.mark.slow
 def test_a_folder_of_another_setting_is_compared_and_the_difference_said(tiny, capsys, tmp_path):
     other = _copy(tiny, tmp_path / "other")
     tables = _tables(other)
@@ -218,6 +224,7 @@ def test_welch_difference_matches_scipys_welch_interval():
     assert welch_difference([], b).n == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "make, message",
     [
@@ -236,6 +243,7 @@ def test_bad_input_exits_2_with_one_line(tiny, capsys, tmp_path, make, message):
     assert message in err
 
 
+@pytest.mark.slow
 def test_a_negative_threshold_or_unwritable_output_exits_2(tiny, capsys, tmp_path):
     code, _, err = _compare(capsys, tiny, tiny, "--threshold", "-5")
     assert code == 2 and "threshold" in err and len(err.strip().splitlines()) == 1

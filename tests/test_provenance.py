@@ -9,7 +9,7 @@ import shutil
 import tomllib
 
 import pytest
-from helpers import MINI_RUN, cli
+from helpers import MINI_RUN, cli_in_process
 
 import bench.config as config
 from bench import provenance, results, runner
@@ -72,6 +72,7 @@ def done(tmp_path, mini_run):
     return suite, out, run
 
 
+@pytest.mark.slow
 def test_completed_run_records_its_provenance_and_is_not_stale(done):
     suite, out, run = done
     stored = json.loads((out / "parts" / run.run_id / provenance.FILE).read_text())
@@ -82,6 +83,7 @@ def test_completed_run_records_its_provenance_and_is_not_stale(done):
     assert todo == [] and counts["skipped"] == 1
 
 
+@pytest.mark.slow
 def test_changed_strategy_code_is_stale_until_told_what_to_do(done, monkeypatch):
     suite, out, run = done
     monkeypatch.setattr(provenance, "strategy_code_hash", lambda spec: "edited000000")
@@ -96,6 +98,7 @@ def test_changed_strategy_code_is_stale_until_told_what_to_do(done, monkeypatch)
     assert len(results.merge(out)["runs"].query("run_id == @run.run_id")) == 1
 
 
+@pytest.mark.slow
 def test_changed_default_and_missing_provenance_are_stale(done):
     suite, out, run = done
     path = out / "parts" / run.run_id / provenance.FILE
@@ -115,14 +118,12 @@ def test_cli_refuses_stale_runs_in_one_line_and_reruns_on_request(done, tmp_path
     stored["strategy_code"] = "edited000000"
     path.write_text(json.dumps(stored))
     (tmp_path / "prov.toml").write_text(ONE_RUN)
-    proc = cli("run", tmp_path / "prov.toml", "--out", out, "--quiet", cwd=tmp_path)
+    proc = cli_in_process("run", tmp_path / "prov.toml", "--out", out, "--quiet")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "--rerun-stale" in proc.stderr
-    proc = cli("run", tmp_path / "prov.toml", "--out", out, "--quiet", "--keep-stale", cwd=tmp_path)
+    proc = cli_in_process("run", tmp_path / "prov.toml", "--out", out, "--quiet", "--keep-stale")
     assert proc.returncode == 0 and "0 ok" in proc.stdout and "1 already complete" in proc.stdout
-    proc = cli(
-        "run", tmp_path / "prov.toml", "--out", out, "--quiet", "--rerun-stale", cwd=tmp_path
-    )
+    proc = cli_in_process("run", tmp_path / "prov.toml", "--out", out, "--quiet", "--rerun-stale")
     assert proc.returncode == 0 and "1 ok" in proc.stdout, proc.stdout + proc.stderr
 
 

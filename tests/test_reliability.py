@@ -130,6 +130,7 @@ def python(script: str, *args, cwd: Path, timeout=300) -> subprocess.CompletedPr
 # ---- 1. --force replaces a run only when its new result is written ---------------------------
 
 
+@pytest.mark.slow
 def test_forced_rerun_interrupted_keeps_every_old_result(tmp_path, fake_train, monkeypatch):
     suite = load(tiny_suite(tmp_path))
     out = tmp_path / "out"
@@ -209,6 +210,7 @@ def test_run_ids_are_bounded_in_length():
 # ---- 4. broken parts are named, set aside and redone ------------------------------------------
 
 
+@pytest.mark.slow
 def test_broken_parts_are_set_aside_and_redone(tmp_path, fake_train, capsys):
     suite = load(tiny_suite(tmp_path))
     out = tmp_path / "out"
