@@ -20,8 +20,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q --durations=15
 
 # The fast tier: every test not marked slow (the unit tests of every module), under a minute.
-# One thread: on tiny tensors torch's thread pool costs more than it gives (tests/conftest.py
-# says how a slow test is kept out of this tier).
+# One thread: this tier's tensors are tiny, too small for torch's thread pool to share out
+# (tests/tiers.py says how a slow test is kept out of this tier).
 test-fast: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow" --durations=5
 
