@@ -29,11 +29,11 @@ def test_fast_and_cheap():
     pass
 
 def test_fast_but_costly():
-    _burn(1.0)
+    _burn(0.6)
 
 @pytest.mark.slow
 def test_slow_and_costly():
-    _burn(1.0)
+    _burn(0.6)
 """
 
 
@@ -41,7 +41,7 @@ def test_a_costly_test_fails_the_fast_tier_unless_marked_slow(pytester):
     pytester.makepyfile(test_inner=INNER)
     pytester.makeini("[pytest]\nmarkers =\n    slow: slow")
     limit = tiers.FAST_TEST_CPU_LIMIT_S
-    tiers.FAST_TEST_CPU_LIMIT_S = 0.5  # not monkeypatch: this test's own check reads it too
+    tiers.FAST_TEST_CPU_LIMIT_S = 0.3  # not monkeypatch: this test's own check reads it too
     try:
         result = pytester.runpytest_inprocess("-p", "tiers", "-p", "no:cacheprovider")
     finally:
