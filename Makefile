@@ -1,10 +1,11 @@
-# Two commands for a fresh machine: `make bench` and `make test` (see README).
+# Two commands for a fresh machine: `make bench` and `make test` (`make test-fast`: the quick
+# tier, under a minute; see README).
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SUITE  ?= quick
 
-.PHONY: venv test bench lint format benchmark clean
+.PHONY: venv test test-fast bench lint format benchmark clean
 
 venv: $(STAMP)
 
@@ -14,8 +15,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# Both tiers; the 15 slowest tests are named at the end, to see which to speed up or mark.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
+
+# The fast tier: every test not marked slow (the unit tests of every module), under a minute.
+# One thread: this tier's tensors are tiny, too small for torch's thread pool to share out
+# (tests/tiers.py says how a slow test is kept out of this tier).
+test-fast: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow" --durations=5
 
 bench: $(STAMP)
 	$(VENV)/bin/implicit-bench run $(SUITE)

@@ -3,6 +3,8 @@ another)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -57,6 +59,12 @@ grad_fidelity = false
 device = "cpu"
 """
 
+# The suite of the one real run that the tests which only read a results folder share (the
+# session fixture `mini_run` of conftest.py trains it once): two strategies, two seeds each.
+MINI_RUN = MINI.replace('strategies = ["jfb"]', 'strategies = ["jfb", "unrolled:k=2"]').replace(
+    "seeds = 3", "seeds = 2"
+)
+
 
 def markdown_tables(markdown: str) -> list[list[list[str]]]:
     """Every Markdown table of a report as rows of cells (header first, rule dropped)."""
@@ -88,3 +96,22 @@ def cli(*args, cwd: Path, extra_path: Path | None = None, timeout=600):
         text=True,
         timeout=timeout,
     )
+
+
+def cli_in_process(*args) -> subprocess.CompletedProcess:
+    """`implicit-bench ARGS` through ``bench.cli.main`` in this process, answered as :func:`cli`
+    answers (exit status, stdout, stderr). For tests of what the command says, writes and
+    returns: no interpreter start and torch import (seconds each). Keep :func:`cli` where the test
+    is about a real process (signals, workers, imports, the interpreter's exit)."""
+    from bench.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(arg) for arg in args])
+        except SystemExit as exit_:  # argparse's usage errors and --help
+            code = exit_.code
+    if isinstance(code, str):  # sys.exit("message"): printed to stderr, status 1
+        err.write(code + "\n")
+        code = 1
+    return subprocess.CompletedProcess(list(args), code or 0, out.getvalue(), err.getvalue())

@@ -113,6 +113,7 @@ def test_direct_inverse_inverts_our_operator_on_noise_free_data(faces):
     assert rec32.dtype == torch.float32 and psnr(rec32, x) > 40.0
 
 
+@pytest.mark.slow
 def test_direct_inverse_amplifies_noise(faces, fitted, naive_psnr):
     b = fitted["direct_inverse"]
     assert b.lam == bl.DIRECT_EPS
@@ -120,6 +121,7 @@ def test_direct_inverse_amplifies_noise(faces, fitted, naive_psnr):
     assert psnr(rec, faces["test_x"]) < naive_psnr - 10.0  # measured ~6.6 dB vs ~21.1 dB
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["tikhonov", "gd_tikhonov", "gd_tv"])
 def test_regularised_baselines_beat_blurred_input(faces, fitted, naive_psnr, name):
     rec = fitted[name].reconstruct(faces["op"], faces["test_d"])
@@ -139,6 +141,7 @@ def masked_faces(faces):
     return op, x[80:], d[80:], {b.name: b for b in fits}
 
 
+@pytest.mark.slow
 def test_inpainting_baselines_fill_the_missing_pixels(masked_faces):
     op, x, d, fitted = masked_faces
     naive = psnr(op.naive(d), x)  # zero-filled: ~8 dB on these faces
@@ -151,6 +154,7 @@ def test_inpainting_baselines_fill_the_missing_pixels(masked_faces):
     assert psnr(fitted["gd_tv"].reconstruct(op, d), x) > naive + 5.0
 
 
+@pytest.mark.slow
 def test_float32_matches_float64(faces, fitted):
     d = faces["test_d"][:8]
     for b in fitted.values():
@@ -207,6 +211,7 @@ def test_gradient_descent_matches_a_plain_reference_loop(kernel, name):
     assert torch.allclose(fn(op, d, lam, iters=iters), ref, rtol=0, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["tikhonov", "gd_tikhonov", "gd_tv"])
 def test_lambda_is_the_best_on_the_training_grid(faces, fitted, name):
     b = fitted[name]

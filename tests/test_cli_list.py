@@ -109,6 +109,7 @@ def test_list_of_an_unknown_kind_is_one_line_and_exit_status_2(capsys):
     assert "nonsense" in err and "solvers" in err
 
 
+@pytest.mark.slow
 def test_help_and_usage_errors_import_no_registry_and_no_torch():
     """`--help` and argparse's usage errors answer at once: the registries (torch, torchvision,
     torchmetrics: seconds to import) load only for a command that needs them."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import MINI, markdown_tables
+from helpers import MINI_RUN, markdown_tables
 from scipy import stats
 
 from bench.cli import main
@@ -18,23 +18,13 @@ from bench.report.stats import welch_difference
 from bench.summary import run_summary
 
 SLOWED = "unrolled:k=2"  # the label whose step times the edited copy multiplies
-SUITE = MINI.replace('strategies = ["jfb"]', f'strategies = ["jfb", "{SLOWED}"]').replace(
-    "seeds = 3", "seeds = 2"
-)
+assert f'"{SLOWED}"' in MINI_RUN  # the shared run's suite
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    """One real run of the smallest suite: jfb and unrolled:k=2, two seeds each."""
-    from bench.config import load_suite
-    from bench.runner import run_suite
-
-    base = tmp_path_factory.mktemp("compare")
-    suite = base / "mini.toml"
-    suite.write_text(SUITE)
-    out = base / "results"
-    assert run_suite(load_suite(str(suite)), out, progress=False)["ok"] == 4
-    return out
+@pytest.fixture
+def tiny(mini_run) -> Path:
+    """One real run of the smallest suite: jfb and unrolled:k=2, two seeds each (shared)."""
+    return mini_run
 
 
 def _copy(folder: Path, to: Path) -> Path:
@@ -88,6 +78,7 @@ def _row(markdown: str, header: str, label: str) -> dict[str, str]:
     raise AssertionError(f"no row {label!r} under a header {header!r}")
 
 
+@pytest.mark.slow
 def test_a_folder_against_itself_reports_no_change_and_exits_0(tiny, capsys, tmp_path):
     output = tmp_path / "out" / "compare.md"
     code, out, err = _compare(capsys, tiny, tiny, "--output", output)
@@ -107,6 +98,7 @@ def test_a_folder_against_itself_reports_no_change_and_exits_0(tiny, capsys, tmp
     assert output.read_text() == out  # the same Markdown, written to the file
 
 
+@pytest.mark.slow
 def test_a_strategy_with_1_5x_step_times_is_named_and_exits_1(tiny, capsys, tmp_path):
     slower = _copy(tiny, tmp_path / "slower")
     _slow_down(slower, SLOWED, 1.5)
@@ -136,6 +128,7 @@ def _set_timing(folder: Path, reliable: bool, note: str = "") -> None:
     _write(folder, tables)
 
 
+@pytest.mark.slow
 def test_a_slowdown_on_unreliable_timings_says_so(tiny, capsys, tmp_path):
     reliable = _copy(tiny, tmp_path / "reliable")
     _set_timing(reliable, True)
@@ -150,6 +143,7 @@ def test_a_slowdown_on_unreliable_timings_says_so(tiny, capsys, tmp_path):
     assert f"- B: {SLOWED}: timings of 2 run(s) unreliable (load average 9.00 > 2 cores + 1)" in out
 
 
+@pytest.mark.slow
 def test_heavier_memory_and_a_worse_metric_are_regressions(tiny, capsys, tmp_path):
     changed = _copy(tiny, tmp_path / "changed")
     tables = _tables(changed)
@@ -169,6 +163,7 @@ def test_heavier_memory_and_a_worse_metric_are_regressions(tiny, capsys, tmp_pat
     assert f"[{low:+.2f}, {high:+.2f}]" in verdict
 
 
+@pytest.mark.slow
 def test_different_seeds_are_compared_by_welch(tiny, capsys, tmp_path):
     """B ran other seeds: no pairing; the intervals are Welch's."""
     other = _copy(tiny, tmp_path / "other")
@@ -182,6 +177,7 @@ def test_different_seeds_are_compared_by_welch(tiny, capsys, tmp_path):
     assert _row(out, "PSNR (dB)", "jfb")["compared by"] == "Welch's t over seeds"
 
 
+@pytest.mark.slow
 def test_a_folder_of_another_setting_is_compared_and_the_difference_said(tiny, capsys, tmp_path):
     other = _copy(tiny, tmp_path / "other")
     tables = _tables(other)
@@ -228,6 +224,7 @@ def test_welch_difference_matches_scipys_welch_interval():
     assert welch_difference([], b).n == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "make, message",
     [
@@ -246,6 +243,7 @@ def test_bad_input_exits_2_with_one_line(tiny, capsys, tmp_path, make, message):
     assert message in err
 
 
+@pytest.mark.slow
 def test_a_negative_threshold_or_unwritable_output_exits_2(tiny, capsys, tmp_path):
     code, _, err = _compare(capsys, tiny, tiny, "--threshold", "-5")
     assert code == 2 and "threshold" in err and len(err.strip().splitlines()) == 1

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from helpers import MINI, TINY, cli, subprocess_env
+from helpers import MINI, TINY, cli_in_process, subprocess_env
 
 from bench import results, runner
 from bench.cli import main
@@ -35,12 +35,11 @@ def test_submitit_jobs_merge_into_one_results_folder_and_resume(tmp_path):
     suite = tmp_path / "tiny.toml"
     suite.write_text(SUITE)
     out = tmp_path / "out"
-    local = cli("run", suite, "--out", out, "--quiet", "--strategies", "jfb", cwd=tmp_path)
+    local = cli_in_process("run", suite, "--out", out, "--quiet", "--strategies", "jfb")
     assert local.returncode == 0, local.stderr
-    sub = cli(
-        "run", suite, "--out", out, "--executor", "submitit", "--submitit-cluster", "local",
-        cwd=tmp_path,
-    )  # fmt: skip
+    sub = cli_in_process(
+        "run", suite, "--out", out, "--executor", "submitit", "--submitit-cluster", "local"
+    )
     assert sub.returncode == 0, sub.stderr + sub.stdout
     assert "submitted 1 job(s) to local" in sub.stdout and "1 already complete" in sub.stdout
     runs = results.load(out)["runs"]
@@ -50,10 +49,9 @@ def test_submitit_jobs_merge_into_one_results_folder_and_resume(tmp_path):
     steps = results.load(out)["steps"]
     assert set(steps.strategy) == {"jfb", "unrolled"}
     assert list((out / "submitit").glob("*_log.out"))  # submitit really ran the job
-    again = cli(
-        "run", suite, "--out", out, "--executor", "submitit", "--submitit-cluster", "local",
-        cwd=tmp_path,
-    )  # fmt: skip
+    again = cli_in_process(
+        "run", suite, "--out", out, "--executor", "submitit", "--submitit-cluster", "local"
+    )
     assert again.returncode == 0 and "2 already complete" in again.stdout
     assert "submitted" not in again.stdout
 
@@ -140,7 +138,7 @@ def test_two_jobs_use_two_processes_lose_no_row_and_resume(tmp_path):
     assert (runs.jobs == 2).all() and (runs.torch_threads == max(1, _cores() // 2)).all()
     assert (runs.cpu_count == len(os.sched_getaffinity(0))).all()
     # the same suite from the command line with -j 2: everything is already there
-    again = cli("run", tmp_path / "fast.toml", "--out", out, "-j", "2", cwd=tmp_path)
+    again = cli_in_process("run", tmp_path / "fast.toml", "--out", out, "-j", "2")
     assert again.returncode == 0, again.stderr
     assert "4 already complete" in again.stdout and len(results.load(out)["runs"]) == 4
 
@@ -149,7 +147,7 @@ def test_two_jobs_use_two_processes_lose_no_row_and_resume(tmp_path):
 def test_jobs_from_the_command_line_print_a_line_per_run_and_the_suite_timing(tmp_path):
     _write(tmp_path, FAST.replace("seeds = 2", "seeds = 1"))
     out = tmp_path / "out"
-    proc = cli("run", tmp_path / "fast.toml", "--out", out, "-j", "2", cwd=tmp_path)
+    proc = cli_in_process("run", tmp_path / "fast.toml", "--out", out, "-j", "2")
     assert proc.returncode == 0, proc.stderr
     runs = results.load(out)["runs"]
     lines = [line for line in proc.stdout.splitlines() if line.split(":")[0] in set(runs.run_id)]

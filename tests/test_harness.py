@@ -10,13 +10,17 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import TINY, cli, subprocess_env
+from helpers import TINY, cli, cli_in_process, subprocess_env
 
 from bench import results
 from bench.cli import main
 from bench.config import RunConfig, list_suites, load_suite, suite_from_dict, with_overrides
 
-TIMING = ["certify_time_s", "forward_time_s", "backward_time_s", "optimizer_time_s", "step_time_s", "train_time_s"]
+
+def _timings_aside(table: pd.DataFrame) -> pd.DataFrame:
+    """All but the measured times (every ``*_time_s`` column: certify_time_s came later)."""
+    return table.drop(columns=[c for c in table.columns if c.endswith("_time_s")])
+
 
 PLUGIN = '''
 import torch
@@ -38,12 +42,12 @@ class Broken(Strategy):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """One CLI run of the tiny suite: (suite file, results folder, completed process)."""
+    """One CLI run of the tiny suite, in-process: (suite file, results folder, its answer)."""
     base = tmp_path_factory.mktemp("tiny")
     suite = base / "tiny.toml"
     suite.write_text(TINY)
     out = base / "out"
-    proc = cli("run", suite, "--out", out, "--quiet", cwd=base)
+    proc = cli_in_process("run", suite, "--out", out, "--quiet")
     assert proc.returncode == 0, proc.stderr
     return suite, out, proc
 
@@ -112,14 +116,14 @@ def test_cli_run_writes_tidy_tables(tiny_run):
 def test_rerun_skips_complete_runs_and_same_command_reproduces(tiny_run, tmp_path):
     suite, out, _ = tiny_run
     before = {p: p.read_bytes() for p in (out / "parts").glob("*/runs.csv")}
-    again = cli("run", suite, "--out", out, "--quiet", cwd=tmp_path)
+    again = cli_in_process("run", suite, "--out", out, "--quiet")
     assert again.returncode == 0 and "4 already complete" in again.stdout
     assert {p: p.read_bytes() for p in (out / "parts").glob("*/runs.csv")} == before
     # the same command into a fresh folder gives the same tables, timings aside
     fresh = tmp_path / "again"
-    assert cli("run", suite, "--out", fresh, "--quiet", cwd=tmp_path).returncode == 0
+    assert cli_in_process("run", suite, "--out", fresh, "--quiet").returncode == 0
     for name in ("epochs", "steps"):
-        a, b = (results.load(p)[name].drop(columns=TIMING, errors="ignore") for p in (out, fresh))
+        a, b = (_timings_aside(results.load(p)[name]) for p in (out, fresh))
         key = ["run_id", "epoch"] + (["step"] if name == "steps" else [])
         pd.testing.assert_frame_equal(
             a.sort_values(key).reset_index(drop=True), b.sort_values(key).reset_index(drop=True)
@@ -341,7 +345,7 @@ def test_tiny_suite_on_cuda_records_gpu_memory_and_event_timings(tmp_path):
 @pytest.mark.slow
 def test_report_from_a_real_tiny_run(tiny_run, tmp_path):
     _, out, _ = tiny_run
-    proc = cli("report", out, "--out", tmp_path / "report", cwd=tmp_path)
+    proc = cli_in_process("report", out, "--out", tmp_path / "report")
     assert proc.returncode == 0, proc.stderr
     report = tmp_path / "report"
     md = (report / "report.md").read_text()

@@ -222,6 +222,7 @@ def test_shine_saves_its_factors_for_backward():
 # ---- Jacobian regularisation ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_jac_reg_estimate_matches_the_dense_frobenius_norm():
     layer, x = TanhLayer(), _inputs()
     f = layer.layer(x)
@@ -254,6 +255,7 @@ def test_jac_reg_settings_are_checked(key, value):
         suite_from_dict({"train": {key: value}}, "bad", "bad.toml")
 
 
+@pytest.mark.slow
 def test_training_with_jac_reg_records_the_estimate_on_every_nth_step():
     raw = tomllib.loads(MINI)
     raw["strategies"] = ["correction", "shine"]
@@ -301,6 +303,7 @@ def test_the_training_loss_of_weighted_outputs_is_their_weighted_sum():
     assert row["jac_frobenius_sq"] > 0
 
 
+@pytest.mark.slow
 def test_report_of_a_jac_reg_sweep_titles_its_settings_and_says_shines_forward_is_its_own(
     tmp_path,
 ):

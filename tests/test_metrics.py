@@ -210,6 +210,7 @@ def test_the_registry_names_each_metric_with_its_direction_and_refuses_unknown_n
         register_metric("psnr", "other")(lambda x, y: x.flatten(1).mean(1))
 
 
+@pytest.mark.slow
 def test_a_registered_metric_runs_through_the_pipeline_into_the_report(tmp_path, monkeypatch):
     """One registry entry: the runner records it per evaluation and per run (even registered
     after bench.results fixed its column lists), and the report can rank by it."""

@@ -92,6 +92,7 @@ def test_layer_matches_its_definition(form, task):
     torch.testing.assert_close(model.initial_iterate(d), A.A_adjoint(d))
 
 
+@pytest.mark.slow
 def test_conv_operator_norm_is_a_tight_upper_bound_and_differentiable():
     torch.manual_seed(0)
     for c_out, c_in, size in [(8, 1, (9, 11)), (8, 8, (10, 10)), (1, 8, (6, 13))]:
@@ -108,6 +109,7 @@ def test_conv_operator_norm_is_a_tight_upper_bound_and_differentiable():
 EXACT = 10**6  # a max_grid no image reaches: the exact cyclic grid, Sedghi et al.'s bound
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_grid", [8, 10, 16])
 def test_continuous_frequency_certificate_bounds_every_image_size(max_grid):
     # images longer than the grid: the bound from max_grid samples per axis and the proved
@@ -156,6 +158,7 @@ def _trained_wide_kernels(lr: float) -> list[torch.Tensor]:
     return [conv.weight.detach().double() for conv in den.convs]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lr", [0.0, 5e-2])  # fresh, and after training at a high lr
 def test_certificate_bounds_the_exact_all_frequency_svd_at_the_real_sizes(lr):
     # the reference work's sizes: 64x64 and 128x128 images, 64 channels; the exact bound is the
@@ -177,6 +180,7 @@ def test_aol_rescaled_convolutions_are_1_lipschitz():
         assert _dense_conv_norm(aol_rescale(w), (4, 17)) <= 1 + 1e-12
 
 
+@pytest.mark.slow
 def test_kernel_spectral_norm_does_not_bound_the_convolution():
     # why the "kernel" option exists: the reshaped-kernel norm is 1, the operator's is not
     den = Denoiser(1, 8, 3, 0.9, lipschitz_control="kernel").double().eval()
@@ -227,6 +231,7 @@ def test_fresh_layer_is_a_contraction_within_its_certified_bound(
     assert sigma <= model.contraction_bound() + 1e-9 < 1
 
 
+@pytest.mark.slow
 def test_lipschitz_estimate_converges_to_the_dense_jacobian_norm():
     model = _model(lipschitz=0.97)
     d = torch.rand(3, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))

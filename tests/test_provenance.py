@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import tomllib
 
 import pytest
-from helpers import TINY, cli
+from helpers import MINI_RUN, cli_in_process
 
 import bench.config as config
 from bench import provenance, results, runner
@@ -16,10 +17,8 @@ from bench.cli import main
 from bench.config import ModelConfig, RunConfig, load_suite, suite_from_dict, with_overrides
 from bench.runner import StaleResults, execute, plan
 
-ONE_RUN = TINY.replace(
-    'strategies = ["jfb", "cg:tol=1e-6:max_iter=300", "neumann:k=3", "unrolled:k=3"]',
-    'strategies = ["jfb"]',
-).replace("epochs = 2", "epochs = 1")
+# one of the shared run's runs (conftest.py's mini_run)
+ONE_RUN = MINI_RUN.replace('["jfb", "unrolled:k=2"]', '["jfb"]').replace("seeds = 2", "seeds = 1")
 
 
 def _suite(text: str = ONE_RUN):
@@ -65,16 +64,15 @@ def test_strategy_labels_name_only_non_default_parameters():
 
 
 @pytest.fixture()
-def done(tmp_path):
-    """A results folder holding one completed run: (suite, out, run)."""
+def done(tmp_path, mini_run):
+    """A results folder holding one completed run of the suite: (suite, out, run)."""
     suite = _suite()
-    out = tmp_path / "out"
-    todo, _ = plan(suite, out)
-    assert len(todo) == 1
-    assert execute(todo[0], out).status == "ok"
-    return suite, out, todo[0]
+    out = shutil.copytree(mini_run, tmp_path / "out")
+    (run,) = runner.fingerprinted_runs(suite)  # as planned: with its images' fingerprint
+    return suite, out, run
 
 
+@pytest.mark.slow
 def test_completed_run_records_its_provenance_and_is_not_stale(done):
     suite, out, run = done
     stored = json.loads((out / "parts" / run.run_id / provenance.FILE).read_text())
@@ -85,6 +83,7 @@ def test_completed_run_records_its_provenance_and_is_not_stale(done):
     assert todo == [] and counts["skipped"] == 1
 
 
+@pytest.mark.slow
 def test_changed_strategy_code_is_stale_until_told_what_to_do(done, monkeypatch):
     suite, out, run = done
     monkeypatch.setattr(provenance, "strategy_code_hash", lambda spec: "edited000000")
@@ -99,6 +98,7 @@ def test_changed_strategy_code_is_stale_until_told_what_to_do(done, monkeypatch)
     assert len(results.merge(out)["runs"].query("run_id == @run.run_id")) == 1
 
 
+@pytest.mark.slow
 def test_changed_default_and_missing_provenance_are_stale(done):
     suite, out, run = done
     path = out / "parts" / run.run_id / provenance.FILE
@@ -118,14 +118,12 @@ def test_cli_refuses_stale_runs_in_one_line_and_reruns_on_request(done, tmp_path
     stored["strategy_code"] = "edited000000"
     path.write_text(json.dumps(stored))
     (tmp_path / "prov.toml").write_text(ONE_RUN)
-    proc = cli("run", tmp_path / "prov.toml", "--out", out, "--quiet", cwd=tmp_path)
+    proc = cli_in_process("run", tmp_path / "prov.toml", "--out", out, "--quiet")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "--rerun-stale" in proc.stderr
-    proc = cli("run", tmp_path / "prov.toml", "--out", out, "--quiet", "--keep-stale", cwd=tmp_path)
+    proc = cli_in_process("run", tmp_path / "prov.toml", "--out", out, "--quiet", "--keep-stale")
     assert proc.returncode == 0 and "0 ok" in proc.stdout and "1 already complete" in proc.stdout
-    proc = cli(
-        "run", tmp_path / "prov.toml", "--out", out, "--quiet", "--rerun-stale", cwd=tmp_path
-    )
+    proc = cli_in_process("run", tmp_path / "prov.toml", "--out", out, "--quiet", "--rerun-stale")
     assert proc.returncode == 0 and "1 ok" in proc.stdout, proc.stdout + proc.stderr
 
 

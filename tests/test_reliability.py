@@ -131,6 +131,7 @@ def python(script: str, *args, cwd: Path, timeout=300) -> subprocess.CompletedPr
 # ---- 1. --force replaces a run only when its new result is written ---------------------------
 
 
+@pytest.mark.slow
 def test_forced_rerun_interrupted_keeps_every_old_result(tmp_path, fake_train, monkeypatch):
     suite = load(tiny_suite(tmp_path))
     out = tmp_path / "out"
@@ -210,6 +211,7 @@ def test_run_ids_are_bounded_in_length():
 # ---- 4. broken parts are named, set aside and redone ------------------------------------------
 
 
+@pytest.mark.slow
 def test_broken_parts_are_set_aside_and_redone(tmp_path, fake_train, capsys):
     suite = load(tiny_suite(tmp_path))
     out = tmp_path / "out"
@@ -509,6 +511,7 @@ for args in (["strategies"], ["run", suite, "--strategies", "boom", "--out", out
 """
 
 
+@pytest.mark.slow
 def test_a_copy_of_a_strategy_file_does_not_silently_replace_it(tmp_path):
     plugins = tmp_path / "plugins"
     plugins.mkdir()

@@ -193,6 +193,7 @@ def _half_width(values) -> float:
     return (high - low) / 2
 
 
+@pytest.mark.slow
 def test_report_files_exist_and_figures_are_valid_images(built):
     _, out, _, html_text = built
     assert (out / "report.html").exists() and (out / "report.md").exists()
@@ -211,6 +212,7 @@ def test_report_files_exist_and_figures_are_valid_images(built):
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))  # atomic writes
 
 
+@pytest.mark.slow
 def test_summary_table_has_the_mean_and_confidence_interval_over_seeds(built):
     # Was "mean ± sd"; issue 8 §6 asks for 95 % Student-t intervals over seeds instead.
     _, _, markdown, _ = built
@@ -228,6 +230,7 @@ def test_summary_table_has_the_mean_and_confidence_interval_over_seeds(built):
     assert _cell(markdown, "jfb", "median step") == f"{median:.3g} s"
 
 
+@pytest.mark.slow
 def test_default_target_is_the_best_baseline_and_fastest_strategy_is_named(built):
     _, _, markdown, _ = built
     assert "Target PSNR: **24.00 dB** — the best classical baseline's PSNR (tikhonov)" in markdown
@@ -243,6 +246,7 @@ def test_default_target_is_the_best_baseline_and_fastest_strategy_is_named(built
     assert _cell(markdown, "jfb", "time to 24.00 dB") == f"{jfb:.3g} s"
 
 
+@pytest.mark.slow
 def test_observations_flag_the_iteration_cap_memory_and_failures(built):
     _, _, markdown, html_text = built
     assert "Forward solve converged in 0% of steps for jfb: the solver hit its iteration cap" in (
@@ -255,6 +259,7 @@ def test_observations_flag_the_iteration_cap_memory_and_failures(built):
     assert "Runs that did not finish ok" in markdown
 
 
+@pytest.mark.slow
 def test_partial_data_still_builds_and_says_what_is_missing(tmp_path):
     results = fabricate(tmp_path / "partial", with_steps=False, with_recons=False)
     html_path = build_report(results, tmp_path / "out")
@@ -268,6 +273,7 @@ def test_partial_data_still_builds_and_says_what_is_missing(tmp_path):
     assert (html_path.parent / "loss_vs_epoch.png").exists()
 
 
+@pytest.mark.slow
 def test_a_later_build_removes_figures_it_skipped(tmp_path, only_figures):
     only_figures("reconstructions")
     results = fabricate(tmp_path / "res")
@@ -278,6 +284,7 @@ def test_a_later_build_removes_figures_it_skipped(tmp_path, only_figures):
     assert not (out / "reconstructions.svg").exists()
 
 
+@pytest.mark.slow
 def test_only_failed_runs_and_empty_tables_still_build(tmp_path):
     learned = [("cg", "cg", {}, 0, "failed", [], [])]
     results = fabricate(tmp_path / "failed", learned=learned, with_recons=False)
@@ -289,6 +296,7 @@ def test_only_failed_runs_and_empty_tables_still_build(tmp_path):
     assert "Skipped: epochs.csv has no finite train_loss" in markdown
 
 
+@pytest.mark.slow
 def test_target_override_and_seeds_that_miss_it(tmp_path, only_figures):
     only_figures()
     results = fabricate(tmp_path / "res", with_recons=False)
@@ -302,6 +310,7 @@ def test_target_override_and_seeds_that_miss_it(tmp_path, only_figures):
         build_report(results, tmp_path / "out", target=float("nan"))
 
 
+@pytest.mark.slow
 def test_default_out_dir_and_missing_runs_csv(tmp_path, monkeypatch, only_figures):
     only_figures()
     results = fabricate(tmp_path / "results" / "quick", with_steps=False, with_recons=False)
@@ -313,6 +322,7 @@ def test_default_out_dir_and_missing_runs_csv(tmp_path, monkeypatch, only_figure
         build_report(tmp_path / "empty")
 
 
+@pytest.mark.slow
 def test_scaling_suite_draws_memory_vs_k(tmp_path, only_figures):
     only_figures("scaling", "memory")
     learned = [
@@ -374,6 +384,7 @@ def _images_in_browser(browser: str, page: Path, profile: Path) -> list[dict]:
     return json.loads(match.group(1).replace("&quot;", '"').replace("&amp;", "&"))
 
 
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium_without_broken_images(built, tmp_path):
     browser = _chromium()
     _, out, _, html_text = built
@@ -392,6 +403,7 @@ def test_report_renders_in_headless_chromium_without_broken_images(built, tmp_pa
     assert len(images) == len(EXPECTED_FIGURES) and not broken, broken
 
 
+@pytest.mark.slow
 def test_browser_check_detects_a_broken_image(tmp_path):
     """The browser check itself must be able to fail."""
     browser = _chromium()
@@ -412,6 +424,7 @@ def test_browser_check_detects_a_broken_image(tmp_path):
 MAX_SUMMARY_COLUMNS = 8
 
 
+@pytest.mark.slow
 def test_findings_come_before_the_first_figure_and_table(built):
     _, _, markdown, html_text = built
     findings = markdown.index("## Findings")
@@ -429,6 +442,7 @@ def test_findings_come_before_the_first_figure_and_table(built):
     assert re.search(r"<details><summary>Setup</summary>\s*<div class=\"scroll\"><table", html_text)
 
 
+@pytest.mark.slow
 def test_no_summary_table_is_wider_than_eight_columns(built):
     _, _, markdown, _ = built
     summary = markdown[markdown.index("## Summary tables") : markdown.index("## Observations")]
@@ -456,6 +470,7 @@ window.addEventListener("load", () => {
 </script>"""
 
 
+@pytest.mark.slow
 def test_summary_tables_fit_a_1280_pixel_window_in_chromium(built, tmp_path):
     browser = _chromium()
     _, out, _, html_text = built

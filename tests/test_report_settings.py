@@ -16,7 +16,7 @@ import matplotlib.colors
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import ROOT, cli, markdown_tables
+from helpers import cli_in_process, markdown_tables
 from scipy import stats
 
 from bench import plots
@@ -189,6 +189,7 @@ def _noise_sweep() -> Folder:
     return folder
 
 
+@pytest.mark.slow
 def test_a_noise_sweep_is_summarised_per_setting_never_pooled(tmp_path, no_figures):
     markdown = _build(_noise_sweep().write(tmp_path / "res"), tmp_path)
     assert "### Setting: noise_std = 0.01" in markdown
@@ -209,6 +210,7 @@ def test_a_noise_sweep_is_summarised_per_setting_never_pooled(tmp_path, no_figur
     assert "best classical baseline tv: 18.00 dB" in markdown
 
 
+@pytest.mark.slow
 def test_older_tables_without_setting_hash_are_split_by_their_setting_columns(tmp_path, no_figures):
     folder = _noise_sweep()
     # A failed run records no data sizes: it must join its setting, not form a third one.
@@ -225,6 +227,7 @@ def test_older_tables_without_setting_hash_are_split_by_their_setting_columns(tm
     assert "`runs.csv` was written before the columns setting_hash" in markdown
 
 
+@pytest.mark.slow
 def test_a_scaling_shaped_folder_keeps_settings_apart_and_scaling_figures_compare_them(
     tmp_path, monkeypatch
 ):
@@ -254,6 +257,7 @@ def test_a_scaling_shaped_folder_keeps_settings_apart_and_scaling_figures_compar
 # Issue 8 §6: statistics
 
 
+@pytest.mark.slow
 def test_paired_differences_to_jfb_and_the_best_baseline_with_t_intervals(tmp_path, no_figures):
     jfb = [25.0, 26.0, 27.5]
     cg = [25.5, 26.1, 28.4]  # differences 0.5, 0.1, 0.9: interval contains 0
@@ -323,6 +327,7 @@ def test_one_seed_says_the_interval_is_not_available(tmp_path, no_figures):
 # Issue 8 §6: equal-time comparison; epochs.csv with several evaluations per epoch
 
 
+@pytest.mark.slow
 def test_psnr_at_a_common_training_time_budget(tmp_path, no_figures):
     # (epoch, step, epoch_end, train_time_s, psnr): three evaluations per epoch.
     fast = {
@@ -375,6 +380,7 @@ def test_figures_against_the_epoch_use_end_of_epoch_rows(tmp_path):
 # Issue 8 §2-4: validity flags and memory
 
 
+@pytest.mark.slow
 def test_runs_on_broken_assumptions_are_flagged_and_named(tmp_path, no_figures):
     folder = Folder()
     for seed in (0, 1):
@@ -415,6 +421,7 @@ def test_runs_on_broken_assumptions_are_flagged_and_named(tmp_path, no_figures):
     assert _cells(markdown, "jfb", "grad cos last") == ["0.980 (1/2 n/a)"]
 
 
+@pytest.mark.slow
 def test_contractive_converged_runs_say_so_and_older_tables_still_flag(tmp_path, no_figures):
     folder = Folder()
     for seed in (0, 1):
@@ -499,7 +506,7 @@ def test_cli_exits_2_with_one_line_on_a_foreign_runs_csv(tmp_path):
     folder = tmp_path / "res"
     folder.mkdir()
     (folder / "runs.csv").write_text("name,value\nfoo,1\n")
-    result = cli("report", folder, "--out", tmp_path / "out", cwd=ROOT, timeout=120)
+    result = cli_in_process("report", folder, "--out", tmp_path / "out")
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
@@ -615,6 +622,7 @@ def test_unreliable_timings_are_flagged_in_findings_cost_table_and_observations(
     assert f"⚠ Unreliable timing in 1 of 4 run(s): `{noisy}` (jfb: {LOAD_NOTE})" in observations
 
 
+@pytest.mark.slow
 def test_reliable_timings_are_not_flagged_and_a_foreign_flag_is_an_error(tmp_path, no_figures):
     folder, noisy = _timing_folder()
     for row in folder.runs:
@@ -631,6 +639,7 @@ def test_reliable_timings_are_not_flagged_and_a_foreign_flag_is_an_error(tmp_pat
 # Issue 10 §5: short labels, one palette, a scaling figure per declared cost parameter
 
 
+@pytest.mark.slow
 def test_rows_are_labelled_by_the_strategys_short_label(tmp_path, no_figures):
     from strategies import get_strategy
 
@@ -671,6 +680,7 @@ def _toy_folder() -> Folder:
     return folder
 
 
+@pytest.mark.slow
 def test_a_scaling_figure_per_declared_cost_parameter(tmp_path, monkeypatch, toy_strategy):
     every = plots.plot_specs
     monkeypatch.setattr(
@@ -691,6 +701,7 @@ def _legend_colors(figure) -> dict[str, tuple]:
     }
 
 
+@pytest.mark.slow
 def test_one_palette_in_every_figure_and_every_folder(tmp_path, toy_strategy):
     data, _ = prepare(_toy_folder().write(tmp_path / "res"))
     (variable,) = [v for v in model.scaling_variables(data) if v.name == "m"]
@@ -712,6 +723,7 @@ def test_one_palette_in_every_figure_and_every_folder(tmp_path, toy_strategy):
     assert _legend_colors(plots.plot_loss(data))["jfb"] == loss["jfb"]
 
 
+@pytest.mark.slow
 def test_jacobian_products_per_step_come_from_runs_or_steps(tmp_path, no_figures):
     folder = Folder()
     for seed, products in ((0, 4), (1, 6)):
@@ -736,6 +748,7 @@ def test_sparse_evaluations_are_not_missing_epochs_but_an_early_stop_is(tmp_path
     assert len(notes) == 1 and short_id in notes[0] and "jfb-s0" not in notes[0]
 
 
+@pytest.mark.slow
 def test_a_registered_metric_gets_its_own_quality_panels(tmp_path, monkeypatch):
     from bench.metrics import METRICS, Metric
 
@@ -791,6 +804,7 @@ def _mae_folder(path: Path) -> Path:
     return folder.write(path)
 
 
+@pytest.mark.slow
 def test_a_registered_metric_gets_columns_comparisons_and_a_table_of_its_own(
     tmp_path, no_figures, mae
 ):
@@ -818,6 +832,7 @@ def test_a_registered_metric_gets_columns_comparisons_and_a_table_of_its_own(
     assert "**Best learned vs best baseline**: jfb − tikhonov" in markdown
 
 
+@pytest.mark.slow
 def test_a_lower_is_better_metric_as_the_primary_one_ranks_the_other_way(tmp_path, no_figures, mae):
     markdown = _build(_mae_folder(tmp_path / "res"), tmp_path, metric="mae")
     findings = markdown[markdown.index("## Findings") : markdown.index("## Figures")]
@@ -854,7 +869,7 @@ def test_an_unknown_or_unrecorded_primary_metric_is_a_clear_error(tmp_path, no_f
     folder.learned("jfb", 0, 25.0, 8.0)
     with pytest.raises(ValueError, match="metric 'mae' has no final value in any run"):
         build_report(folder.write(tmp_path / "plain"), tmp_path / "out", metric="mae")
-    done = cli("report", results, "--out", tmp_path / "o", "--metric", "lpips", cwd=tmp_path)
+    done = cli_in_process("report", results, "--out", tmp_path / "o", "--metric", "lpips")
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert "unknown metric 'lpips'" in done.stderr and "Traceback" not in done.stderr
 
@@ -872,6 +887,7 @@ def test_the_pareto_front_follows_a_lower_is_better_primary_metric(tmp_path, mae
     assert table["pareto"].to_dict() == {"jfb": True, "cg": True, "neumann": False}
 
 
+@pytest.mark.slow
 def test_the_setup_lists_strategy_parameters_with_their_types(tmp_path, no_figures):
     folder = Folder()
     folder.learned("jfb", 0, 25.0, 8.0)

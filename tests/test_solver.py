@@ -126,7 +126,7 @@ def test_unregister_removes_an_entry_and_names_the_accepted_ones_for_an_unknown_
 def test_an_option_the_chosen_solver_does_not_take_is_an_error_not_ignored(
     recording_solver, tmp_path
 ):
-    from helpers import MINI, cli
+    from helpers import MINI, cli_in_process
 
     from bench.config import suite_from_dict
 
@@ -143,6 +143,6 @@ def test_an_option_the_chosen_solver_does_not_take_is_an_error_not_ignored(
         suite_from_dict({"solver": {"name": "fixed_point_iter", "m": 2}}, "s", "s.toml")
     suite = tmp_path / "s.toml"
     suite.write_text(MINI)
-    done = cli("run", suite, "--out", tmp_path / "o", "--set", "solver.m=9", cwd=tmp_path)
+    done = cli_in_process("run", suite, "--out", tmp_path / "o", "--set", "solver.m=9")
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert "solver.m = 9 has no effect on solver 'fixed_point_iter'" in done.stderr

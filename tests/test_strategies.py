@@ -259,6 +259,7 @@ def _run_python(code, pythonpath):
     return out.stdout
 
 
+@pytest.mark.slow
 def test_a_new_file_in_the_strategies_folder_is_discovered(tmp_path):
     import shutil
 
@@ -282,6 +283,7 @@ def test_a_new_file_in_the_strategies_folder_is_discovered(tmp_path):
     assert "'halfstep'" in out and "'jfb'" in out
 
 
+@pytest.mark.slow
 def test_a_strategy_file_that_forgets_register_is_reported(tmp_path):
     import shutil
 
@@ -304,6 +306,7 @@ def test_a_strategy_file_that_forgets_register_is_reported(tmp_path):
     assert "does not register it: add @register" in proc.stderr
 
 
+@pytest.mark.slow
 def test_installed_packages_add_strategies_through_entry_points(tmp_path):
     (tmp_path / "myplugin.py").write_text(
         "from strategies import Strategy, register\n"

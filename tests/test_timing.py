@@ -44,6 +44,7 @@ def _run(epochs=2) -> RunConfig:
     )
 
 
+@pytest.mark.slow
 def test_a_run_records_its_threads_load_and_phases_and_leaves_warmup_out():
     tables = runner.train(_run(), CPU)
     run, steps, epochs = tables["runs"].iloc[0], tables["steps"], tables["epochs"]

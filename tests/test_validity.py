@@ -24,6 +24,7 @@ from bench.solver import make_solver
 from strategies import Strategy, register
 
 CPU = torch.device("cpu")
+pytestmark = pytest.mark.slow  # every test here trains a real model
 
 
 def _run(strategy="jfb", **train_kw) -> RunConfig:
