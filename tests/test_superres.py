@@ -282,3 +282,10 @@ def test_the_figure_captions_name_the_tasks_own_naive_reconstruction(factor_swee
     data, _ = prepare(factor_sweep)
     captions = " ".join(spec.caption for spec in plots.plot_specs(data))
     assert "dotted: the upsampled input" in captions and "blurred" not in captions
+
+
+def test_the_built_in_suite_is_small_and_its_images_take_the_factor():
+    suite = load_suite("superres")
+    problem = suite.problem
+    assert (problem.task, problem.factor, suite.data.image_size) == ("superres", 2, 24)
+    assert suite.baselines and suite.train.device == "auto"
