@@ -3,8 +3,10 @@
 A user's mistake (unknown strategy or suite, bad TOML key, wrong type or range, missing data
 folder, absent device, a results folder that cannot be written) is one line on stderr and exit
 status 2, never a traceback. ``run`` exits 1 when some run failed for a reason other than
-divergence, or when writing results failed mid-sweep (one line, naming the file). ``compare``
-exits 1 when folder B is significantly slower, heavier or worse than A, 0 otherwise. SIGINT exits
+divergence, or when writing results failed mid-sweep (one line, naming the file). Out of
+memory is one line too: in a run, that run fails with it as its reason and the sweep goes on; in
+the data check before training, exit 2; anywhere else, exit 1. ``compare`` exits 1 when folder
+B is significantly slower, heavier or worse than A, 0 otherwise. SIGINT exits
 130 and SIGTERM 143, both saying that finished runs are kept.
 """
 
@@ -378,6 +380,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"implicit-bench: error: {err}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as err:  # out of memory outside a run: one line too
+        from .out_of_memory import allocation, is_out_of_memory
+
+        if not is_out_of_memory(err):
+            raise
+        print(f"implicit-bench: error: out of memory ({allocation(err)})", file=sys.stderr)
+        return 1
     except OSError as err:  # the disk filled up, the folder went away... mid-sweep
         from .results import describe_os_error
 

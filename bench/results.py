@@ -189,9 +189,11 @@ def claim(out: Path, run_id: str) -> Iterator[bool]:
 def check_writable(out: Path) -> None:
     """Create ``out`` and write and remove a probe file there; ValueError naming why not.
 
-    Called before any training, so a bad results folder never costs a trained run.
+    Called before any training, so a bad results folder never costs a trained run. A folder
+    holding a symbolic link is refused too (:func:`check_no_links`).
     """
     out = Path(out)
+    check_no_links(out)
     probe = out / f".write-probe-{os.getpid()}"  # per process: concurrent sweeps probe too
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -201,6 +203,25 @@ def check_writable(out: Path) -> None:
         raise ValueError(
             f"results folder {str(out)!r} is not writable: {describe_os_error(err)}"
         ) from None
+
+
+def check_no_links(out: Path) -> None:
+    """ValueError naming the first symbolic link found inside the results folder ``out``.
+
+    The harness writes only inside its results folder: through a linked ``recons/``, ``parts/``
+    or part folder it would write into the link's target, and a linked lock file would be
+    truncated. ``out`` itself may be a link (the user named it); nothing under it may be.
+    """
+    # os.walk does not follow links below the top: a linked folder is listed, never entered
+    for root, folders, files in os.walk(out):
+        for name in (*folders, *files):
+            path = Path(root) / name
+            if path.is_symlink():
+                raise ValueError(
+                    f"results folder {str(out)!r} holds a symbolic link, {str(path)!r} -> "
+                    f"{os.readlink(path)!r}; results are written only inside their folder: "
+                    "replace the link with a real folder or file, or choose another --out"
+                )
 
 
 def describe_os_error(err: OSError) -> str:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from strategies import final_output, parse_spec, weighted_loss
 
-from . import diagnostics, provenance, results
+from . import diagnostics, out_of_memory, provenance, results
 from .config import DataConfig, ProblemConfig, RunConfig, Suite
 from .data import load_dataset
 from .measure import (
@@ -41,6 +41,7 @@ from .measure import (
 )
 from .metrics import METRICS, mean_metrics
 from .model import build_model
+from .out_of_memory import OutOfMemory, describe, during, is_out_of_memory
 from .solver import jacobian_frobenius_sq, solver_from_config
 from .summary import run_summary, timing_verdict
 from .tasks import Task, make_task
@@ -52,6 +53,10 @@ FIDELITY_BATCH = 8  # images in the fixed batch for gradient fidelity and ||dT/d
 STEP_INFO = (
     "forward_iters", "forward_residual", "forward_converged", "backward_iters", "backward_residual"
 )  # fmt: skip
+# The settings that size a run's tensors, named when it runs out of memory.
+IMAGE_SETTINGS = "the image size (data.patch_size or data.image_size)"
+DATA_SETTINGS = f"data.n_images or {IMAGE_SETTINGS}"
+STEP_SETTINGS = f"train.batch_size, model.width or {IMAGE_SETTINGS}"
 DIVERGED_ABS = 1e3  # images live in [0, 1]: a reconstruction this large has blown up
 
 
@@ -108,7 +113,16 @@ class TaskData:
 
 @cache
 def load_task_data(data: DataConfig, problem: ProblemConfig) -> TaskData:
-    """Load the data set and simulate the fixed test measurements (cached per setting)."""
+    """Load the data set and simulate the fixed test measurements (cached per setting).
+
+    Running out of memory here is an :class:`OutOfMemory` (a ValueError: before training, the
+    command stops with one line and exit 2) naming the data set and what to lower.
+    """
+    with during(f"loading data set {data.dataset!r} and scoring its test set", DATA_SETTINGS):
+        return _load_task_data(data, problem)
+
+
+def _load_task_data(data: DataConfig, problem: ProblemConfig) -> TaskData:
     images = load_dataset(
         data.dataset,
         root=data.root or None,
@@ -385,14 +399,16 @@ def _train_loop(s: _Setup, rec: _Record, memory: PeakMemory, device, progress: b
             step = len(rec.steps) + 1
             every = run.train.jac_reg_every
             jac_reg = run.train.jac_reg if (step - 1) % every == 0 else 0.0
+            in_step = f"in a training step (batch of {len(x)} images of {_shape(x)})"
             if step == tracked_step:
                 t0 = time.perf_counter()
-                peaks = _peak_step_bytes(s, x, d, clock, jac_reg)
+                with during(in_step, STEP_SETTINGS):
+                    peaks = _peak_step_bytes(s, x, d, clock, jac_reg)
                 rec.peak_step_bytes = peaks["peak_step_bytes"]
                 rec.certify_peak_bytes = peaks["certify_peak_bytes"]
                 rec.diagnostics_time_s += time.perf_counter() - t0
             counter = SavedBytes() if step == 1 else None  # one step suffices: exact
-            with memory:
+            with memory, during(in_step, STEP_SETTINGS):
                 wall, cpu = time.perf_counter(), time.process_time()
                 row, xhat = train_step(
                     s.model, s.strategy, s.solver, s.optimizer, x, d, clock, counter, jac_reg
@@ -409,7 +425,13 @@ def _train_loop(s: _Setup, rec: _Record, memory: PeakMemory, device, progress: b
             epoch_end = step % n_batches == 0
             if _evaluates(run, step, epoch_end, total_steps):
                 fidelity = run.train.grad_fidelity and (not rec.evals or step == total_steps)
-                _evaluation(s, rec, epoch, epoch_end, fidelity)
+                what = f"evaluating (test set in batches of {run.train.batch_size}, diagnostics)"
+                with during(what, f"train.batch_size or {IMAGE_SETTINGS}"):
+                    _evaluation(s, rec, epoch, epoch_end, fidelity)
+
+
+def _shape(x: torch.Tensor) -> str:
+    return "×".join(map(str, x.shape[1:]))
 
 
 def _peak_step_bytes(s: _Setup, x, d, clock: StepClock, jac_reg: float) -> dict[str, int]:
@@ -445,7 +467,8 @@ def train(run: RunConfig, device: torch.device, progress: bool = False) -> dict:
     started = time.perf_counter()
     rec = _Record()
     rec.sample_load()
-    s = _Setup.build(run, device)
+    with during(f"moving the data to {device} and building the model", DATA_SETTINGS):
+        s = _Setup.build(run, device)
     rec.setup_time_s = time.perf_counter() - started
     memory = PeakMemory(device)
     try:
@@ -685,7 +708,7 @@ def _train_and_write(run: RunConfig, out: Path, progress: bool, jobs: int) -> di
             "params": "",
             "seed": run.seed,
             "status": "failed",
-            "status_reason": f"{type(err).__name__}: {err}".splitlines()[0][:500],
+            "status_reason": _failure_reason(err),
         }
         # the schema's columns, plus the task's own setting columns (blur_sigma, ...)
         columns = list(dict.fromkeys([*results.RUN_COLUMNS, *row]))
@@ -707,6 +730,15 @@ def _train_and_write(run: RunConfig, out: Path, progress: bool, jobs: int) -> di
     if row["status"] != "failed":  # an earlier attempt's traceback no longer describes this run
         (part / "error.log").unlink(missing_ok=True)
     return row
+
+
+def _failure_reason(err: Exception) -> str:
+    """A failed run's one-line reason; out of memory says where and what to lower."""
+    if isinstance(err, OutOfMemory):
+        return str(err)
+    if is_out_of_memory(err):  # outside the phases train() names
+        return describe(err, "in the run", STEP_SETTINGS)
+    return f"{type(err).__name__}: {err}".splitlines()[0][:500]
 
 
 def run_baselines(suite: Suite, out: Path, force: bool = False) -> None:
@@ -733,7 +765,14 @@ def run_baselines(suite: Suite, out: Path, force: bool = False) -> None:
         with results.claim(out, f"baseline-{run.config_hash}") as claimed:
             if not claimed:  # another process is fitting this setting's baselines
                 continue
-            _fit_baselines(suite, out, run, data, ids, reference_path if index == 0 else None)
+            what = f"fitting the classical baselines on {len(data.train_x)} training images"
+            try:
+                with during(what, DATA_SETTINGS):
+                    _fit_baselines(
+                        suite, out, run, data, ids, reference_path if index == 0 else None
+                    )
+            except OutOfMemory as err:  # the runs, a batch at a time, may still fit: go on
+                results.warn(f"{err}; these baselines are left out (a rerun retries them)")
 
 
 def _fit_baselines(suite, out: Path, run: RunConfig, data: TaskData, ids: dict, reference_path):
@@ -821,6 +860,41 @@ def plan(
     return todo, counts | {"elsewhere": 0}
 
 
+def warn_if_too_big(todo: list[RunConfig], executor) -> None:
+    """Warn, before training, for each setting whose runs need more memory than this machine
+    has free (a lower bound of their needs: :func:`out_of_memory.minimum_run_bytes`; ``-j N``
+    runs N at once). Only for the local executor: submitit's runs go to other machines. The GPU
+    is checked when runs train in this process (``-j 1``): workers have GPUs of their own."""
+    from .executor import LocalExecutor
+
+    if not isinstance(executor, LocalExecutor):
+        return
+    at_once = min(executor.jobs, len(todo))
+    seen = set()
+    for run in todo:
+        if run.setting_hash in seen:
+            continue
+        seen.add(run.setting_hash)
+        device = resolve_device(run.train.device)
+        data = load_task_data(run.data, run.problem)
+        need = out_of_memory.minimum_run_bytes(
+            n_train=len(data.train_x), n_test=len(data.test_x),
+            image_shape=tuple(data.test_x.shape[1:]),
+            batch_size=min(run.train.batch_size, len(data.train_x)),
+            width=run.model.width, depth=run.model.depth,
+            dtype_bytes=DTYPES[run.train.dtype].itemsize, on_gpu=device.type == "cuda",
+        )  # fmt: skip
+        host = torch.device("cpu")
+        checks = [(need["host"], at_once, host, "host")]
+        if device.type == "cuda" and executor.jobs == 1:
+            checks.append((need["gpu"], 1, device, str(device)))
+        for bytes_, runs, where, name in checks:
+            available = out_of_memory.available_bytes(where)
+            line = out_of_memory.fit_warning(run.run_id, bytes_, runs, available, name)
+            if line:
+                results.warn(line)
+
+
 def fingerprinted_runs(suite: Suite) -> list[RunConfig]:
     """The suite's runs, each carrying the fingerprint of the images its data setting loads."""
     return [
@@ -861,6 +935,7 @@ def run_suite(
         resolve_device(run.train.device)
     executor.check(suite.runs())
     todo, counts = plan(suite, out, force, stale)
+    warn_if_too_big(todo, executor)
     t_plan = time.perf_counter()
     run_baselines(suite, out, force)
     t_baselines = time.perf_counter()

@@ -216,12 +216,13 @@ def test_a_registered_metric_runs_through_the_pipeline_into_the_report(tmp_path,
     from bench.config import load_suite
     from bench.metrics import Metric
     from bench.report import build_report
-    from bench.runner import run_suite
+    from bench.runner import load_task_data, run_suite
 
     def mae(x, y):
         return (x.double() - y.double()).abs().flatten(1).mean(1)
 
     monkeypatch.setitem(METRICS._entries, "mae", Metric("mae", mae, "MAE", False, "", 4))
+    load_task_data.cache_clear()  # data loaded by an earlier test was scored without mae
     suite_file = tmp_path / "mini.toml"
     suite_file.write_text(MINI.replace("seeds = 3", "seeds = 2"))
     out = tmp_path / "res"
@@ -237,3 +238,35 @@ def test_a_registered_metric_runs_through_the_pipeline_into_the_report(tmp_path,
     quality = next(t for t in markdown_tables(markdown) if "MAE" in t[0] and "runs" in t[0])
     cells = {row[0]: row[quality[0].index("MAE")] for row in quality[1:]}
     assert cells["jfb"] == f"{runs['final_test_mae'].mean():.4f} ± " + cells["jfb"].split("± ")[1]
+
+
+def test_mean_metrics_scores_a_large_set_in_bounded_chunks_equal_to_the_reference(monkeypatch):
+    """A whole set is scored a few images at a time (issue 20: one SSIM call over 20 test images
+    of 1024x1024 RGB asked for 10 GB), with the means of the per-image reference values."""
+    import bench.metrics as bm
+
+    pairs = _pairs("faces25")  # 24 pairs of 25x25 images
+    noisy, clean = _stack(pairs)
+    calls = []
+
+    def counted(fn):
+        def wrapper(x, y, **kw):
+            calls.append((fn.__name__, len(x)))
+            return fn(x, y, **kw)
+
+        return wrapper
+
+    for name in ("peak_signal_noise_ratio", "structural_similarity_index_measure"):
+        monkeypatch.setattr(bm, name, counted(getattr(bm, name)))
+    values = mean_metrics(noisy, clean, chunk_values=5 * 25 * 25)
+    assert calls and max(n for _, n in calls) == 5  # never the whole set of 24
+    assert sum(n for fn, n in calls if fn == "peak_signal_noise_ratio") == len(pairs)
+    expected_psnr = np.mean(
+        [metrics.peak_signal_noise_ratio(c, n, data_range=1.0) for c, n in pairs]
+    )
+    expected_ssim = np.mean([_skimage_ssim(c, n) for c, n in pairs])
+    # torchmetrics' float32 ln -> log10 constant: ~1e-7 relative (as in test_psnr_matches_skimage)
+    assert values["psnr"] == pytest.approx(expected_psnr, rel=1e-6, abs=0)
+    assert values["ssim"] == pytest.approx(expected_ssim, abs=1e-6)
+    with pytest.raises(ValueError, match="chunk_values"):
+        mean_metrics(noisy, clean, chunk_values=0)

@@ -500,3 +500,27 @@ def test_reconstruction_columns_show_unfitted_baselines_and_the_best_fitted_one(
         "original", "blurred input", "direct inverse", "halfway", "best baseline:\ntikhonov"
     ]  # fmt: skip
     assert "gd tv" not in titles and "best baseline:\ngd_tv" not in titles
+
+
+def test_markdown_carries_no_html_from_labels_or_error_messages(tmp_path, only_figures):
+    """report.md, like report.html, must not let a strategy label or an error message inject
+    HTML: outside code spans (shown literally by Markdown) no tag may open."""
+    only_figures()
+    label = '<img src=x onerror="alert(1)">'
+    reason = "RuntimeError: <script>alert(2)</script> & &amp; a\\`<b>`"
+    learned = [(label, "jfb", {}, 0, "ok", [22.0, 25.0], [1.0, 2.0])]
+    learned += [("cg", "cg", {}, 0, "failed", [], [])]
+    results = fabricate(tmp_path / "res", learned=learned, with_recons=False)
+    runs = pd.read_csv(results / "runs.csv")
+    runs.loc[runs["strategy"] == "cg", "status_reason"] = reason
+    runs.to_csv(results / "runs.csv", index=False)
+    out = build_report(results, tmp_path / "out").parent
+    markdown = (out / "report.md").read_text()
+    # CommonMark: an escaped backslash is literal, an escaped backtick too (no code span), and
+    # code spans pair off backtick runs of equal length from the left
+    unescaped = markdown.replace("\\\\", "").replace("\\`", "")
+    outside_code = re.sub(r"(`+)(?!`).*?(?<!`)\1(?!`)", "", unescaped)
+    assert not re.search(r"<(img|script|b)\b", outside_code, re.IGNORECASE)
+    assert "&lt;img src" in markdown  # the run id, made from the label
+    assert "&lt;script>alert(2)&lt;/script> & &amp;amp;" in markdown
+    assert "&lt;img" in (out / "report.html").read_text()  # the HTML escapes as before

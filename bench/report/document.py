@@ -3,7 +3,9 @@
 A document is a list of blocks (:class:`Heading`, :class:`Paragraph`, :class:`Bullets`,
 :class:`Table`, :class:`Figure`, :class:`Details`); :func:`to_markdown` and :func:`to_html` walk
 the same list, so both files always say the same things in the same order. Prose may use two
-inline marks, ```code``` and ``**bold**``.
+inline marks, ```code``` and ``**bold**``. Neither file carries HTML from the text: the HTML is
+escaped, and the Markdown is written so that no text renders as an HTML tag (strategy names,
+labels and error messages come from users).
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class Table:
         """GitHub-flavoured Markdown (no ``tabulate`` dependency); pipes in cells escaped."""
 
         def cell(text: str) -> str:
-            return str(text).replace("|", "\\|").replace("\n", " ")
+            return inline_markdown(str(text).replace("\n", " ")).replace("|", "\\|")
 
         cells = [[cell(h) for h in self.headers]] + [[cell(c) for c in row] for row in self.rows]
         widths = [max(len(row[i]) for row in cells) for i in range(len(self.headers))]
@@ -123,36 +125,64 @@ def inline_html(text: str) -> str:
     return "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(pieces))
 
 
+# What makes ``<`` start raw HTML or an autolink in CommonMark: a tag name, ``/``, ``!`` or ``?``.
+_MARKDOWN_HTML_START = re.compile(r"<(?=[A-Za-z/!?])")
+_MARKDOWN_ENTITY = re.compile(r"&(?=#?\w+;)")
+
+
+def inline_markdown(text: str) -> str:
+    """Text as Markdown that renders exactly like :func:`inline_html` and never as HTML.
+
+    Code spans (between backticks, an unmatched one running to the end as in HTML) are kept
+    verbatim: Markdown shows their content literally. Outside them ``<`` before a tag character
+    becomes ``&lt;``, ``&`` before an entity name ``&amp;``, and backslashes are doubled, so that
+    no backslash can escape a backtick and move where a code span begins or ends. An empty code
+    span is dropped: its two backticks would open a span of another length.
+    """
+    pieces = str(text).split("`")
+    if len(pieces) % 2 == 0:  # an unmatched backtick: close its code span at the end
+        pieces.append("")
+    out = []
+    for i, piece in enumerate(pieces):
+        if i % 2:
+            out.append(f"`{piece}`" if piece else "")
+        else:
+            piece = piece.replace("\\", "\\\\")
+            out.append(_MARKDOWN_HTML_START.sub("&lt;", _MARKDOWN_ENTITY.sub("&amp;", piece)))
+    return "".join(out)
+
+
 def to_markdown(title: str, blocks: list) -> str:
-    """The document as GitHub-flavoured Markdown."""
-    lines = [f"# {title}", ""]
+    """The document as GitHub-flavoured Markdown (its text escaped: :func:`inline_markdown`)."""
+    lines = [f"# {inline_markdown(title)}", ""]
     for block in blocks:
         lines += _markdown_block(block)
     return "\n".join(lines)
 
 
 def _markdown_block(block) -> list[str]:
+    md = inline_markdown
     if isinstance(block, Heading):
-        return ["#" * block.level + " " + block.text, ""]
+        return ["#" * block.level + " " + md(block.text), ""]
     if isinstance(block, Paragraph):
-        return [block.text, ""]
+        return [md(block.text), ""]
     if isinstance(block, Bullets):
-        return [f"- {item}" for item in block.items] + [""]
+        return [f"- {md(item)}" for item in block.items] + [""]
     if isinstance(block, Table):
         return [block.to_markdown(), ""]
     if isinstance(block, Figure):
         plot = block.plot
-        lines = [f"### {plot.title}", ""]
+        lines = [f"### {md(plot.title)}", ""]
         if plot.skipped:
-            return lines + [f"*Skipped: {plot.skipped}.*", ""]
+            return lines + [f"*Skipped: {md(plot.skipped)}.*", ""]
         return lines + [
-            f"![{plot.title}]({plot.png.name})",
+            f"![{md(plot.title)}]({plot.png.name})",
             "",
-            f"{plot.caption} ([SVG]({plot.svg.name}))",
+            f"{md(plot.caption)} ([SVG]({plot.svg.name}))",
             "",
         ]
     if isinstance(block, Details):
-        lines = ["#" * block.level + " " + block.summary, ""]
+        lines = ["#" * block.level + " " + md(block.summary), ""]
         for inner in block.blocks:
             lines += _markdown_block(inner)
         return lines
