@@ -37,7 +37,7 @@ from strategies import parse_spec
 from .data import DATASETS, expected_image_size
 from .model import ACTIVATIONS, FORMS, LIPSCHITZ_CONTROLS, check_activation_width
 from .solver import SOLVERS
-from .tasks import TASKS, make_task
+from .tasks import TASKS, check_task_settings, make_task
 
 SUITES_DIR = Path(__file__).parent / "suites"
 # A suite's name becomes a folder name (results/<name>): no separators, no leading dot.
@@ -124,27 +124,8 @@ class DataConfig:
 
 
 def _problem_post_init(self) -> None:
-    """Ranges; the selected task's own checks (e.g. blur's odd kernel size); and no setting of
-    another task away from its default (it would be silently ignored)."""
     _check_ranges(self)
-    cls = TASKS.get(self.task)
-    declared = {f.name for f in fields(self)}
-    missing = [key for key in cls.settings if key not in declared]
-    if missing:
-        raise ValueError(
-            f"task {self.task!r} declares setting(s) {', '.join(missing)} that [problem] does not "
-            "have: the task was registered after bench.config was imported; put it in a file in "
-            "bench/tasks/ or in the entry-point group implicit_bench.tasks"
-        )
-    for other, other_cls in TASKS.items():
-        for key in other_cls.settings:
-            default = type(self).__dataclass_fields__[key].default if key in declared else None
-            if key in declared and key not in cls.settings and getattr(self, key) != default:
-                raise ValueError(
-                    f"{key} is a setting of task {other!r}, not of task {self.task!r} "
-                    f"(leave it out, or at its default {default!r})"
-                )
-    cls.from_config(self)  # the task's own checks of its values, with its own message
+    check_task_settings(self)
 
 
 def _task_fields() -> list[tuple[str, type, Any]]:

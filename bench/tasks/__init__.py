@@ -24,6 +24,7 @@ images (super-resolution's are smaller).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 import pkgutil
@@ -205,6 +206,31 @@ def make_task(config: Any) -> Task:
     return TASKS.get(config.task).from_config(config)
 
 
+def check_task_settings(config: Any) -> None:
+    """ValueError unless ``config`` (a ProblemConfig) fits its task: every setting the task
+    declares is a field (not one registered too late to become one), no other task's setting is
+    away from its default (it would be silently ignored), and the task accepts the values (its
+    own checks, e.g. blur's odd kernel size)."""
+    cls = TASKS.get(config.task)
+    declared = {f.name: f.default for f in dataclasses.fields(config)}
+    missing = [key for key in cls.settings if key not in declared]
+    if missing:
+        raise ValueError(
+            f"task {config.task!r} declares setting(s) {', '.join(missing)} that [problem] does "
+            "not have: the task was registered after bench.config was imported; put it in a "
+            "file in bench/tasks/ or in the entry-point group implicit_bench.tasks"
+        )
+    for other, other_cls in TASKS.items():
+        for key in other_cls.settings:
+            value, default = getattr(config, key, None), declared.get(key)
+            if key in declared and key not in cls.settings and value != default:
+                raise ValueError(
+                    f"{key} is a setting of task {other!r}, not of task {config.task!r} "
+                    f"(leave it out, or at its default {default!r})"
+                )
+    cls.from_config(config)
+
+
 def setting_columns() -> tuple[str, ...]:
     """The runs.csv columns of every registered task's settings, in registration order: what
     tells two configurations of one task apart in a results folder (the report reads it)."""
@@ -268,6 +294,7 @@ __all__ = [
     "SuperResTask",
     "Task",
     "broken_tasks",
+    "check_task_settings",
     "make_task",
     "register_task",
     "setting_columns",
