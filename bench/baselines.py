@@ -389,8 +389,8 @@ def fit_baseline(
     iters: int = GD_ITERS,
     delta: float = TV_DELTA,
 ) -> Baseline:
-    """Choose lambda for baseline ``name`` on training pairs (``train_x`` clean, ``train_d``
-    measured), both (B, C, H, W).
+    """Choose lambda for baseline ``name`` on training pairs (``train_x`` clean (B, C, H, W),
+    ``train_d`` their measurements ``task.A(train_x) + noise``, of any shape the task gives).
 
     Every lambda of ``lams`` (default :data:`DEFAULT_LAMS`, 1e-4 .. 1) reconstructs the first
     ``max_fit_images`` training measurements; the one with the best mean per-image PSNR of the
@@ -399,10 +399,16 @@ def fit_baseline(
     :data:`DIRECT_EPS`), its grid is that one value and ``lams`` is ignored.
     """
     entry = BASELINES.get(name)
-    if train_x.ndim != 4 or train_x.shape != train_d.shape:
+    if train_x.ndim != 4 or train_d.ndim != 4 or train_x.shape[:2] != train_d.shape[:2]:
         raise ValueError(
-            f"train_x and train_d must both be (B, C, H, W) and of equal shape, got "
+            f"train_x and train_d must both be (B, C, ...) batches of the same images, got "
             f"{tuple(train_x.shape)} and {tuple(train_d.shape)}"
+        )
+    measured = tuple(task.A(train_x[:1].to(train_d.dtype)).shape[1:])
+    if measured != tuple(train_d.shape[1:]):  # measurements may be smaller (superres)
+        raise ValueError(
+            f"train_d has shape {tuple(train_d.shape)} but the task measures images of shape "
+            f"{tuple(train_x.shape[1:])} as {measured}"
         )
     if train_x.shape[0] == 0:
         raise ValueError("need at least one training image")

@@ -271,7 +271,15 @@ def _plugins(kind: str) -> list[tuple[str, str, str]]:
     if kind == "tasks":
         from .tasks import TASKS
 
-        return [(name, "", _summary(cls)) for name, cls in TASKS.items()]
+        return [
+            (
+                name,
+                "; ".join(f"{k}: {p.describe()}" for k, p in cls.settings.items())
+                + f"; naive: {cls.naive_label}",
+                _summary(cls),
+            )
+            for name, cls in TASKS.items()
+        ]
     if kind == "metrics":
         from .metrics import METRICS
 

@@ -9,7 +9,8 @@ and an unknown key, a value of the wrong type or out of its range (declared with
     seeds = 2                           # seeds 0..N-1, or a list [0, 3]
     baselines = ["direct_inverse", "tikhonov", "gd_tikhonov", "gd_tv"]
     [data]    dataset, root, image_size, n_images, test_fraction, patch_size, channels
-    [problem] task, noise_std; blur: kernel_size, sigma; inpaint: mask_keep_fraction, mask_seed
+    [problem] task, noise_std, and the task's own settings (blur: kernel_size, sigma; inpaint:
+              mask_keep_fraction, mask_seed; superres: factor; implicit-bench list tasks)
     [model]   width, depth, eta, alpha, lipschitz, form, lipschitz_control
     [solver]  name, max_iter, tol, m, lam
     [train]   epochs, batch_size, lr, device, dtype, n_recon, grad_fidelity, eval_every,
@@ -33,10 +34,10 @@ from typing import Any
 
 from strategies import parse_spec
 
-from .data import DATASETS
+from .data import DATASETS, expected_image_size
 from .model import ACTIVATIONS, FORMS, LIPSCHITZ_CONTROLS, check_activation_width
 from .solver import SOLVERS
-from .tasks import TASKS
+from .tasks import TASKS, check_task_settings, make_task
 
 SUITES_DIR = Path(__file__).parent / "suites"
 # A suite's name becomes a folder name (results/<name>): no separators, no leading dot.
@@ -122,34 +123,41 @@ class DataConfig:
     __post_init__ = _check_ranges
 
 
-@dataclass(frozen=True)
-class ProblemConfig:
-    """The ``[problem]`` section: which task (bench/tasks) and its settings.
+def _problem_post_init(self) -> None:
+    _check_ranges(self)
+    check_task_settings(self)
 
-    The keys of one task must stay at their defaults when another task is selected, so that no
-    key is silently ignored; a blur suite's hash-relevant values are the ones it always had.
-    """
 
-    kernel_size: int = setting(5, ge=1, le=255, odd=True)  # blur
-    sigma: float = setting(1.0, gt=0)  # blur
-    noise_std: float = setting(0.01, ge=0)
-    task: str = setting("blur", choices=TASKS)
-    # inpaint; it must also keep at least one pixel of each image, checked by the task once the
-    # data (their size) are loaded, before any run (bench.tasks.inpaint, cli._check_data)
-    mask_keep_fraction: float = setting(0.5, gt=0, le=1)
-    mask_seed: int = setting(0, ge=0, le=INT64_MAX)  # inpaint
+def _task_fields() -> list[tuple[str, type, Any]]:
+    """The registered tasks' settings as ProblemConfig fields (a key shared by two tasks, with
+    one type and default, is one field: bench.tasks.register_task checks that)."""
+    out: dict[str, tuple[str, type, Any]] = {}
+    for _, cls in TASKS.items():
+        for key, p in cls.settings.items():
+            rule = Range(ge=p.ge, gt=p.gt, le=p.upper, choices=p.choices)
+            out.setdefault(key, (key, p.type, field(default=p.default, metadata={"range": rule})))
+    return list(out.values())
 
-    def __post_init__(self):
-        _check_ranges(self)
-        own = TASKS.get(self.task).config_keys
-        for other in TASKS:
-            for key in TASKS.get(other).config_keys:
-                default = type(self).__dataclass_fields__[key].default
-                if key not in own and getattr(self, key) != default:
-                    raise ValueError(
-                        f"{key} is a setting of task {other!r}, not of task {self.task!r} "
-                        f"(leave it out, or at its default {default!r})"
-                    )
+
+# The ``[problem]`` section: which task (bench/tasks), the noise, and every registered task's
+# own settings (``Task.settings``), so that a task file adds its keys without an edit here. The
+# keys of one task must stay at their defaults when another task is selected, so that no key
+# is silently ignored; a blur suite's hash-relevant values are the ones it always had (a new
+# task's settings enter a run's identity only away from their defaults).
+ProblemConfig = dataclasses.make_dataclass(
+    "ProblemConfig",
+    [
+        ("task", str, setting("blur", choices=TASKS)),
+        ("noise_std", float, setting(0.01, ge=0)),
+        *_task_fields(),
+    ],
+    frozen=True,
+    namespace={
+        "__post_init__": _problem_post_init,
+        "__doc__": "The ``[problem]`` section: task, noise_std and the tasks' settings.",
+    },
+)
+ProblemConfig.__module__ = __name__  # pickled runs (submitit) find it here
 
 
 @dataclass(frozen=True)
@@ -490,12 +498,26 @@ def suite_from_dict(raw: dict, name: str, where: str) -> Suite:
     if "sweep" in raw:
         kwargs["sweep"] = _sweep(raw["sweep"], where, sections)
     suite = Suite(name=name, **kwargs)
-    if suite.sweep:
-        try:
-            suite.runs()  # every combination of the swept values, not only each value alone
-        except ValueError as err:
-            raise ValueError(f"{where}: {err}") from None
+    try:  # every combination of the swept values, not only each value alone
+        settings = suite.data_settings()
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    for data, problem, _ in settings:
+        _check_image_size(data, problem, where)
     return suite
+
+
+def _check_image_size(data: DataConfig, problem: Any, where: str) -> None:
+    """ValueError if the task cannot take the data's images, where their size is known now."""
+    side = expected_image_size(data.dataset, data.image_size, data.patch_size)
+    if side is not None:
+        try:
+            make_task(problem).check_image_size(side, side)
+        except ValueError as err:
+            raise ValueError(
+                f"{where}: [problem] task {problem.task!r} cannot take the {side}x{side} images "
+                f"of data set {data.dataset!r}: {err}"
+            ) from None
 
 
 def list_suites() -> list[str]:

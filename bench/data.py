@@ -40,6 +40,24 @@ N_FACES = 100  # skimage.data.lfw_subset(): rows 0-99 are faces, rows 100-199 ar
 DEFAULT_IMAGE_SIZE = 64  # celeba and folder
 
 
+# the side of a data set's images when no image_size is asked for (celeba and folder: resized to
+# DEFAULT_IMAGE_SIZE; patches: patch_size); a data set not listed is known only once loaded
+NATIVE_IMAGE_SIZES = {"faces": 25}
+
+
+def expected_image_size(dataset: str, image_size: int = 0, patch_size: int = 32) -> int | None:
+    """The side of the square images ``load_dataset`` will return for these settings
+    (``image_size`` 0: the data set's own), or None where only loading tells; lets a task's
+    image-size constraint be checked when a suite is loaded, before any data are read."""
+    if image_size:
+        return image_size
+    if dataset in NATIVE_IMAGE_SIZES:
+        return NATIVE_IMAGE_SIZES[dataset]
+    return {"patches": patch_size, "celeba": DEFAULT_IMAGE_SIZE, "folder": DEFAULT_IMAGE_SIZE}.get(
+        dataset
+    )
+
+
 @dataclass
 class ImageData:
     """Train and test images of one data set, each (N, C, H, W) float32 in [0, 1]."""

@@ -359,14 +359,15 @@ class ReconstructionDEQ(nn.Module):
 
         Everything that does not depend on z (A^T d, alpha, eta, the normalised weights) is
         computed here once, with its graph to the parameters, and captured by the closure.
-        ``weights``: from :meth:`certified_weights` for ``d``'s image size (computed here when
-        not given).
+        ``weights``: from :meth:`certified_weights` for the size of the images ``d`` measures,
+        that of A^T d (computed here when not given).
         """
         op, den, dtype = self.task, self.denoiser, d.dtype
         atd = op.A_adjoint(d).to(dtype)
         alpha, mix = self.alpha.to(dtype), den.mix.to(dtype)
         if weights is None:
-            weights = self.certified_weights(d.shape[-2:])
+            # the images' size, not the measurements' (smaller for super-resolution)
+            weights = self.certified_weights(atd.shape[-2:])
         weights = [(w.to(dtype), b.to(dtype)) for w, b in weights]
         lip, act = den.lipschitz, den.activation
 

@@ -70,7 +70,7 @@ def _strategy_handles(data: ReportData, labels: list[str], marker: str | None = 
 
 def _baseline_lines(data: ReportData, ax, metric: str, with_target: bool = False) -> list:
     """Horizontal reference lines in column ``metric`` (``final_test_<name>``): classical
-    baselines, the naive reconstruction (e.g. the blurred input), and, with ``with_target`` in
+    baselines, the task's naive reconstruction (``data.naive_name``), and, with ``with_target`` in
     the primary metric's panel, the target."""
     handles = []
     oriented = METRICS.get(metric.removeprefix("final_test_")).oriented
@@ -422,7 +422,7 @@ def _to_image(array: np.ndarray) -> tuple[np.ndarray, str | None]:
 
 
 def recon_columns(data: ReportData) -> list[tuple[str, np.ndarray]]:
-    """(title, images N×C×H×W) per column: original, the naive reconstruction (e.g. blurred),
+    """(title, images N×C×H×W) per column: original, the task's naive reconstruction,
     baselines, one run per label."""
     reference_path = data.recons_dir / "reference.npz"
     if not reference_path.exists():
@@ -647,8 +647,8 @@ def plot_specs(data: ReportData) -> list[PlotSpec]:
         PlotSpec("quality_vs_epoch", "Test quality vs epoch", plot_quality_vs_epoch,
                  "Test quality in each registered metric at the end of each epoch (mean ± sd over "
                  "seeds); gray lines: classical baselines (those worse than the naive "
-                 "reconstruction only named in the legend), dotted: the naive reconstruction (e.g. "
-                 f"the blurred input), red: the target {data.primary_metric.label}."),
+                 f"reconstruction only named in the legend), dotted: the {data.naive_name}, red: "
+                 f"the target {data.primary_metric.label}."),
         PlotSpec("quality_vs_time", "Test quality vs training time", plot_quality_vs_time,
                  "Test quality in each registered metric at every evaluation against cumulative "
                  "training-step time (mean over seeds): the first curve to cross the red target "

@@ -133,6 +133,14 @@ def _load_task_data(data: DataConfig, problem: ProblemConfig) -> TaskData:
         channels=data.channels or None,
     )
     task = make_task(problem)
+    h, w = images.train.shape[-2:]
+    try:  # checked on the suite already where the size was known then (bench.config)
+        task.check_image_size(int(h), int(w))
+    except ValueError as err:
+        raise ValueError(
+            f"task {problem.task!r} cannot take the {h}x{w} images of data set "
+            f"{data.dataset!r}: {err}"
+        ) from None
     train_x, test_x = images.train.double(), images.test.double()
     test_d = task.simulate(test_x, torch.Generator().manual_seed(TEST_NOISE_SEED))
     naive = mean_metrics(task.naive(test_d), test_x)
@@ -220,7 +228,7 @@ def train_step(
 
     marks = [clock.mark()]
     with products, counter.count() if counter else contextlib.nullcontext():
-        weights = model.certified_weights(d.shape[-2:])
+        weights = model.certified_weights(x.shape[-2:])  # the images', not d's (superres)
         marks.append(clock.mark())
         if after_certify is not None:
             after_certify()

@@ -44,6 +44,11 @@ def _model(channels=1, seed=0, task=None, **kwargs):
 TASK_NAMES = list(TASKS)
 
 
+def _measured(task, batch: int, channels: int, side: int) -> torch.Size:
+    """The shape of the task's measurements of side x side images (smaller for superres)."""
+    return task.A(torch.zeros(batch, channels, side, side, dtype=torch.float64)).shape
+
+
 def _dense_jacobian_norm(f, z: torch.Tensor) -> float:
     """Largest singular value of df/dz at z over the samples of the batch (dense, per sample)."""
     worst = 0.0
@@ -78,7 +83,7 @@ def _dense_conv_norm(weight: torch.Tensor, size: tuple[int, int]) -> float:
 def test_layer_matches_its_definition(form, task):
     model = _model(form=form, task=make_task(ProblemConfig(task=task))).eval()
     g = torch.Generator().manual_seed(1)
-    d = torch.rand(2, 1, 12, 12, generator=g, dtype=torch.float64)
+    d = torch.rand(_measured(model.task, 2, 1, 12), generator=g, dtype=torch.float64)
     z = torch.rand(2, 1, 12, 12, generator=g, dtype=torch.float64)
     f = model.make_layer(d)
     A, alpha = model.task, model.alpha
@@ -225,7 +230,7 @@ def test_fresh_layer_is_a_contraction_within_its_certified_bound(
         activation=activation,
     )
     g = torch.Generator().manual_seed(seed)
-    d = torch.rand(2, channels, 10, 10, generator=g, dtype=torch.float64)
+    d = torch.rand(_measured(model.task, 2, channels, 10), generator=g, dtype=torch.float64)
     z = torch.rand(2, channels, 10, 10, generator=g, dtype=torch.float64)
     sigma = _dense_jacobian_norm(model.make_layer(d), z)
     assert sigma <= model.contraction_bound() + 1e-9 < 1

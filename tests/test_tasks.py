@@ -20,65 +20,121 @@ def _inner(a, b):
 
 def _configs():
     """One non-default configuration of every registered task (so a new task is covered)."""
-    extra = {"blur": {"kernel_size": 7, "sigma": 1.5}, "inpaint": {"mask_keep_fraction": 0.3}}
+    extra = {
+        "blur": {"kernel_size": 7, "sigma": 1.5},
+        "inpaint": {"mask_keep_fraction": 0.3},
+        "superres": {"factor": 3},
+    }
     return [ProblemConfig(task=name, **extra.get(name, {})) for name in TASKS]
 
 
+def _accepted(task, sizes):
+    """The (h, w) of ``sizes`` the task takes; at least one of them, and a non-square one."""
+    ok = []
+    for h, w in sizes:
+        try:
+            task.check_image_size(h, w)
+        except ValueError:
+            continue
+        ok.append((h, w))
+    assert any(h != w for h, w in ok), f"{task!r} takes none of the non-square sizes {sizes}"
+    return ok
+
+
+# sides that every built-in configuration above takes (superres: multiples of 3), and others
+SIZES = [(9, 9), (6, 12), (9, 15), (24, 24), (8, 13), (7, 9)]
+
+
 def _dense(op, c: int, h: int, w: int, fn: str = "A") -> torch.Tensor:
-    """The N x N matrix of ``op.<fn>`` on (c, h, w) images, column j = fn(e_j)."""
+    """The M x N matrix of ``op.<fn>`` on (c, h, w) inputs (N = c h w), column j = fn(e_j):
+    rectangular where the output has another shape (A of super-resolution: M < N). For
+    ``A_adjoint`` the inputs are measurements, of the shape A gives (c, h, w) images."""
+    if fn == "A_adjoint":
+        c, h, w = op.A(torch.zeros(1, c, h, w, dtype=F64)).shape[1:]
     n = c * h * w
     basis = torch.eye(n, dtype=F64).reshape(n, c, h, w)
-    return getattr(op, fn)(basis).reshape(n, n).T
+    return getattr(op, fn)(basis).reshape(n, -1).T
 
 
 TASK_IDS = [c.task for c in _configs()]
 
 
 @pytest.mark.parametrize("config", _configs(), ids=TASK_IDS)
-@pytest.mark.parametrize("shape", [(2, 1, 9, 9), (3, 3, 8, 13)])
-def test_every_task_has_an_exact_adjoint(config, shape):
+def test_every_task_has_an_exact_adjoint(config):
     task = make_task(config)
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(shape, generator=g, dtype=F64)
-    y = torch.randn(shape, generator=g, dtype=F64)
-    lhs, rhs = _inner(task.A(x), y), _inner(x, task.A_adjoint(y))
-    assert abs(lhs - rhs) <= 1e-10 * max(1.0, abs(lhs))
-    # and A^T is the transpose of A's dense matrix; AtA is A^T A
-    a, at = _dense(task, 2, 6, 7), _dense(task, 2, 6, 7, "A_adjoint")
-    torch.testing.assert_close(at, a.T, rtol=0, atol=1e-12)
-    torch.testing.assert_close(_dense(task, 2, 6, 7, "AtA"), a.T @ a, rtol=0, atol=1e-12)
+    for (h, w), b, c in zip(_accepted(task, SIZES), (2, 3, 1, 2), (1, 3, 2, 1), strict=False):
+        x = torch.randn(b, c, h, w, generator=g, dtype=F64)
+        y = torch.randn(task.A(x).shape, generator=g, dtype=F64)
+        lhs, rhs = _inner(task.A(x), y), _inner(x, task.A_adjoint(y))
+        assert abs(lhs - rhs) <= 1e-10 * max(1.0, abs(lhs))
+        assert task.A_adjoint(y).shape == x.shape
+        # and A^T is the transpose of A's dense matrix; AtA is A^T A (N x N)
+        a, at = _dense(task, c, h, w), _dense(task, c, h, w, "A_adjoint")
+        torch.testing.assert_close(at, a.T, rtol=0, atol=1e-12)
+        torch.testing.assert_close(_dense(task, c, h, w, "AtA"), a.T @ a, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("config", _configs(), ids=TASK_IDS)
 def test_every_task_norm_bound_bounds_the_dense_operator(config):
     task = make_task(config)
-    for c, h, w in [(1, 9, 9), (1, 6, 13), (2, 24, 24)]:
-        sigma_max = torch.linalg.matrix_norm(_dense(task, c, h, w), 2).item()
+    largest = 0.0
+    for h, w in _accepted(task, SIZES):
+        sigma_max = torch.linalg.matrix_norm(_dense(task, 1, h, w), 2).item()
         assert sigma_max <= task.norm_bound * (1 + 1e-12)
+        largest = max(largest, sigma_max)
     # a bound, but not a loose one (zero padding only lowers ||A|| near the border)
-    assert task.norm_bound <= 1.05 * sigma_max
+    assert task.norm_bound <= 1.05 * largest
 
 
 @pytest.mark.parametrize("config", _configs(), ids=TASK_IDS)
 @pytest.mark.parametrize("lam", [0.03, torch.tensor([0.5, 1e-3]).view(2, 1, 1, 1)])
 def test_every_task_normal_solve_matches_a_dense_solve(config, lam):
+    """Where a task has an exact normal solve (optional: the prox-form layer needs it, the
+    baselines fall back to conjugate gradients), it is (A^T A + lam I)^-1 on every size."""
     task = make_task(config)
-    assert task.has_normal_solve
-    y = torch.rand(2, 3, 7, 9, dtype=F64, generator=torch.Generator().manual_seed(0))
-    a = _dense(task, 3, 7, 9)
-    lams = torch.as_tensor(lam, dtype=F64).reshape(-1).expand(2)
-    eye = torch.eye(a.shape[0], dtype=F64)
-    dense = torch.stack(
-        [torch.linalg.solve(a.T @ a + lams[i] * eye, y[i].flatten()) for i in range(2)]
-    )
-    got = task.normal_solve(y, lam.to(F64) if torch.is_tensor(lam) else lam)
-    torch.testing.assert_close(got, dense.reshape(y.shape), atol=1e-10, rtol=0)
+    if not task.has_normal_solve:
+        with pytest.raises(ValueError, match="normal_solve"):
+            task.normal_solve(torch.zeros(1, 1, 6, 12, dtype=F64), 0.1)
+        return
+    for h, w in _accepted(task, SIZES)[:3]:
+        y = torch.rand(2, 3, h, w, dtype=F64, generator=torch.Generator().manual_seed(0))
+        a = _dense(task, 3, h, w)
+        lams = torch.as_tensor(lam, dtype=F64).reshape(-1).expand(2)
+        eye = torch.eye(a.shape[1], dtype=F64)
+        dense = torch.stack(
+            [torch.linalg.solve(a.T @ a + lams[i] * eye, y[i].flatten()) for i in range(2)]
+        )
+        got = task.normal_solve(y, lam.to(F64) if torch.is_tensor(lam) else lam)
+        torch.testing.assert_close(got, dense.reshape(y.shape), atol=1e-10, rtol=0)
+
+
+def test_the_built_in_tasks_have_an_exact_normal_solve():
+    for config in _configs():
+        assert make_task(config).has_normal_solve, config.task
+
+
+@pytest.mark.parametrize("config", _configs(), ids=TASK_IDS)
+def test_every_task_declares_its_settings_and_a_naive_image(config):
+    """Each declared setting is a ProblemConfig field with the Param's default, and a column
+    of runs.csv; the naive reconstruction is an image in [0, 1] of the images' shape."""
+    task = make_task(config)
+    cls = type(task)
+    assert cls.naive_label and cls.naive_label != "naive reconstruction"
+    defaults = {f.name: f.default for f in dataclasses.fields(ProblemConfig)}
+    for key, param in cls.settings.items():
+        assert defaults[key] == param.default and param.check(getattr(config, key)) is not None
+    assert set(task.setting_columns()) == {cls.column(k) for k in cls.settings}
+    h, w = _accepted(task, SIZES)[-1]
+    x = torch.rand(2, 1, h, w, dtype=F64, generator=torch.Generator().manual_seed(2))
+    naive = task.naive(task.simulate(x, torch.Generator().manual_seed(3)))
+    assert naive.shape == x.shape and 0 <= naive.min() and naive.max() <= 1
 
 
 @pytest.mark.parametrize("config", _configs(), ids=TASK_IDS)
 def test_measurements_are_seeded_and_noisy_at_the_requested_level(config):
     task = make_task(dataclasses.replace(config, noise_std=0.02))
-    x = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(5))
+    x = torch.rand(4, 1, 72, 72, generator=torch.Generator().manual_seed(5))
     d1 = task.simulate(x, torch.Generator().manual_seed(7))
     d2 = task.simulate(x, torch.Generator().manual_seed(7))
     torch.testing.assert_close(d1, d2, rtol=0, atol=0)
@@ -153,7 +209,10 @@ def test_setting_columns_name_each_task_parameters():
             r"keeps 0 of the 625 pixels of a 25x25 image.*>= 0.0016",
         ),
         (lambda: InpaintTask().A(torch.zeros(8, 8)), r"\(B, C, H, W\)"),
-        (lambda: TASKS.get("denoise"), r"unknown task 'denoise'; accepted: blur, inpaint"),
+        (
+            lambda: TASKS.get("denoise"),
+            r"unknown task 'denoise'; accepted: blur, inpaint, superres",
+        ),
         (lambda: ProblemConfig(task="denoise"), "denoise"),
         # a key of another task would be silently ignored
         (lambda: ProblemConfig(task="inpaint", sigma=2.0), "sigma is a setting of task 'blur'"),

@@ -39,7 +39,13 @@ import pandas as pd
 from bench.metrics import METRICS, Metric
 from bench.report.document import Bullets, Heading, Paragraph, Table, to_markdown
 from bench.report.fmt import DASH, fmt_bytes, fmt_difference, fmt_seconds, fmt_value
-from bench.report.load import SETTING_COLUMNS, Setting, _representative, prepare, split_settings
+from bench.report.load import (
+    Setting,
+    _representative,
+    prepare,
+    setting_columns,
+    split_settings,
+)
 from bench.report.model import MEMORY_PREFERENCE, ReportData, finite_rows
 from bench.report.stats import Estimate, paired_difference, validity, welch_difference
 from bench.summary import warmup_count
@@ -230,7 +236,7 @@ def _match_settings(a: ReportData, b: ReportData):
 
 
 def _setting_change(a: Setting, b: Setting) -> str:
-    columns = [c for c in SETTING_COLUMNS if c in a.data.runs and c in b.data.runs]
+    columns = [c for c in setting_columns() if c in a.data.runs and c in b.data.runs]
     values_a = _representative(a.data.learned_ok, columns)
     values_b = _representative(b.data.learned_ok, columns)
     changed = [f"{c} {values_a[c]} → {values_b[c]}" for c in columns if values_a[c] != values_b[c]]

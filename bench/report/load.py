@@ -31,6 +31,7 @@ from bench.report.model import (
 )
 from bench.schema import COLUMNS, TEXT_COLUMNS
 from bench.summary import run_summary
+from bench.tasks import setting_columns as task_setting_columns
 
 # The schema, declared once in bench.schema (the merge reads parts through it too): renamed
 # columns and columns added since the first harness (absent in older tables: "not measured").
@@ -52,20 +53,36 @@ TABLE_TEXT_COLUMNS = {
     for name, columns in schema.TABLE_TEXT_COLUMNS.items()
 }
 # What makes two runs "the same configuration" in results folders written before runs.csv had
-# `setting_hash` (seed, strategy, suite name and device excluded, as in the hash).
-SETTING_COLUMNS = (
+# `setting_hash` (seed, strategy, suite name and device excluded, as in the hash); the tasks'
+# own settings (blur_sigma, superres_factor, ...) come from the task registry: setting_columns().
+BASE_SETTING_COLUMNS = (
     "task", "dataset", "image_size", "channels", "n_train", "batch_size", "epochs", "lr",
-    "blur_kernel_size", "blur_sigma", "noise_std", "solver", "solver_max_iter", "solver_tol",
+    "noise_std", "solver", "solver_max_iter", "solver_tol",
     "model_width", "model_depth", "model_form", "lipschitz_control", "lr_schedule",
-    "model_lipschitz", "model_activation", "mask_keep_fraction", "mask_seed", "jac_reg",
-    "jac_reg_every",
+    "model_lipschitz", "model_activation", "jac_reg", "jac_reg_every",
 )  # fmt: skip
-# Classical baselines depend on the data and the blur only: they belong to every setting that
-# shares these (e.g. all points of a sweep over the solver's max_iter).
-DATA_COLUMNS = (
-    "task", "dataset", "image_size", "channels", "n_train", "n_test", "blur_kernel_size", "blur_sigma",
-    "noise_std", "mask_keep_fraction", "mask_seed",
-)  # fmt: skip
+# Classical baselines depend on the data and the task (its settings too) only: they belong to
+# every setting that shares these (e.g. all points of a sweep over the solver's max_iter).
+BASE_DATA_COLUMNS = ("task", "dataset", "image_size", "channels", "n_train", "n_test", "noise_std")
+
+
+def setting_columns() -> tuple[str, ...]:
+    """The columns that tell configurations apart: :data:`BASE_SETTING_COLUMNS` and every
+    registered task's setting columns (bench.tasks.setting_columns), never a list of them here."""
+    return _with_task_columns(BASE_SETTING_COLUMNS)
+
+
+def data_columns() -> tuple[str, ...]:
+    """The columns a classical baseline's result depends on: the data, the noise and every
+    registered task's settings."""
+    return _with_task_columns(BASE_DATA_COLUMNS)
+
+
+def _with_task_columns(base: tuple[str, ...]) -> tuple[str, ...]:
+    """``base`` with the task setting columns before ``noise_std`` (where blur's always were:
+    the order of a setting's title)."""
+    i = base.index("noise_std")
+    return (*base[:i], *task_setting_columns(), *base[i:])
 
 
 def declared_columns(name: str) -> list[str]:
@@ -437,7 +454,7 @@ def setting_keys(runs: pd.DataFrame, notes: list[str]) -> pd.Series:
 
     Runs share a setting when their configuration differs only by seed and strategy: the same
     ``setting_hash``, or, in results written before that column existed, the same
-    :data:`SETTING_COLUMNS`. A run that did not record every setting column (a failed run has no
+    :func:`setting_columns`. A run that did not record every setting column (a failed run has no
     data sizes) joins the setting it agrees with on those it did record.
     """
     keys = pd.Series(np.nan, index=runs.index, dtype=object)
@@ -449,7 +466,7 @@ def setting_keys(runs: pd.DataFrame, notes: list[str]) -> pd.Series:
     rest = learned[hashes.isna()]
     if rest.empty:
         return keys
-    columns = [c for c in SETTING_COLUMNS if c in runs.columns and runs[c].notna().any()]
+    columns = [c for c in setting_columns() if c in runs.columns and runs[c].notna().any()]
     notes.append(
         f"{len(rest)} run(s) have no `setting_hash` (results written before it existed): "
         "settings are told apart by the columns " + ", ".join(columns)
@@ -496,23 +513,23 @@ def _value_key(text: str) -> tuple:
 def split_settings(data: ReportData) -> list[Setting]:
     """The settings of a results folder, each with its learned runs and its classical baselines.
 
-    A baseline belongs to every setting whose data and blur (:data:`DATA_COLUMNS`) it shares;
+    A baseline belongs to every setting whose data and task (:func:`data_columns`) it shares;
     baselines that match no learned setting form settings of their own. Settings are ordered by
     the values that tell them apart, and titled with them (e.g. ``noise_std = 0.2``).
     """
     runs = data.runs
     learned = runs[~runs["is_baseline"]]
     baselines = runs[runs["is_baseline"]]
-    data_columns = [c for c in DATA_COLUMNS if c in runs.columns]
+    shared = [c for c in data_columns() if c in runs.columns]
     members: dict[str, list[str]] = {}
     for key, group in learned.groupby("setting", sort=False):
         members[key] = list(group["run_id"])
     signatures = {
-        key: tuple(_representative(runs[runs["run_id"].isin(ids)], data_columns).values())
+        key: tuple(_representative(runs[runs["run_id"].isin(ids)], shared).values())
         for key, ids in members.items()
     }
     orphans: dict[str, list[str]] = {}
-    base_described = _described(baselines, data_columns)
+    base_described = _described(baselines, shared)
     for row, run_id in zip(
         base_described.itertuples(index=False), baselines["run_id"], strict=True
     ):
@@ -525,7 +542,7 @@ def split_settings(data: ReportData) -> list[Setting]:
     members.update(orphans)
     if not members:
         return [Setting("all", None, data)]
-    columns = [c for c in (*SETTING_COLUMNS, "n_test") if c in runs.columns]
+    columns = [c for c in (*setting_columns(), "n_test") if c in runs.columns]
     described = {
         key: _representative(runs[runs["run_id"].isin(ids)], columns)
         for key, ids in members.items()

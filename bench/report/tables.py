@@ -28,11 +28,13 @@ from bench.report.fmt import (
 from bench.report.load import Setting
 from bench.report.model import ReportData, natural_key
 from bench.report.stats import Comparison, Estimate, validity
+from bench.tasks import setting_labels
 
 # The widest summary table. With the report's CSS (0.9em cells that wrap at spaces, a mean and its
 # interval kept together) eight columns fit the 1200-pixel body of a 1280-pixel window: checked in
 # headless chromium on the quick suite, where the quality table wraps its Δ PSNR cells to 1200 px.
 MAX_TABLE_COLUMNS = 8
+# The setup table's rows; each registered task's settings go before noise_std (setup_fields()).
 SETUP_FIELDS = (
     ("suite", "suite"), ("task", "task"), ("dataset", "data set"),
     ("image_size", "image size (pixels)"), ("channels", "channels"),
@@ -41,8 +43,6 @@ SETUP_FIELDS = (
     ("lr_schedule", "learning-rate schedule"),
     ("jac_reg", "Jacobian regularisation weight"),
     ("jac_reg_every", "Jacobian regularisation every N steps"),
-    ("blur_kernel_size", "blur kernel size"), ("blur_sigma", "blur sigma"),
-    ("mask_keep_fraction", "mask keep fraction"), ("mask_seed", "mask seed"),
     ("noise_std", "noise std"), ("model_width", "model width"), ("model_depth", "model depth"),
     ("model_form", "model form"), ("lipschitz_control", "Lipschitz control"),
     ("model_lipschitz", "model Lipschitz target"), ("model_activation", "activation"),
@@ -55,6 +55,13 @@ SETUP_FIELDS = (
     ("config_hash", "config hash"),
 )  # fmt: skip
 LABEL = "strategy label"
+
+
+def setup_fields() -> tuple[tuple[str, str], ...]:
+    """(column, label) of the setup table's rows: :data:`SETUP_FIELDS` with every registered
+    task's setting columns (bench.tasks.setting_labels), never a list of them here."""
+    i = next(i for i, (column, _) in enumerate(SETUP_FIELDS) if column == "noise_std")
+    return (*SETUP_FIELDS[:i], *setting_labels().items(), *SETUP_FIELDS[i:])
 
 
 def _fmt_budget(estimate: Estimate, n_ok: int, digits: int) -> str:
@@ -365,7 +372,7 @@ def setup_table(data: ReportData, settings: list[Setting] | None = None) -> Tabl
     runs = data.runs
     learned = runs[~runs["is_baseline"]]
     rows = []
-    for column, name in SETUP_FIELDS:
+    for column, name in setup_fields():
         if column not in runs.columns:
             continue
         source = learned if learned[column].notna().any() else runs

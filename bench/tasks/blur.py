@@ -9,6 +9,8 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from strategies import Param
+
 from . import Task, register_task
 
 
@@ -37,7 +39,6 @@ class BlurTask(Task):
     """
 
     naive_label = "blurred input"
-    config_keys = ("kernel_size", "sigma")
 
     def __init__(self, kernel: torch.Tensor, noise_std: float = 0.01):
         super().__init__(noise_std)
@@ -91,7 +92,9 @@ class BlurTask(Task):
         return d.clamp(0, 1)
 
     def setting_columns(self) -> dict[str, Any]:
-        return {"blur_kernel_size": int(self.kernel.shape[0]), "blur_sigma": math.nan}
+        # an arbitrary kernel has no sigma; a GaussianBlur's is its attribute
+        sigma = getattr(self, "sigma", math.nan)
+        return {"blur_kernel_size": int(self.kernel.shape[0]), "blur_sigma": sigma}
 
     def normal_solve(self, y: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
         """(A^T A + lam I)^-1 y, exactly, for a separable kernel (every Gaussian); lam > 0.
@@ -209,12 +212,15 @@ def _separable_plan(operator, x: torch.Tensor) -> _SeparableBlur | None:
 class GaussianBlur(BlurTask):
     """Gaussian blur (default 5x5, sigma 1.0, as in the reference work) with noise_std 0.01."""
 
+    settings = {
+        "kernel_size": Param(5, ge=1, le=255, doc="side of the Gaussian kernel (odd)"),
+        "sigma": Param(1.0, gt=0, doc="standard deviation of the Gaussian kernel, in pixels"),
+    }
+    columns = {"kernel_size": "blur_kernel_size", "sigma": "blur_sigma"}
+
     def __init__(self, kernel_size: int = 5, sigma: float = 1.0, noise_std: float = 0.01):
         super().__init__(gaussian_kernel(kernel_size, sigma), noise_std)
         self.kernel_size, self.sigma = kernel_size, sigma
-
-    def setting_columns(self) -> dict[str, Any]:
-        return {"blur_kernel_size": self.kernel_size, "blur_sigma": self.sigma}
 
     def __repr__(self) -> str:
         return (

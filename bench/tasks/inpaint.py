@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from strategies import Param
+
 from . import Task, register_task
 
 
@@ -16,15 +18,20 @@ class InpaintTask(Task):
 
     The mask is drawn per image size (H, W) from ``seed``: exactly ``round(keep_fraction * H * W)``
     pixels are kept, the same pixels in every channel and every image, so it is one fixed
-    operator, as a blur is; a fraction that keeps no pixel of the images is a ValueError (the
-    harness meets it when it loads the data, before any run). A is diagonal with entries 0 and 1: self-adjoint, A^T A = A,
-    ``||A||_2 = 1``, and (A^T A + lam I)^-1 is the elementwise division by m + lam.
+    operator, as a blur is; a fraction that keeps no pixel of the images is a ValueError
+    (:meth:`check_image_size`: found when the suite is loaded). A is diagonal with entries 0
+    and 1: self-adjoint, A^T A = A, ``||A||_2 = 1``, and (A^T A + lam I)^-1 is the elementwise division by m + lam.
     Measurements get the same white noise on every pixel as the blur's; the masked-out pixels
     of d are pure noise, which A^T = A discards.
     """
 
     naive_label = "masked input"
-    config_keys = ("mask_keep_fraction", "mask_seed")
+    settings = {
+        "mask_keep_fraction": Param(
+            0.5, gt=0, le=1, doc="share of the pixels kept (at least one per image)"
+        ),
+        "mask_seed": Param(0, ge=0, doc="seed of the random mask"),
+    }
 
     def __init__(self, keep_fraction: float = 0.5, seed: int = 0, noise_std: float = 0.01):
         super().__init__(noise_std)
@@ -55,19 +62,25 @@ class InpaintTask(Task):
         key = (h, w, x.dtype, x.device)
         m = self._masks.get(key)
         if m is None:  # cached per (size, dtype, device): no per-call draw or copy
+            self.check_image_size(h, w)
             keep = round(self.keep_fraction * h * w)
-            if keep < 1:  # nothing measured: no reconstruction to learn or compare
-                raise ValueError(
-                    f"mask_keep_fraction = {self.keep_fraction:g} keeps 0 of the {h * w} pixels "
-                    f"of a {h}x{w} image; at least one pixel per image must be kept: "
-                    f"mask_keep_fraction >= {1 / (h * w):.3g} (1/{h * w})"
-                )
             order = torch.randperm(h * w, generator=torch.Generator().manual_seed(self.seed))
             flat = torch.zeros(h * w, dtype=torch.float64)
             flat[order[:keep]] = 1.0
             m = flat.view(1, 1, h, w).to(dtype=x.dtype, device=x.device)
             self._masks[key] = m
         return m
+
+    def check_image_size(self, height: int, width: int) -> None:
+        """At least one pixel of a height x width image must be kept: nothing measured leaves
+        no reconstruction to learn or compare."""
+        if round(self.keep_fraction * height * width) < 1:
+            n = height * width
+            raise ValueError(
+                f"mask_keep_fraction = {self.keep_fraction:g} keeps 0 of the {n} pixels "
+                f"of a {height}x{width} image; at least one pixel per image must be kept: "
+                f"mask_keep_fraction >= {1 / n:.3g} (1/{n})"
+            )
 
     def A(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.mask(x)
@@ -86,6 +99,10 @@ class InpaintTask(Task):
     def normal_solve(self, y: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
         """(A^T A + lam I)^-1 y = y / (m + lam), elementwise: exact, differentiable."""
         return y / (self.mask(y) + lam)
+
+    def naive(self, d: torch.Tensor) -> torch.Tensor:
+        """The zero-filled masked input A^T d = m * d, clamped to [0, 1]."""
+        return self.A_adjoint(d).clamp(0, 1)
 
     def setting_columns(self) -> dict[str, Any]:
         return {"mask_keep_fraction": self.keep_fraction, "mask_seed": self.seed}
