@@ -16,7 +16,14 @@ from bench import results
 from bench.cli import main
 from bench.config import RunConfig, list_suites, load_suite, suite_from_dict, with_overrides
 
-TIMING = ["forward_time_s", "backward_time_s", "optimizer_time_s", "step_time_s", "train_time_s"]
+TIMING = [
+    "certify_time_s",
+    "forward_time_s",
+    "backward_time_s",
+    "optimizer_time_s",
+    "step_time_s",
+    "train_time_s",
+]
 
 PLUGIN = '''
 import torch

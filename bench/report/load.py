@@ -50,13 +50,18 @@ NEW_COLUMNS = {
         *(f"naive_test_{m}" for m in METRICS), "jacobian_products_per_step",
         "torch_threads", "cpu_count", "jobs", "load_avg_max", "cpu_util", "step_time_cv",
         "warmup_steps", "warmup_step_time_s", "timing_reliable", "timing_note", "task",
+        "adjoint_error_last", "adjoint_error_bound_last", "max_adjoint_error_bound",
     ),
     "epochs": (
         "step", "epoch_end", "layer_lipschitz", "layer_lipschitz_converged",
         "grad_reference_converged", "grad_reference_forward_residual",
         "grad_reference_backward_residual", "train_time_s", *(f"naive_test_{m}" for m in METRICS),
+        "adjoint_error", "adjoint_error_bound",
     ),
-    "steps": ("backward_converged", "skipped", "jacobian_products"),
+    "steps": (
+        "backward_converged", "skipped", "jacobian_products", "adjoint_residual",
+        "adjoint_error_bound",
+    ),
 }  # fmt: skip
 # Settings added after results were written, with the value every earlier run had (the model had
 # no other choice then): filled in when absent, since nothing is missing.
