@@ -219,3 +219,15 @@ def test_the_bound_costs_the_step_nothing_it_counts():
         assert rows[0]["loss"] == rows[1]["loss"]
         torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
         assert math.isnan(rows[1]["adjoint_error_bound"])
+
+
+def test_has_adjoint_is_declared_as_a_bool():
+    from strategies import Strategy, register
+
+    class Odd(Strategy):
+        name = "odd-adjoint"
+        has_adjoint = "no"
+
+    with pytest.raises(TypeError, match="has_adjoint must be True or False"):
+        register(Odd)
+    assert get_strategy("jfb").has_adjoint and not get_strategy("unrolled").has_adjoint
