@@ -363,6 +363,16 @@ class PeakMemory:
             stop.set()
             thread.join()
 
+    @contextlib.contextmanager
+    def paused(self):
+        """Leave the window for the block (work that is no part of the step, such as the
+        adjoint bound), and open a new one after it; the peaks keep the maximum over windows."""
+        self.__exit__(None, None, None)
+        try:
+            yield self
+        finally:
+            self.__enter__()
+
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from strategies import final_output, parse_spec, weighted_loss
 
 from . import diagnostics, legacy, out_of_memory, provenance, results
+from .bounds import AdjointProbe, relative_bound, relative_residual
 from .config import DataConfig, ProblemConfig, RunConfig, Suite
 from .data import load_dataset
 from .measure import (
@@ -200,6 +201,8 @@ def train_step(
     counter=None,
     jac_reg: float = 0.0,
     after_certify=None,
+    bound: bool = True,
+    aside=contextlib.nullcontext,
 ):
     """One instrumented training step: returns (its ``steps`` row without epoch/step, output).
 
@@ -216,15 +219,23 @@ def train_step(
     reconstruction to the objective (Bai et al.'s Jacobian regularisation), recorded as
     ``jac_frobenius_sq`` (NaN on steps without it); ``loss`` stays the reconstruction loss,
     comparable with and without it.
+
+    ``bound`` (default on): the certified bound on the relative error of the strategy's
+    adjoint (``adjoint_error_bound``, from ``adjoint_residual``; :mod:`bench.bounds`), computed
+    between backward and the optimiser step inside ``aside()`` (a context that pauses the
+    caller's memory window): it is in none of the step's times, products or byte counts. The
+    probe that reads the adjoint adds one elementwise add per graph-building evaluation of f.
+    The replayed peak-memory step turns it off.
     """
     optimizer.zero_grad(set_to_none=True)
     # the harness, not the strategy, records the forward solve and counts Jacobian products
     recorder, products = RecordingSolver(solver), JacobianProducts()
     counted, layer = products.strategy(strategy), {}
+    probe = AdjointProbe() if bound and strategy.has_adjoint else None
 
     def call(f, z0, solver):
         layer["f"] = f  # the regulariser's T: the very layer the strategy got, uncounted
-        return counted(f, z0, solver)
+        return counted(probe.layer(f, z0) if probe else f, z0, solver)
 
     marks = [clock.mark()]
     with products, counter.count() if counter else contextlib.nullcontext():
@@ -235,6 +246,8 @@ def train_step(
         out, info = model(d, call, recorder, weights=weights)
         loss = weighted_loss(out, lambda z: torch.nn.functional.mse_loss(z, x))
     xhat, objective, jac_sq = final_output(out), loss, math.nan
+    if probe:
+        probe.watch(xhat)
     if jac_reg > 0:  # outside ``products``: the regulariser's products are not the strategy's
         penalty = jacobian_frobenius_sq(layer["f"], xhat)
         objective, jac_sq = loss + jac_reg * penalty, penalty.item()
@@ -243,14 +256,18 @@ def train_step(
         objective.backward()  # strategies with a backward solve complete ``info`` here
     marks.append(clock.mark())
     info = {**recorder.merge(info), "jacobian_products": float(products.total)}
+    with aside():  # before the update: the bound is on the adjoint of these parameters
+        adjoint = _adjoint_bound(model, probe, layer.get("f"))
+    marks.append(clock.mark())
     skipped = bool(info.get("skip_update", 0))
     if not skipped:
         optimizer.step()
     marks.append(clock.mark())
-    certify, fwd, bwd, opt = clock.durations(marks)
+    certify, fwd, bwd, _, opt = clock.durations(marks)
     row = {key: math.nan for key in STEP_INFO}
     row.update(_numeric_info(info))
     row.pop("skip_update", None)
+    row.update(adjoint)
     row.update(
         loss=loss.item(),
         certify_time_s=certify,
@@ -262,6 +279,21 @@ def train_step(
         skipped=float(skipped),
     )
     return row, xhat
+
+
+def _adjoint_bound(model, probe: AdjointProbe | None, f) -> dict[str, float]:
+    """``adjoint_residual`` (worst sample's ||g - (I - J)^T v|| / ||g||) and
+    ``adjoint_error_bound`` of a step; NaN where the strategy has no adjoint (unrolled), the
+    bound is off, or the model has no certificate (the bound only)."""
+    read = probe.read() if probe is not None else None
+    if read is None or f is None:
+        return {"adjoint_residual": math.nan, "adjoint_error_bound": math.nan}
+    v, g, x = read
+    residual = float(relative_residual(f, x, g, v).max())
+    return {
+        "adjoint_residual": residual,
+        "adjoint_error_bound": relative_bound(residual, model.contraction_bound()),
+    }
 
 
 def _schedule(optimizer, run: RunConfig, total_steps: int):
@@ -367,6 +399,7 @@ def _evaluation(s: _Setup, rec: _Record, epoch: int, epoch_end: bool, fidelity: 
         "grad_reference_converged": math.nan,
         "grad_reference_forward_residual": math.nan,
         "grad_reference_backward_residual": math.nan,
+        **diagnostics.ADJOINT_NAN,
         **diagnostics.layer_lipschitz(s.model, s.solver, s.fid_d),
         "certified_lipschitz_bound": s.model.contraction_bound(),
     }
@@ -411,8 +444,9 @@ def _train_loop(s: _Setup, rec: _Record, memory: PeakMemory, device, progress: b
             with memory, during(in_step, STEP_SETTINGS):
                 wall, cpu = time.perf_counter(), time.process_time()
                 row, xhat = train_step(
-                    s.model, s.strategy, s.solver, s.optimizer, x, d, clock, counter, jac_reg
-                )
+                    s.model, s.strategy, s.solver, s.optimizer, x, d, clock, counter, jac_reg,
+                    aside=memory.paused,
+                )  # fmt: skip
                 rec.step_cpu_s += time.process_time() - cpu  # every thread of the process
                 rec.step_wall_s += time.perf_counter() - wall
             if counter:
@@ -441,7 +475,7 @@ def _peak_step_bytes(s: _Setup, x, d, clock: StepClock, jac_reg: float) -> dict[
     def step(after_certify):
         train_step(
             s.model, s.strategy, s.solver, s.optimizer, x, d, clock,
-            jac_reg=jac_reg, after_certify=after_certify,
+            jac_reg=jac_reg, after_certify=after_certify, bound=False,
         )  # fmt: skip
 
     return diagnostics.peak_step_bytes(s.model, s.optimizer, step)

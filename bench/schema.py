@@ -46,6 +46,9 @@ RUN_COLUMNS = (
     "setup_time_s", "warmup_steps", "warmup_step_time_s", "step_time_cv", "step_time_robust_cv",
     "torch_threads", "cpu_count", "jobs", "load_avg_max", "cpu_util", "timing_reliable",
     "timing_note",
+    # certified bound on the adjoint's relative error (bench/bounds.py): the measured error and
+    # its bound at the last fidelity evaluation, the largest bound of any step
+    "adjoint_error_last", "adjoint_error_bound_last", "max_adjoint_error_bound",
 )  # fmt: skip
 EPOCH_COLUMNS = (
     "run_id", "strategy", "seed", "epoch", "train_loss",
@@ -55,6 +58,8 @@ EPOCH_COLUMNS = (
     "step", "epoch_end", "layer_lipschitz", "layer_lipschitz_converged",
     "grad_reference_converged", "grad_reference_forward_residual",
     "grad_reference_backward_residual", "certified_lipschitz_bound", "contraction_budget_used",
+    # at each fidelity evaluation: measured relative adjoint error and its certified bound
+    "adjoint_error", "adjoint_error_bound",
 )  # fmt: skip
 STEP_COLUMNS = (
     "run_id", "strategy", "seed", "epoch", "step", "loss", "certify_time_s", "forward_time_s",
@@ -64,6 +69,9 @@ STEP_COLUMNS = (
     # always present, empty where they do not apply (a jfb-only sweep solves nothing in backward):
     # a missing column would read as a folder from before they existed
     "backward_converged", "skipped",
+    # the adjoint's relative residual and the certified bound on its relative error (NaN for
+    # unrolled and for a model without certificate)
+    "adjoint_residual", "adjoint_error_bound",
 )  # fmt: skip
 COLUMNS = {"runs": RUN_COLUMNS, "epochs": EPOCH_COLUMNS, "steps": STEP_COLUMNS}
 
@@ -111,7 +119,8 @@ ADDED_COLUMNS = {
         "torch_threads", "cpu_count", "jobs", "load_avg_max", "cpu_util", "step_time_cv",
         "step_time_robust_cv", "warmup_steps", "warmup_step_time_s", "timing_reliable",
         "timing_note", "task", "median_certify_time_s", "certify_peak_bytes",
-        "contraction_budget_used",
+        "contraction_budget_used", "adjoint_error_last", "adjoint_error_bound_last",
+        "max_adjoint_error_bound",
         # a metric registered later has no column in older tables
         *(f"final_test_{m}" for m in METRICS if m not in ("psnr", "ssim")),
     ),
@@ -119,10 +128,14 @@ ADDED_COLUMNS = {
         "step", "epoch_end", "layer_lipschitz", "layer_lipschitz_converged",
         "grad_reference_converged", "grad_reference_forward_residual",
         "grad_reference_backward_residual", "train_time_s", *(f"naive_test_{m}" for m in METRICS),
-        "certified_lipschitz_bound", "contraction_budget_used",
+        "certified_lipschitz_bound", "contraction_budget_used", "adjoint_error",
+        "adjoint_error_bound",
         *(f"test_{m}" for m in METRICS if m not in ("psnr", "ssim")),
     ),
-    "steps": ("backward_converged", "skipped", "jacobian_products", "certify_time_s"),
+    "steps": (
+        "backward_converged", "skipped", "jacobian_products", "certify_time_s", "adjoint_residual",
+        "adjoint_error_bound",
+    ),
 }  # fmt: skip
 # Settings added after results were written, with the value every earlier run had (the harness
 # had no other choice then): filled in where absent, since nothing is missing.

@@ -87,10 +87,21 @@ def run_summary(
         "grad_cosine_last": float(fidelity["grad_cosine"].iloc[-1]) if len(fidelity) else math.nan,
         "lipschitz_estimate": float(lipschitz.iloc[-1]) if len(lipschitz) else math.nan,
         "max_layer_lipschitz": float(lipschitz.max()) if len(lipschitz) else math.nan,
+        # the adjoint's measured error and certified bound at the last fidelity evaluation, and
+        # the largest certified bound of any step (bench/bounds.py)
+        "adjoint_error_last": _last(fidelity, "adjoint_error"),
+        "adjoint_error_bound_last": _last(fidelity, "adjoint_error_bound"),
+        "max_adjoint_error_bound": float(steps["adjoint_error_bound"].max())
+        if n and "adjoint_error_bound" in steps
+        else math.nan,
         "contraction_budget_used": float(epochs["contraction_budget_used"].max())
         if len(epochs) and "contraction_budget_used" in epochs
         else math.nan,
     }
+
+
+def _last(frame: pd.DataFrame, column: str) -> float:
+    return float(frame[column].iloc[-1]) if len(frame) and column in frame else math.nan
 
 
 def robust_cv(steps: pd.DataFrame) -> float:

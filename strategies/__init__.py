@@ -80,6 +80,10 @@ def register(cls: type[Strategy]) -> type[Strategy]:
             if unknown
             else f"strategy {cls.name!r}: exact must be True or False, got {cls.exact!r}"
         )
+    if not isinstance(cls.has_adjoint, bool):
+        raise TypeError(
+            f"strategy {cls.name!r}: has_adjoint must be True or False, got {cls.has_adjoint!r}"
+        )
     other = _REGISTRY.get(cls.name)
     # The same class defined again (a module re-executed) replaces itself; any other class
     # claiming a taken name is an error, so a stray copy of a file never silently wins.

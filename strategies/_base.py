@@ -153,11 +153,16 @@ class Strategy:
       gradient (1e-6 relative at a tight tolerance), not just to a descent direction.
     - ``cost_params = ("k",)``: the parameters that set the cost of a step; the report draws a
       scaling figure (time, memory, quality against the value) for each.
+    - ``has_adjoint = False``: the gradient is not v^T df/dtheta at a fixed point for some
+      adjoint v (unrolled backprop of k layers from z0), so the harness records no certified
+      bound on its adjoint error (``adjoint_error_bound`` NaN; see :mod:`bench.bounds`, which
+      reads v for every other strategy, with nothing for the strategy to report).
     """
 
     name: ClassVar[str] = ""
     parameters: ClassVar[dict[str, Param]] = {}
     exact: ClassVar[bool] = False
+    has_adjoint: ClassVar[bool] = True
     cost_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **params: Any):

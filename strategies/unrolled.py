@@ -8,9 +8,13 @@ from strategies._implicit import batch_dot
 
 @register
 class Unrolled(Strategy):
-    """Backprop through k iterations of f; no solver, memory grows linearly with k."""
+    """Backprop through k iterations of f; no solver, memory grows linearly with k.
+
+    Its output is not a fixed point and its gradient is exact backprop of the k-layer network,
+    not an approximate adjoint: no certified adjoint bound (``has_adjoint = False``)."""
 
     name = "unrolled"
+    has_adjoint = False
     cost_params = ("k",)
     parameters = {"k": Param(10, ge=1, le=1000, doc="number of unrolled layers")}
 

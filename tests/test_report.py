@@ -80,6 +80,10 @@ def fabricate(folder: Path, *, learned=LEARNED, with_steps=True, with_recons=Tru
                 peak_rss_bytes=300 * MIB, mean_forward_iters=SOLVER_MAX_ITER if is_jfb else 7.0,
                 forward_converged_frac=np.nan, grad_cosine_first=0.8 if is_jfb else 0.99,
                 grad_cosine_last=0.7 if is_jfb else 0.98,
+                # jfb's certified adjoint bound is vacuous (> 1); unrolled has none
+                adjoint_error_last=0.41 + 0.02 * seed if is_jfb else np.nan,
+                adjoint_error_bound_last=8.2 if is_jfb else np.nan,
+                max_adjoint_error_bound=9.5 - seed if is_jfb else np.nan,
             )
         )  # fmt: skip
         for epoch, (psnr, time) in enumerate(zip(psnrs, times, strict=True), start=1):
@@ -539,3 +543,28 @@ def test_markdown_carries_no_html_from_labels_or_error_messages(tmp_path, only_f
     assert "&lt;img src" in markdown  # the run id, made from the label
     assert "&lt;script>alert(2)&lt;/script> & &amp;amp;" in markdown
     assert "&lt;img" in (out / "report.html").read_text()  # the HTML escapes as before
+
+
+def test_the_fidelity_table_shows_the_adjoint_error_beside_its_bound_and_says_vacuous(built):
+    """Issue 19 §2: a bound above 1 is named vacuous, with its value, never hidden; the worst
+    seed of each; a strategy without a bound (unrolled) shows a dash."""
+    _, _, markdown, _ = built
+    assert _cell(markdown, "jfb", "adjoint error (last eval)") == "4.3e-01"
+    assert _cell(markdown, "jfb", "certified bound (last eval)") == "vacuous (8.2)"
+    assert _cell(markdown, "jfb", "certified bound (worst step)") == "vacuous (9.5)"
+    assert _cell(markdown, "unrolled:k=5", "certified bound (last eval)") == "—"
+
+
+def test_an_adjoint_bound_below_one_is_a_number_and_the_figure_draws_it(tmp_path):
+    from bench.report.load import prepare
+    from bench.report.tables import fmt_adjoint_bound
+
+    assert fmt_adjoint_bound(0.04) == "4.0e-02" and fmt_adjoint_bound(1.5) == "vacuous (1.5)"
+    data, _ = prepare(fabricate(tmp_path / "r", with_recons=False))
+    figure = plots.plot_grad_cosine(data)
+    adjoint = figure.axes[-1]
+    assert adjoint.get_xscale() == "log" and "vacuous (> 1)" in [
+        t.get_text() for t in adjoint.texts
+    ]
+    drawn = np.concatenate([c.get_offsets()[:, 0] for c in adjoint.collections])
+    assert {0.41, 0.43, 8.2} <= {round(float(x), 2) for x in drawn}

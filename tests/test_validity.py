@@ -165,7 +165,9 @@ def test_the_trained_model_is_saved_and_rebuilds(tmp_path):
 
 def test_the_peak_memory_replay_leaves_training_unchanged(monkeypatch):
     measured = train(_run("cg:tol=1e-6:max_iter=50", grad_fidelity=False), CPU)
-    monkeypatch.setattr(runner, "_peak_step_bytes", lambda *args: 0)
+    monkeypatch.setattr(
+        runner, "_peak_step_bytes", lambda *args: {"peak_step_bytes": 0, "certify_peak_bytes": 0}
+    )
     plain = train(_run("cg:tol=1e-6:max_iter=50", grad_fidelity=False), CPU)
     assert measured["runs"].iloc[0]["peak_step_bytes"] > 0
     for name, value in plain["model"].items():

@@ -373,7 +373,10 @@ def summarize(data: ReportData, target: float | None) -> pd.DataFrame:
     ):  # fmt: skip
         summary[column] = ok[column].mean()
     # the worst run, not a mean
-    for column in ("layer_lipschitz_max", "contraction_budget_used"):
+    for column in (
+        "layer_lipschitz_max", "contraction_budget_used", "adjoint_error_last",
+        "adjoint_error_bound_last", "max_adjoint_error_bound",
+    ):  # fmt: skip
         summary[column] = ok[column].max()
     times = time_to_target(data, target)
     per_label = times.groupby("label")
