@@ -130,6 +130,7 @@ def test_a_task_must_name_and_implement_its_naive_reconstruction():
     assert getattr(Task.naive, "__isabstractmethod__", False)
 
 
+@pytest.mark.slow  # a fresh interpreter: discovery happens at import
 def test_a_task_file_in_the_folder_and_an_installed_plugin_are_found_with_their_settings(
     tmp_path,
 ):
