@@ -150,24 +150,76 @@ def conv_operator_norm(
     M <= max_samples sigma_1(F) / (1 - s^2 / 2). (Centring the taps multiplies F by a unimodular
     scalar, which leaves sigma_1 unchanged; for even k, d_j = k_j - 1 without centring.)
 
-    All samples' singular values are computed without a graph; the one attaining the maximum is
-    recomputed with its graph, so the result is differentiable in ``weight`` at the cost of one
-    small SVD (the gradient of a maximum is the gradient of its argmax). A real kernel's
+    Each sample's largest singular value is bounded from above without a graph, cheaply, by
+    :func:`gram_spectral_bound` (matrix products only), and computed exactly by an SVD at the
+    samples with the largest bounds, in rounds, until no other sample's bound exceeds the largest
+    exact value (or ``EXACT_SVD_MAX`` SVDs were spent): the result, the maximum of the exact
+    values and of the remaining samples' bounds, is an upper bound on every sample, and equals
+    the sampled maximum whenever the rounds end early. The sample attaining the largest exact
+    value is recomputed with its graph, so the result is differentiable in ``weight`` at the cost
+    of one small SVD (the gradient of a maximum is the gradient of its argmax). A real kernel's
     spectrum is conjugate-symmetric, so ``rfft2`` covers every frequency.
     """
     kh, kw = weight.shape[-2:]
     grid, correction = certificate_grid((kh, kw), tuple(image_size), max_grid)
     with torch.no_grad():
-        k_hat = torch.fft.rfft2(weight, s=grid).permute(2, 3, 0, 1)
-        sigma = torch.linalg.svdvals(k_hat)[..., 0]
-        p, q = divmod(int(sigma.argmax()), sigma.shape[1])
+        k_hat = torch.fft.rfft2(weight, s=grid).permute(2, 3, 0, 1).flatten(0, 1).contiguous()
+        upper = gram_spectral_bound(k_hat)
+        order = upper.argsort(descending=True)
+        exact = torch.empty(0, dtype=upper.dtype, device=upper.device)
+        done, chunk = 0, EXACT_SVD_CHUNK
+        while True:
+            chosen = order[done : done + chunk]
+            exact = torch.cat([exact, torch.linalg.svdvals(k_hat[chosen])[:, 0].to(upper.dtype)])
+            done += len(chosen)
+            rest = upper[order[done:]].max() if done < len(order) else upper.new_zeros(())
+            if rest <= exact.max() or done >= min(len(order), EXACT_SVD_MAX):
+                break
+            chunk *= 2
+        best = int(exact.argmax())
+        value = torch.maximum(exact[best], rest)
+        p, q = divmod(int(order[best]), k_hat.shape[0] // grid[0])
     a = torch.arange(kh, device=weight.device, dtype=weight.dtype)
     b = torch.arange(kw, device=weight.device, dtype=weight.dtype)
     phase = -2 * math.pi * (p * a[:, None] / grid[0] + q * b[None, :] / grid[1])
     k_pq = torch.einsum(
         "oiab,ab->oi", weight.to(k_hat.dtype), torch.polar(torch.ones_like(phase), phase)
     )
-    return torch.linalg.svdvals(k_pq)[0] * correction
+    sigma = torch.linalg.svdvals(k_pq)[0]
+    # the value is the certificate; the gradient is the argmax sample's
+    return sigma * (value / exact[best]).to(sigma.dtype) * correction
+
+
+# Gram iterations per sample (Delattre et al., ICML 2023): sigma_1 <= ||G_t||_F^(1 / 2^(t+1)),
+# within a factor rank^(1 / 2^(t+2)) of it (1.067 for 64 channels at t = 4). Measured on this
+# 2-core CPU for the 544 samples of one 32-channel kernel: 4 products take 4.5 ms where the
+# SVDs take 28.7 ms (28.7 against 115.7 ms for 64 channels).
+GRAM_STEPS = 4
+# SVDs of the samples with the largest Gram bounds, in rounds of 8, 16, ...; at most this many
+EXACT_SVD_CHUNK, EXACT_SVD_MAX = 8, 256
+
+
+def _frobenius(g: torch.Tensor) -> torch.Tensor:
+    # torch.linalg.matrix_norm is ~3x slower than this on complex batches (CPU)
+    parts = torch.view_as_real(g) if g.is_complex() else g.unsqueeze(-1)
+    return parts.square().sum(dim=(-3, -2, -1)).sqrt()
+
+
+def gram_spectral_bound(m: torch.Tensor, steps: int = GRAM_STEPS) -> torch.Tensor:
+    """An upper bound on the largest singular value of each matrix of the batch ``m``
+    (..., a, b) from ``steps`` Gram iterations (Delattre, Barthelemy, Araujo, Allauzen, ICML
+    2023): G_0 = M^H M (on the smaller side, r x r), G_(j+1) = G_j^2, so that G_t's eigenvalues
+    are sigma_i^(2^(t+1)) and sigma_1 <= ||G_t||_F^(1 / 2^(t+1)). G_0 is first divided by its
+    Frobenius norm n, and then sigma_1 <= n^(1/2) ||(G_0 / n)^(2^t)||_F^(1 / 2^(t+1)): the
+    normalised powers cannot overflow, and their largest eigenvalue stays >= r^(-2^(t-1)) (far
+    above underflow for t <= 5). In ``m``'s precision: float32 rounding moves the result by
+    ~1e-6 relative, as it does the SVD's."""
+    g = m.mH @ m if m.shape[-1] <= m.shape[-2] else m @ m.mH
+    norm = _frobenius(g).clamp_min(torch.finfo(g.real.dtype).tiny)
+    g = g / norm[..., None, None]
+    for _ in range(steps):
+        g = g @ g
+    return norm.sqrt() * _frobenius(g) ** (1.0 / 2 ** (steps + 1))
 
 
 def maxmin(x: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ from bench.model import (
     build_model,
     certificate_grid,
     conv_operator_norm,
+    gram_spectral_bound,
     eta_max,
     maxmin,
 )
@@ -141,6 +142,24 @@ def test_certificate_grid_is_exact_on_short_axes_and_refuses_a_grid_too_coarse()
     assert grid == (32, 32) and correction == pytest.approx(1 / (1 - (math.pi / 16) ** 2 / 2))
     with pytest.raises(ValueError, match="too coarse"):
         certificate_grid((9, 9), (64, 64), max_grid=4)
+
+
+@pytest.mark.parametrize("steps", [1, 3, 5])
+def test_gram_iteration_bounds_the_largest_singular_value_within_its_rank_factor(steps):
+    g = torch.Generator().manual_seed(steps)
+    cases = [
+        torch.randn(50, 7, 5, dtype=torch.complex128, generator=g),  # rectangular, both ways
+        torch.randn(50, 4, 9, dtype=torch.float64, generator=g),
+        torch.randn(50, 6, 1, dtype=torch.float64, generator=g) @ torch.randn(50, 1, 6, dtype=torch.float64, generator=g),  # rank 1
+        torch.linalg.qr(torch.randn(50, 8, 8, dtype=torch.float64, generator=g))[0],  # flat
+        torch.zeros(2, 3, 3, dtype=torch.float64),
+    ]  # fmt: skip
+    for m in cases:
+        exact = torch.linalg.svdvals(m)[:, 0]
+        bound = gram_spectral_bound(m, steps)
+        rank = min(m.shape[-2:])
+        assert (exact <= bound * (1 + 1e-12)).all()
+        assert (bound <= exact * rank ** (1 / 2 ** (steps + 2)) * (1 + 1e-12)).all()
 
 
 def test_continuous_certificate_is_differentiable():
