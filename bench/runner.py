@@ -50,7 +50,21 @@ from .tasks import Task, make_task
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 TEST_NOISE_SEED = 10_000  # test measurements are the same for every run and seed
 FIDELITY_SEED = 20_000  # the fixed batch for gradient fidelity
-FIDELITY_BATCH = 8  # images in the fixed batch for gradient fidelity and ||dT/dx||
+FIDELITY_BATCH = 8  # images in the fixed batch for gradient fidelity and ||dT/dx||, at most
+# ... and at most this many pixel values (8 faces of 25x25): the float64 reference's convolutions
+# take the CPU's slow path, and on 8 64x64 RGB patches it cost 25 jfb steps per evaluation (one
+# patch: 3); fewer, larger images measure the same quantities on fewer samples
+FIDELITY_VALUES = 8 * 25 * 25
+
+
+def fidelity_images(image_shape: tuple[int, ...], batch_size: int, n_train: int) -> int:
+    """Images in the fixed batch the diagnostics use: FIDELITY_BATCH, the training batch or the
+    training set, whichever is smallest, and no more than FIDELITY_VALUES values, but one at
+    least."""
+    values = math.prod(image_shape)
+    return max(1, min(FIDELITY_BATCH, batch_size, n_train, FIDELITY_VALUES // values))
+
+
 STEP_INFO = (
     "forward_iters", "forward_residual", "forward_converged", "backward_iters", "backward_residual"
 )  # fmt: skip
@@ -334,7 +348,7 @@ class _Setup:
         torch.manual_seed(run.seed)
         generator = torch.Generator().manual_seed(run.seed)  # batch order and training noise
         model = build_model(run.model, data.task, train_x.shape[1]).to(**to)
-        fid_x = train_x[: min(run.train.batch_size, len(train_x), FIDELITY_BATCH)]
+        fid_x = train_x[: fidelity_images(train_x.shape[1:], run.train.batch_size, len(train_x))]
         fid_d = data.task.simulate(fid_x, torch.Generator().manual_seed(FIDELITY_SEED))
         solver = solver_from_config(run.solver)
         return cls(
@@ -586,6 +600,7 @@ def _tables(s: _Setup, rec: _Record, memory: PeakMemory, device, run_wall_time_s
         "peak_gpu_memory_bytes": memory.gpu_bytes if memory.gpu_bytes is not None else math.nan,
         "peak_gpu_device_memory_bytes": memory.gpu_device_bytes or math.nan,
         "certified_lipschitz_bound": s.model.contraction_bound(),
+        "fidelity_images": len(s.fid_x),
     }
     return {
         "runs": pd.DataFrame([row]),

@@ -49,6 +49,8 @@ RUN_COLUMNS = (
     # certified bound on the adjoint's relative error (bench/bounds.py): the measured error and
     # its bound at the last fidelity evaluation, the largest bound of any step
     "adjoint_error_last", "adjoint_error_bound_last", "max_adjoint_error_bound",
+    # images of the fixed batch the diagnostics (||dT/dx||, gradient fidelity) use
+    "fidelity_images",
 )  # fmt: skip
 EPOCH_COLUMNS = (
     "run_id", "strategy", "seed", "epoch", "train_loss",
@@ -120,7 +122,7 @@ ADDED_COLUMNS = {
         "step_time_robust_cv", "warmup_steps", "warmup_step_time_s", "timing_reliable",
         "timing_note", "task", "median_certify_time_s", "certify_peak_bytes",
         "contraction_budget_used", "adjoint_error_last", "adjoint_error_bound_last",
-        "max_adjoint_error_bound",
+        "max_adjoint_error_bound", "fidelity_images",
         # a metric registered later has no column in older tables
         *(f"final_test_{m}" for m in METRICS if m not in ("psnr", "ssim")),
     ),

@@ -36,7 +36,7 @@ from strategies import parse_spec
 def measure(run, strategy_spec: str, side: int, depth: int, width: int, batch: int, steps: int):
     data_cfg = dataclasses.replace(run.data, patch_size=side, n_images=max(2 * batch, 16))
     data = load_task_data(data_cfg, run.problem)
-    x = data.train_x[:batch]
+    x = data.train_x[:batch].float()  # the runner trains in float32 ([train] dtype)
     d = data.task.simulate(x, torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     model = build_model(dataclasses.replace(run.model, width=width, depth=depth), data.task, 3)

@@ -25,7 +25,7 @@ from bench import diagnostics
 from bench.config import load_suite
 from bench.measure import StepClock
 from bench.model import build_model, conv_operator_norm
-from bench.runner import FIDELITY_BATCH, load_task_data, train_step
+from bench.runner import fidelity_images, load_task_data, train_step
 from bench.solver import solver_from_config
 from strategies import parse_spec
 
@@ -58,7 +58,7 @@ def main() -> None:
     args = p.parse_args()
     run = _setting(args)
     data = load_task_data(run.data, run.problem)
-    x = data.train_x[: args.batch]
+    x = data.train_x[: args.batch].float()  # the runner trains in float32 ([train] dtype)
     d = data.task.simulate(x, torch.Generator().manual_seed(0))
     solver, clock, jfb = (
         solver_from_config(run.solver),
@@ -87,7 +87,8 @@ def main() -> None:
               f"{m['certify_time_s']:.3f} s) = {m['step_time_s'] / base:.2f}x kernel")  # fmt: skip
     model, optimizer = models["operator"]
     step = med["operator"]["step_time_s"]
-    fid_x, fid_d = x[:FIDELITY_BATCH], d[:FIDELITY_BATCH]
+    n_fid = fidelity_images(x.shape[1:], args.batch, len(data.train_x))
+    fid_x, fid_d = x[:n_fid], d[:n_fid]
     costs = {
         "||dT/dx|| (power iteration)": lambda: diagnostics.layer_lipschitz(model, solver, fid_d),
         "gradient fidelity (float64 reference)": lambda: diagnostics.gradient_cosine(

@@ -23,8 +23,8 @@ from bench.model import (
     build_model,
     certificate_grid,
     conv_operator_norm,
-    gram_spectral_bound,
     eta_max,
+    gram_spectral_bound,
     maxmin,
 )
 from bench.runner import FIDELITY_BATCH, FIDELITY_SEED, load_task_data, train

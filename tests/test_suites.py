@@ -4,10 +4,17 @@ setting's, and the CelebA one runs end to end on a fabricated CelebA folder."""
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from bench.cli import main
 from bench.config import load_suite
+from bench.diagnostics import gradient_cosine
+from bench.measure import StepClock
+from bench.model import build_model
+from bench.runner import fidelity_images, load_task_data, train_step
+from bench.solver import solver_from_config
+from strategies import parse_spec
 
 # The reference work (arXiv 2402.02065, ../shared/REFERENCES.md): 128x128 RGB, 5x5 Gaussian blur,
 # noise 0.01, a 17-layer DnCNN of width 64, Anderson (m = 5, tol 1e-3, max 50 iterations), its
@@ -77,3 +84,36 @@ def test_celeba_suite_runs_a_few_steps_on_a_fabricated_celeba_folder(tmp_path):
     assert learned["certified_lipschitz_bound"] == 0.97
     steps = pd.read_csv(out / "steps.csv")
     assert len(steps) == 2 and (steps["certify_time_s"] > 0).all()
+
+
+def test_the_diagnostics_batch_shrinks_with_the_image_to_a_fixed_budget():
+    assert fidelity_images((1, 25, 25), 16, 80) == 8  # the quick suite: unchanged
+    assert fidelity_images((3, 64, 64), 8, 226) == 1  # the midsize preset
+    assert fidelity_images((3, 128, 128), 8, 51) == 1  # at least one image
+    assert fidelity_images((1, 12, 12), 4, 40) == 4  # never more than a training batch
+    assert fidelity_images((1, 12, 12), 16, 3) == 3  # nor than the training set
+
+
+@pytest.mark.slow
+def test_the_kept_subset_measures_the_same_gradient_fidelity():
+    # the gradient fidelity of a batch is the agreement of per-image gradients summed: an exact
+    # strategy agrees with the float64 reference on one image as on eight, and jfb's cosine on
+    # the first image is close to its cosine on all eight of a trained layer
+    run = load_suite("quick").runs()[0]
+    data = load_task_data(run.data, run.problem)
+    x = data.train_x[:8].float()
+    d = data.task.simulate(x, torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model = build_model(run.model, data.task, 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=run.train.lr)
+    solver, jfb = solver_from_config(run.solver), parse_spec("jfb")
+    for i in range(20):
+        xi = data.train_x[8 * i % 72 : 8 * i % 72 + 8].float()
+        di = data.task.simulate(xi, torch.Generator().manual_seed(i))
+        train_step(model, jfb, solver, optimizer, xi, di, StepClock(torch.device("cpu")))
+    exact = parse_spec("gmres:tol=1e-7:max_iter=200")
+    for strategy, tolerance in [(exact, 5e-3), (jfb, 0.05)]:  # float32 gradients
+        full = gradient_cosine(model, strategy, solver, x, d)["grad_cosine"]
+        one = gradient_cosine(model, strategy, solver, x[:1], d[:1])["grad_cosine"]
+        assert abs(full - one) <= tolerance
+    assert gradient_cosine(model, exact, solver, x[:1], d[:1])["grad_cosine"] > 0.99
