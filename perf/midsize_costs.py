@@ -9,6 +9,7 @@ One process, side by side, on 64x64 RGB patches of the bundled photos (width 64,
   spectral_norm, uncertified; aol), and the operator step's certification phase;
 - each diagnostic of an evaluation (||dT/dx|| by power iteration, the float64 gradient-fidelity
   reference, the peak-bytes replay) in median operator jfb steps;
+- the jfb step's peak bytes (certification apart) against its bytes saved for backward;
 - per layer, how tight the certificate is: certified bound / exact all-frequency bound.
 """
 
@@ -23,7 +24,7 @@ import torch
 
 from bench import diagnostics
 from bench.config import load_suite
-from bench.measure import StepClock
+from bench.measure import SavedBytes, StepClock
 from bench.model import build_model, conv_operator_norm
 from bench.runner import fidelity_images, load_task_data, train_step
 from bench.solver import solver_from_config
@@ -108,6 +109,14 @@ def main() -> None:
         total += seconds
         print(f"{name:40s} {seconds:.3f} s = {seconds / step:.1f} jfb steps")
     print(f"{'all diagnostics':40s} {total:.3f} s = {total / step:.1f} jfb steps")
+    # memory of the operator jfb step: peak after certification vs bytes saved for backward
+    peaks = costs["peak-bytes replay"]()
+    counter = SavedBytes()
+    train_step(model, jfb, solver, optimizer, x, d, clock, counter)
+    print(f"peak step bytes {peaks['peak_step_bytes'] / 2**20:.1f} MiB "
+          f"(certification apart: {peaks['certify_peak_bytes'] / 2**20:.1f} MiB), saved for "
+          f"backward {counter.total / 2**20:.1f} MiB: peak / saved = "
+          f"{peaks['peak_step_bytes'] / counter.total:.2f}")  # fmt: skip
     size = (args.side, args.side)
     for i, conv in enumerate(model.denoiser.convs):
         w = conv.weight.detach()
