@@ -37,16 +37,26 @@ def test_slow_and_costly():
 """
 
 
-def test_a_costly_test_fails_the_fast_tier_unless_marked_slow(pytester):
+def _inner_run(pytester, overloaded: bool):
     pytester.makepyfile(test_inner=INNER)
     pytester.makeini("[pytest]\nmarkers =\n    slow: slow")
-    limit = tiers.FAST_TEST_CPU_LIMIT_S
+    limit, judge = tiers.FAST_TEST_CPU_LIMIT_S, tiers._overloaded
     tiers.FAST_TEST_CPU_LIMIT_S = 0.3  # not monkeypatch: this test's own check reads it too
+    tiers._overloaded = lambda: overloaded  # the machine's load is not this test's to choose
     try:
-        result = pytester.runpytest_inprocess("-p", "tiers", "-p", "no:cacheprovider")
+        return pytester.runpytest_inprocess("-p", "tiers", "-p", "no:cacheprovider")
     finally:
-        tiers.FAST_TEST_CPU_LIMIT_S = limit
+        tiers.FAST_TEST_CPU_LIMIT_S, tiers._overloaded = limit, judge
+
+
+def test_a_costly_test_fails_the_fast_tier_unless_marked_slow(pytester):
+    result = _inner_run(pytester, overloaded=False)
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(
         ["*test_fast_but_costly used * s of CPU*mark it @pytest.mark.slow*"]
     )
+
+
+def test_the_cpu_guard_abstains_on_an_overloaded_machine(pytester):
+    # spinning threads burn CPU time while they wait for a core: no verdict then
+    _inner_run(pytester, overloaded=True).assert_outcomes(passed=3)
