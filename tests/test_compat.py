@@ -233,3 +233,24 @@ def test_a_resume_reads_every_part_once(tmp_path, monkeypatch, part_reads):
     trained = [i for i in part_reads if i not in ids]
     assert counts["ok"] == 3 and sorted(set(trained)) == sorted(trained)  # new parts once each
     assert sorted(i for i in part_reads if i in ids) == ids  # one full scan per command
+
+
+def test_a_folder_of_the_previous_commit_resumes_and_reports_with_every_row(tmp_path, capsys):
+    """f41d85f, the commit before the certification phase, the adjoint bounds, jac_reg and the
+    task-declared settings: its runs have today's ids (nothing retrained), its parts are kept
+    whole, and the columns it could not write are named once as missing."""
+    out = _older_folder(tmp_path, "f41d85f")
+    before = pd.read_csv(out / "runs.csv", dtype=str).set_index("run_id")
+    assert main(["run", str(OLDER / "tiny.toml"), "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr()
+    assert "broken part" not in printed.err and "1 already complete" in printed.out
+    assert not (out / "parts" / results.BROKEN_DIR).exists()
+    after = pd.read_csv(out / "runs.csv", dtype=str).set_index("run_id")
+    assert set(after.index) == set(before.index)
+    assert set(before.columns) <= set(after.columns)  # nothing dropped
+    rows = _rows(out)
+    for run_id in before.index:
+        assert after.loc[run_id, "final_test_psnr"] == before.loc[run_id, "final_test_psnr"]
+        assert pd.isna(rows[run_id].get("certify_peak_bytes"))  # not measured then
+    assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "report.html").exists()
