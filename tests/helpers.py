@@ -66,6 +66,22 @@ MINI_RUN = MINI.replace('strategies = ["jfb"]', 'strategies = ["jfb", "unrolled:
 )
 
 
+def run_config(strategy: str = "jfb", seed: int = 0, *, suite: str = "s", **sections):
+    """One run's config without a suite file: each section (``data=``, ``model=``, ...) at its
+    defaults unless given, as a dict of the fields that differ (``model={"width": 2}``) or whole
+    (``solver=SolverConfig(...)``)."""
+    from bench.config import SECTIONS, RunConfig
+
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        raise TypeError(f"run_config: unknown section(s) {unknown}; known: {list(SECTIONS)}")
+    built = {}
+    for name, kind in SECTIONS.items():
+        given = sections.get(name, {})
+        built[name] = given if isinstance(given, kind) else kind(**given)
+    return RunConfig(suite, strategy, seed, **built)
+
+
 def markdown_tables(markdown: str) -> list[list[list[str]]]:
     """Every Markdown table of a report as rows of cells (header first, rule dropped)."""
     tables, current = [], []

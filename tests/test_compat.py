@@ -11,19 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import run_config
 from test_reliability import FakeTrain, fake_tables, load, part_ids, tiny_suite
 from test_report_settings import Folder, _build, _cells, _compared, no_figures  # noqa: F401 (a fixture)
 
 from bench import results, runner
 from bench.cli import main
-from bench.config import (
-    DataConfig,
-    ModelConfig,
-    ProblemConfig,
-    RunConfig,
-    SolverConfig,
-    TrainConfig,
-)
 from bench.report import build_report, prepare
 
 # ---- a perfect reconstruction (PSNR = +inf) is kept -------------------------------------------
@@ -177,8 +170,7 @@ def test_an_older_run_whose_settings_differ_is_redone_and_its_row_kept(tmp_path,
 
 def _synthetic_folder(out: Path, n: int) -> list[str]:
     """``n`` valid parts (copies of one fake run's runs.csv under other ids), written plainly."""
-    run = RunConfig("s", "jfb", 0, DataConfig(), ProblemConfig(), ModelConfig(), SolverConfig(),
-                    TrainConfig())  # fmt: skip
+    run = run_config("jfb", 0)
     results.write_run(out, run.run_id, fake_tables(run))
     template = {"runs": (out / "parts" / run.run_id / "runs.csv").read_text()}
     ids = [f"synthetic-{i:04d}" for i in range(n)]
@@ -214,8 +206,7 @@ def test_a_merge_after_a_run_reads_only_that_runs_part_at_1000_parts(tmp_path, p
     assert sorted(part_reads) == ids and len(merged["runs"]) == 1000
     for k in range(3):  # three more runs finish, each followed by a merge
         part_reads.clear()
-        run = RunConfig("s", "jfb", k + 1, DataConfig(), ProblemConfig(), ModelConfig(),
-                        SolverConfig(), TrainConfig())  # fmt: skip
+        run = run_config("jfb", k + 1)
         results.write_run(out, run.run_id, fake_tables(run))
         merged = results.merge(out)
         assert part_reads == [run.run_id]  # not the 1000 others

@@ -97,12 +97,20 @@ def _ssim_map_mirror(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 GROUPS = ["faces25", "camera64", "astronaut64rgb", "camera128"]
 
 
+def _scored(group: str, metric) -> list[tuple[float, np.ndarray, np.ndarray]]:
+    """(value, clean, degraded) for each pair of ``group``, ``metric`` computed on the whole group
+    in one batch (checked to give one value per image)."""
+    pairs = _pairs(group)
+    got = metric(*_stack(pairs))
+    assert got.shape == (len(pairs),)
+    return [
+        (value, clean, noisy) for value, (clean, noisy) in zip(got.tolist(), pairs, strict=True)
+    ]
+
+
 @pytest.mark.parametrize("group", GROUPS)
 def test_psnr_matches_skimage(group):
-    pairs = _pairs(group)
-    got = psnr(*_stack(pairs))
-    assert got.shape == (len(pairs),)
-    for value, (clean, noisy) in zip(got.tolist(), pairs, strict=True):
+    for value, clean, noisy in _scored(group, psnr):
         expected = metrics.peak_signal_noise_ratio(clean, noisy, data_range=1.0)
         # torchmetrics converts ln -> log10 with a float32 constant: ~1e-7 relative error
         assert value == pytest.approx(expected, rel=1e-6, abs=0)
@@ -110,10 +118,7 @@ def test_psnr_matches_skimage(group):
 
 @pytest.mark.parametrize("group", GROUPS)
 def test_ssim_is_the_interior_mean_of_an_independent_ssim_map(group):
-    pairs = _pairs(group)
-    got = ssim(*_stack(pairs))
-    assert got.shape == (len(pairs),)
-    for value, (clean, noisy) in zip(got.tolist(), pairs, strict=True):
+    for value, clean, noisy in _scored(group, ssim):
         ref_map = _ssim_map_mirror(noisy, clean)
         # The interior of this independent map is exactly scikit-image's SSIM (5-pixel border
         # dropped), which validates the reference itself ...

@@ -7,15 +7,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import run_config
 
-from bench.config import (
-    DataConfig,
-    ModelConfig,
-    ProblemConfig,
-    RunConfig,
-    SolverConfig,
-    TrainConfig,
-)
+from bench.config import ModelConfig, ProblemConfig
 from bench.model import (
     Denoiser,
     ReconstructionDEQ,
@@ -271,17 +265,16 @@ def test_lipschitz_estimate_converges_to_the_dense_jacobian_norm():
 
 def _trained(strategy: str, control: str = "operator", lr: float = 5e-2, activation: str = "relu"):
     """A run trained through the harness at 10x the quick suite's learning rate."""
-    run = RunConfig(
-        "test",
+    run = run_config(
         strategy,
         0,
-        DataConfig(dataset="faces", image_size=12, n_images=40),
-        ProblemConfig(),
-        ModelConfig(
+        suite="test",
+        data=dict(dataset="faces", image_size=12, n_images=40),
+        model=dict(
             width=6, depth=3, lipschitz=0.97, lipschitz_control=control, activation=activation
         ),
-        SolverConfig(name="anderson", max_iter=100, tol=1e-5),
-        TrainConfig(epochs=12, batch_size=8, lr=lr, grad_fidelity=False, eval_every=24),
+        solver=dict(name="anderson", max_iter=100, tol=1e-5),
+        train=dict(epochs=12, batch_size=8, lr=lr, grad_fidelity=False, eval_every=24),
     )
     tables = train(run, torch.device("cpu"))
     model = build_model(run.model, load_task_data(run.data, run.problem).task, 1)

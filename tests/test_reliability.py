@@ -23,21 +23,12 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
-from helpers import MINI
+from helpers import MINI, run_config
 from PIL import Image
 
 from bench import results, runner
 from bench.cli import main
-from bench.config import (
-    DataConfig,
-    ModelConfig,
-    ProblemConfig,
-    RunConfig,
-    SolverConfig,
-    TrainConfig,
-    suite_from_dict,
-    with_overrides,
-)
+from bench.config import RunConfig, suite_from_dict, with_overrides
 from bench.data import load_dataset
 from strategies import parse_spec
 
@@ -196,15 +187,14 @@ def test_write_error_mid_sweep_is_one_line(tmp_path, fake_train, monkeypatch, ca
 
 
 def test_run_ids_are_bounded_in_length():
-    sections = (DataConfig(), ProblemConfig(), ModelConfig(), SolverConfig(), TrainConfig())
     label = "plugin:" + ":".join(f"parameter_{i}=value_{i}" for i in range(20))
-    a = RunConfig("s", label, 0, *sections)
-    b = RunConfig("s", label[:-1] + "X", 0, *sections)
+    a = run_config(label, 0)
+    b = run_config(label[:-1] + "X", 0)
     assert len(label) > 300
     assert len(a.run_id) <= 120 and len(b.run_id) <= 120
     assert a.run_id != b.run_id  # the hashed tail still tells them apart
     assert a.run_id.startswith("plugin_parameter_0_value_0") and a.run_id.endswith(a.config_hash)
-    short = RunConfig("s", "neumann:k=3", 0, *sections)
+    short = run_config("neumann:k=3", 0)
     assert short.run_id == f"neumann_k_3-s0-{short.config_hash}"  # short ids are unchanged
 
 
@@ -245,8 +235,7 @@ def test_broken_parts_are_set_aside_and_redone(tmp_path, fake_train, capsys):
 
 
 def test_merge_skips_nothing_valid_and_reads_parts_with_only_runs_csv(tmp_path):
-    sections = (DataConfig(), ProblemConfig(), ModelConfig(), SolverConfig(), TrainConfig())
-    run = RunConfig("s", "jfb", 0, *sections)
+    run = run_config("jfb", 0)
     tables = fake_tables(run)
     results.write_run(tmp_path, run.run_id, {"runs": tables["runs"]})
     for name in ("epochs", "steps"):
@@ -609,8 +598,7 @@ def test_cost_parameters_have_upper_bounds(spec):
 
 
 def test_parquet_failure_never_loses_the_csv_tables(tmp_path, monkeypatch, capsys):
-    sections = (DataConfig(), ProblemConfig(), ModelConfig(), SolverConfig(), TrainConfig())
-    run = RunConfig("s", "jfb", 0, *sections)
+    run = run_config("jfb", 0)
     results.write_run(tmp_path, run.run_id, fake_tables(run))
 
     def no_memory(*args, **kwargs):

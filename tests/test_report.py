@@ -375,32 +375,45 @@ def _chromium() -> str:
     pytest.skip("chromium not installed: `apt-get install chromium` to run the browser test")
 
 
-def _images_in_browser(browser: str, page: Path, profile: Path) -> list[dict]:
-    """Load ``page`` in headless chromium; return each <img>'s decoded state after load."""
+def _checked_in_browser(browser: str, page: Path, profile: Path, check: str, *flags: str):
+    """Load ``page`` in headless chromium (given ``flags`` besides CHROMIUM_FLAGS); return the
+    JSON that the page's script wrote after load into its ``<pre id="{check}">``."""
     result = subprocess.run(
-        [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
+        [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *flags, "--dump-dom",
+         page.as_uri()],
         capture_output=True, text=True, timeout=90,
     )  # fmt: skip
-    match = re.search(r'<pre id="image-check">(.*?)</pre>', result.stdout, re.S)
-    assert match, (
-        f"chromium printed no image check (rc {result.returncode}): {result.stderr[-2000:]}"
-    )
+    match = re.search(rf'<pre id="{check}">(.*?)</pre>', result.stdout, re.S)
+    assert match, f"chromium printed no {check} (rc {result.returncode}): {result.stderr[-2000:]}"
     return json.loads(match.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+
+
+def _report_page_with(built, script: str, name: str) -> Path:
+    """A copy of the built report.html beside it (so its figures resolve), named ``name``, with
+    ``script`` appended to its body."""
+    _, out, _, html_text = built
+    page = out / name
+    page.write_text(html_text.replace("</body>", script + "</body>"))
+    return page
+
+
+def _images_in_browser(browser: str, page: Path, profile: Path) -> list[dict]:
+    """Load ``page`` (with IMAGE_CHECK) in headless chromium; return each <img>'s decoded state
+    after load."""
+    return _checked_in_browser(browser, page, profile, "image-check")
 
 
 @pytest.mark.slow
 def test_report_renders_in_headless_chromium_without_broken_images(built, tmp_path):
     browser = _chromium()
-    _, out, _, html_text = built
-    page = out / "browser-check.html"
-    page.write_text(html_text.replace("</body>", IMAGE_CHECK + "</body>"))
+    page = _report_page_with(built, IMAGE_CHECK, "browser-check.html")
     images = _images_in_browser(browser, page, tmp_path / "profile")
     assert len(images) == len(EXPECTED_FIGURES)
     broken = [i for i in images if not (i["complete"] and i["width"] > 0)]
     assert not broken, f"broken images in report.html: {broken}"
     # The SVG copies too: a page that shows each one must decode all of them.
     svgs = "".join(f'<img src="{name}.svg">' for name in EXPECTED_FIGURES)
-    svg_page = out / "svg-check.html"
+    svg_page = page.parent / "svg-check.html"
     svg_page.write_text(f"<!DOCTYPE html><html><body>{svgs}{IMAGE_CHECK}</body></html>")
     images = _images_in_browser(browser, svg_page, tmp_path / "profile")
     broken = [i for i in images if not (i["complete"] and i["width"] > 0)]
@@ -477,17 +490,10 @@ window.addEventListener("load", () => {
 @pytest.mark.slow
 def test_summary_tables_fit_a_1280_pixel_window_in_chromium(built, tmp_path):
     browser = _chromium()
-    _, out, _, html_text = built
-    page = out / "width-check.html"
-    page.write_text(html_text.replace("</body>", WIDTH_CHECK + "</body>"))
-    result = subprocess.run(
-        [browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
-         "--window-size=1280,2000", "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=90,
-    )  # fmt: skip
-    match = re.search(r'<pre id="width-check">(.*?)</pre>', result.stdout, re.S)
-    assert match, f"chromium printed no width check: {result.stderr[-2000:]}"
-    found = json.loads(match.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    page = _report_page_with(built, WIDTH_CHECK, "width-check.html")
+    found = _checked_in_browser(
+        browser, page, tmp_path / "profile", "width-check", "--window-size=1280,2000"
+    )
     assert found["window"] == 1280
     summary = [t for t in found["tables"] if t["head"] in ("strategy label", "comparison")]
     assert len(summary) >= 4

@@ -7,16 +7,10 @@ import dataclasses
 
 import pytest
 import torch
+from helpers import run_config
 
 import bench.runner as runner
-from bench.config import (
-    DataConfig,
-    ModelConfig,
-    ProblemConfig,
-    RunConfig,
-    SolverConfig,
-    TrainConfig,
-)
+from bench.config import RunConfig, SolverConfig
 from bench.registry import Registry
 from bench.solver import SOLVERS, register_solver, solver_from_config
 
@@ -42,15 +36,14 @@ def recording_solver():
 
 
 def _run(solver: SolverConfig) -> RunConfig:
-    return RunConfig(
-        "solver",
+    return run_config(
         "jfb",
         0,
-        DataConfig(dataset="faces", image_size=12, n_images=10),
-        ProblemConfig(),
-        ModelConfig(width=2, depth=1),
-        solver,
-        TrainConfig(epochs=1, batch_size=4, grad_fidelity=False),
+        suite="solver",
+        data=dict(dataset="faces", image_size=12, n_images=10),
+        model=dict(width=2, depth=1),
+        solver=solver,
+        train=dict(epochs=1, batch_size=4, grad_fidelity=False),
     )
 
 

@@ -9,19 +9,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+import dense_layer as dense
 import pytest
 import torch
-from dense_layer import (
-    N,
-    TanhLayer,
-    _inputs,
-    accurate_solver,
-    loss_fn,
-    reference_gradients,
-    rel_err,
-    saved_bytes_of,
-    strategy_gradient,
-)
 
 from bench.solver import FixedPointSolver
 from strategies import (
@@ -39,25 +29,25 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_cg_matches_exact_implicit_gradient():
-    layer, x = TanhLayer(), _inputs()
-    exact, _ = reference_gradients(layer, x)
-    grad, _, info = strategy_gradient(get_strategy("cg", tol=1e-12, max_iter=200), layer, x)
-    assert rel_err(grad, exact) <= 1e-6
+    layer, x = dense.TanhLayer(), dense._inputs()
+    exact, _ = dense.reference_gradients(layer, x)
+    grad, _, info = dense.strategy_gradient(get_strategy("cg", tol=1e-12, max_iter=200), layer, x)
+    assert dense.rel_err(grad, exact) <= 1e-6
     assert info["backward_residual"] <= 1e-12 and info["backward_iters"] >= 1
 
 
 def test_cg_reports_when_it_stops_short():
-    layer, x = TanhLayer(), _inputs()
-    _, _, info = strategy_gradient(get_strategy("cg", tol=1e-12, max_iter=1), layer, x)
+    layer, x = dense.TanhLayer(), dense._inputs()
+    _, _, info = dense.strategy_gradient(get_strategy("cg", tol=1e-12, max_iter=1), layer, x)
     assert info["backward_iters"] == 1 and info["backward_converged"] == 0.0
     assert info["backward_residual"] > 1e-12
 
 
 def test_neumann_error_falls_with_k():
-    layer, x = TanhLayer(), _inputs()
-    exact, _ = reference_gradients(layer, x)
+    layer, x = dense.TanhLayer(), dense._inputs()
+    exact, _ = dense.reference_gradients(layer, x)
     errors = [
-        rel_err(strategy_gradient(get_strategy("neumann", k=k), layer, x)[0], exact)
+        dense.rel_err(dense.strategy_gradient(get_strategy("neumann", k=k), layer, x)[0], exact)
         for k in (0, 2, 5, 10, 20, 60)
     ]
     assert all(a > b for a, b in zip(errors[:-1], errors[1:], strict=True)), errors
@@ -65,21 +55,21 @@ def test_neumann_error_falls_with_k():
 
 
 def test_jfb_is_the_one_step_gradient_and_a_descent_direction():
-    layer, x = TanhLayer(), _inputs()
-    exact, jfb_ref = reference_gradients(layer, x)
-    grad, _, _ = strategy_gradient(get_strategy("jfb"), layer, x)
-    assert rel_err(grad, jfb_ref) <= 1e-10
+    layer, x = dense.TanhLayer(), dense._inputs()
+    exact, jfb_ref = dense.reference_gradients(layer, x)
+    grad, _, _ = dense.strategy_gradient(get_strategy("jfb"), layer, x)
+    assert dense.rel_err(grad, jfb_ref) <= 1e-10
     assert torch.dot(grad, exact) > 0
 
 
 def test_unrolled_equals_autograd_through_an_explicit_loop():
-    layer, x = TanhLayer(), _inputs()
-    grad, z, info = strategy_gradient(get_strategy("unrolled", k=7), layer, x)
+    layer, x = dense.TanhLayer(), dense._inputs()
+    grad, z, info = dense.strategy_gradient(get_strategy("unrolled", k=7), layer, x)
     layer.zero_grad()
-    f, zz = layer.layer(x), torch.zeros(x.shape[0], N, dtype=x.dtype)
+    f, zz = layer.layer(x), torch.zeros(x.shape[0], dense.N, dtype=x.dtype)
     for _ in range(7):
         zz = f(zz)
-    loss_fn(zz).backward()
+    dense.loss_fn(zz).backward()
     expected = torch.cat([p.grad.flatten() for p in layer.parameters()])
     torch.testing.assert_close(grad, expected, rtol=1e-12, atol=0)
     torch.testing.assert_close(z, zz)
@@ -93,11 +83,13 @@ def test_unrolled_equals_autograd_through_an_explicit_loop():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("batch", [1, 6])
 def test_every_strategy_contract(name, dtype, batch):
-    layer, x = TanhLayer(dtype), _inputs(batch, dtype)
+    layer, x = dense.TanhLayer(dtype), dense._inputs(batch, dtype)
     strategy = get_strategy(name)
     assert isinstance(strategy, Strategy) and strategy.name == name
-    grad, z, info = strategy_gradient(strategy, layer, x, FixedPointSolver("anderson", tol=1e-5))
-    assert z.shape == (batch, N) and z.dtype == dtype and z.requires_grad
+    grad, z, info = dense.strategy_gradient(
+        strategy, layer, x, FixedPointSolver("anderson", tol=1e-5)
+    )
+    assert z.shape == (batch, dense.N) and z.dtype == dtype and z.requires_grad
     for p in layer.parameters():
         assert p.grad is not None and p.grad.shape == p.shape and p.grad.dtype == dtype
     assert torch.isfinite(grad).all() and grad.norm() > 0
@@ -110,13 +102,13 @@ def test_every_strategy_works_on_images_and_on_unbatched_vectors(name):
     strategy = get_strategy(name)
     w = torch.nn.Parameter(torch.tensor(0.4, dtype=torch.float64))
     d = torch.rand(2, 3, 4, 5, dtype=torch.float64)
-    out, _ = strategy(lambda z: w * torch.sin(z) + d, torch.zeros_like(d), accurate_solver())
+    out, _ = strategy(lambda z: w * torch.sin(z) + d, torch.zeros_like(d), dense.accurate_solver())
     weighted_loss(out, torch.sum).backward()
     assert final_output(out).shape == d.shape and torch.isfinite(w.grad)
     v = torch.nn.Parameter(torch.tensor(0.3, dtype=torch.float64))
     c = torch.rand(7, dtype=torch.float64)
     out, _ = strategy(
-        lambda z: v * torch.cos(z) + c, torch.zeros(7, dtype=torch.float64), accurate_solver()
+        lambda z: v * torch.cos(z) + c, torch.zeros(7, dtype=torch.float64), dense.accurate_solver()
     )
     weighted_loss(out, torch.sum).backward()
     assert final_output(out).shape == (7,) and torch.isfinite(v.grad)
@@ -135,11 +127,11 @@ def test_every_strategy_close_to_the_exact_gradient_when_it_should_be(name):
     """A strategy declared exact matches the dense-Jacobian implicit gradient to 1e-6 (relative)
     at a tight tolerance; any other strategy gives a descent direction on this layer."""
     cls = strategy_class(name)
-    layer, x = TanhLayer(), _inputs()
-    exact, _ = reference_gradients(layer, x)
-    grad, _, _ = strategy_gradient(cls(**tight(cls)) if cls.exact else cls(), layer, x)
+    layer, x = dense.TanhLayer(), dense._inputs()
+    exact, _ = dense.reference_gradients(layer, x)
+    grad, _, _ = dense.strategy_gradient(cls(**tight(cls)) if cls.exact else cls(), layer, x)
     if cls.exact:
-        assert rel_err(grad, exact) <= 1e-6
+        assert dense.rel_err(grad, exact) <= 1e-6
     else:
         assert torch.dot(grad, exact) > 0
 
@@ -148,12 +140,12 @@ def test_every_strategy_close_to_the_exact_gradient_when_it_should_be(name):
 
 
 def test_gmres_matches_the_exact_gradient_and_fills_info():
-    layer, x = TanhLayer(), _inputs()
-    exact, _ = reference_gradients(layer, x)
-    grad, _, info = strategy_gradient(get_strategy("gmres", tol=1e-12), layer, x)
-    assert rel_err(grad, exact) <= 1e-6
+    layer, x = dense.TanhLayer(), dense._inputs()
+    exact, _ = dense.reference_gradients(layer, x)
+    grad, _, info = dense.strategy_gradient(get_strategy("gmres", tol=1e-12), layer, x)
+    assert dense.rel_err(grad, exact) <= 1e-6
     assert info["backward_converged"] == 1.0 and info["backward_residual"] <= 1e-12
-    assert 1 <= info["backward_iters"] <= N  # GMRES is exact after N products on R^N
+    assert 1 <= info["backward_iters"] <= dense.N  # GMRES is exact after N products on R^N
 
 
 @pytest.mark.parametrize("restart", [60, 7])
@@ -182,8 +174,8 @@ def test_gmres_zero_gradient_gives_zero_without_products():
 
 
 def test_gmres_reports_when_max_iter_stops_it_short():
-    layer, x = TanhLayer(), _inputs()
-    _, _, info = strategy_gradient(get_strategy("gmres", tol=1e-12, max_iter=1), layer, x)
+    layer, x = dense.TanhLayer(), dense._inputs()
+    _, _, info = dense.strategy_gradient(get_strategy("gmres", tol=1e-12, max_iter=1), layer, x)
     assert info["backward_iters"] == 1 and info["backward_converged"] == 0.0
     assert info["backward_residual"] > 1e-12
 
@@ -191,20 +183,20 @@ def test_gmres_reports_when_max_iter_stops_it_short():
 @pytest.mark.parametrize("name", list_strategies())
 def test_saved_bytes_do_not_grow_with_solver_iterations(name):
     strategy = get_strategy(name)
-    few, many = saved_bytes_of(strategy, 10), saved_bytes_of(strategy, 100)
+    few, many = dense.saved_bytes_of(strategy, 10), dense.saved_bytes_of(strategy, 100)
     assert few == many and few > 0
 
 
 def test_unrolled_saved_bytes_grow_with_k():
-    sizes = [saved_bytes_of(get_strategy("unrolled", k=k), 10) for k in (1, 2, 4, 8)]
+    sizes = [dense.saved_bytes_of(get_strategy("unrolled", k=k), 10) for k in (1, 2, 4, 8)]
     assert sizes[0] < sizes[1] < sizes[2] < sizes[3]
     per_layer = sizes[1] - sizes[0]
     assert sizes[3] - sizes[2] == pytest.approx(4 * per_layer, rel=0.05)
 
 
 def test_jfb_saves_what_one_layer_application_saves():
-    jfb = saved_bytes_of(get_strategy("jfb"), 10)
-    one_layer = saved_bytes_of(get_strategy("unrolled", k=1), 10)
+    jfb = dense.saved_bytes_of(get_strategy("jfb"), 10)
+    one_layer = dense.saved_bytes_of(get_strategy("unrolled", k=1), 10)
     assert jfb <= one_layer  # unrolled's first layer also saves x0-derived tensors
 
 

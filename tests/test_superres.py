@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -202,43 +203,19 @@ def test_a_task_file_in_the_folder_and_an_installed_plugin_are_found_with_their_
     assert columns == "{'gain': 4.0} {'plugin_gain': 3.0}"
 
 
-SWEEP = """
-strategies = ["jfb"]
-seeds = 1
-baselines = ["tikhonov", "gd_tikhonov"]
-[data]
-dataset = "faces"
-image_size = 24
-n_images = 10
-[problem]
-task = "superres"
-[model]
-width = 2
-depth = 1
-[solver]
-name = "fixed_point_iter"
-max_iter = 20
-tol = 1e-3
-[train]
-epochs = 1
-batch_size = 4
-n_recon = 1
-grad_fidelity = false
-device = "cpu"
-[sweep]
-"problem.factor" = [2, 4]
-"""
-
-
 @pytest.fixture(scope="module")
 def factor_sweep(tmp_path_factory) -> Path:
-    """A real tiny run: one jfb run and two baselines per factor, 2 and 4, in one folder."""
+    """A real tiny run: one jfb run and two baselines per factor, 2 and 4, in one folder (the
+    suite helpers.MINI on superres, with 24-pixel images)."""
     from bench.runner import run_suite
 
-    base = tmp_path_factory.mktemp("superres")
-    (base / "sweep.toml").write_text(SWEEP)
-    out = base / "results"
-    assert run_suite(load_suite(str(base / "sweep.toml")), out, progress=False)["ok"] == 2
+    raw = tomllib.loads(MINI)
+    raw.update(seeds=1, baselines=["tikhonov", "gd_tikhonov"], problem={"task": "superres"})
+    raw["data"].update(image_size=24, n_images=10)
+    raw["solver"]["max_iter"] = 20
+    raw["sweep"] = {"problem.factor": [2, 4]}
+    out = tmp_path_factory.mktemp("superres") / "results"
+    assert run_suite(suite_from_dict(raw, "sweep", "sweep.toml"), out, progress=False)["ok"] == 2
     return out
 
 

@@ -15,16 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import run_config
 
 from bench import results, runner
-from bench.config import (
-    DataConfig,
-    ModelConfig,
-    ProblemConfig,
-    RunConfig,
-    SolverConfig,
-    TrainConfig,
-)
+from bench.config import RunConfig
 from bench.summary import MIN_CPU_UTIL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,15 +26,14 @@ CPU = torch.device("cpu")
 
 
 def _run(epochs=2) -> RunConfig:
-    return RunConfig(
-        "timing",
+    return run_config(
         "jfb",
         0,
-        DataConfig(dataset="faces", image_size=12, n_images=30),
-        ProblemConfig(),
-        ModelConfig(width=4, depth=2),
-        SolverConfig(name="anderson", max_iter=50, tol=1e-3),
-        TrainConfig(epochs=epochs, batch_size=8, grad_fidelity=True, n_recon=1, device="cpu"),
+        suite="timing",
+        data=dict(dataset="faces", image_size=12, n_images=30),
+        model=dict(width=4, depth=2),
+        solver=dict(name="anderson", max_iter=50, tol=1e-3),
+        train=dict(epochs=epochs, batch_size=8, grad_fidelity=True, n_recon=1, device="cpu"),
     )
 
 

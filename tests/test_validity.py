@@ -8,17 +8,11 @@ import math
 
 import pytest
 import torch
+from helpers import run_config
 
 import bench.diagnostics as diagnostics
 import bench.runner as runner
-from bench.config import (
-    DataConfig,
-    ModelConfig,
-    ProblemConfig,
-    RunConfig,
-    SolverConfig,
-    TrainConfig,
-)
+from bench.config import RunConfig, SolverConfig
 from bench.runner import execute, load_trained_model, train
 from bench.solver import make_solver
 from strategies import Strategy, register
@@ -30,15 +24,14 @@ pytestmark = pytest.mark.slow  # every test here trains a real model
 def _run(strategy="jfb", **train_kw) -> RunConfig:
     train_cfg = dict(epochs=2, batch_size=8, lr=1e-2, grad_fidelity=True, n_recon=2)
     train_cfg.update(train_kw)
-    return RunConfig(
-        "validity",
+    return run_config(
         strategy,
         0,
-        DataConfig(dataset="faces", image_size=12, n_images=30),
-        ProblemConfig(),
-        ModelConfig(width=4, depth=2, lipschitz=0.9),
-        SolverConfig(name="anderson", max_iter=100, tol=1e-4),
-        TrainConfig(**train_cfg),
+        suite="validity",
+        data=dict(dataset="faces", image_size=12, n_images=30),
+        model=dict(width=4, depth=2, lipschitz=0.9),
+        solver=dict(name="anderson", max_iter=100, tol=1e-4),
+        train=train_cfg,
     )
 
 
