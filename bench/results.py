@@ -5,7 +5,7 @@ A results folder holds ``runs.csv`` (one row per run), ``epochs.csv`` (run x epo
 ``recons/<run_id>.npz`` (reconstructions of fixed test images, for figures).
 
 Each finished run is first written to ``parts/<run_id>/`` (temporary file + rename, so a killed
-sweep loses at most the run in progress); the top-level tables are the concatenation of the parts,
+sweep loses at most the runs in progress); the top-level tables are the concatenation of the parts,
 rebuilt atomically after every run. Several processes (e.g. SLURM array jobs) can therefore write
 into one folder: a process claims a run (``claim``, a lock file per run) before training it, and
 part writes and merges happen under one folder-wide lock (``folder_lock``), so no row is lost.

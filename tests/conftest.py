@@ -1,5 +1,6 @@
-"""Shared fixtures. The README's "Adding a strategy" examples are executed here, before
-collection, so every conformance test (parametrised over ``list_strategies()``) also runs them."""
+"""Shared fixtures. Every ```python example of the README and docs/*.md is executed here, before
+collection, so every conformance test (parametrised over ``list_strategies()``) also runs the
+strategies they register."""
 
 import re
 from pathlib import Path
@@ -10,19 +11,29 @@ import pytest
 # to test that in a session of its own
 pytest_plugins = ("tiers", "pytester")
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def readme_strategy_examples() -> list[str]:
-    """Every ```python block of the README's "Adding a strategy" section (up to the next
-    top-level heading)."""
-    text = README.read_text()
-    section = text.split("## Adding a strategy", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, re.S)
+def documents() -> list[Path]:
+    """The README and every page of docs/: what a reader arrives at."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
-for _number, _example in enumerate(readme_strategy_examples()):
-    exec(compile(_example, f"README.md:adding-a-strategy:{_number}", "exec"), {})
+def python_examples() -> list[tuple[Path, int, str]]:
+    """Every ```python block of the documents as (file, line of its first code line, code). Each
+    is a complete program: the docs show only code that runs."""
+    examples = []
+    for path in documents():
+        text = path.read_text()
+        for match in re.finditer(r"^```python\n(.*?)^```", text, re.S | re.M):
+            examples.append((path, text.count("\n", 0, match.start(1)) + 1, match.group(1)))
+    return examples
+
+
+for _path, _line, _example in python_examples():
+    # padded so that a traceback names the line of the Markdown file
+    _code = "\n" * (_line - 1) + _example
+    exec(compile(_code, str(_path.relative_to(ROOT)), "exec"), {})
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Conformance tests: every registered strategy (built-in, README example, or a new file) runs them.
+"""Conformance tests: every registered strategy (built-in, docs example, or a new file) runs them.
 
 Reference: f(z) = tanh(W z + U x + b) with ||W||_2 = 0.5, small enough for dense Jacobians; the
 exact implicit gradient is computed with torch.linalg.solve, independently of the strategies.
@@ -234,7 +234,7 @@ def test_readme_examples_are_registered():
     from strategies import strategy_class
 
     assert "damped" in list_strategies()
-    assert strategy_class("adjoint-iteration").exact  # the README's exact example
+    assert strategy_class("adjoint-iteration").exact  # docs/strategies.md's exact example
 
 
 def _run_python(code, pythonpath):

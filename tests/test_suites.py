@@ -16,7 +16,7 @@ from bench.runner import fidelity_images, load_task_data, train_step
 from bench.solver import solver_from_config
 from strategies import parse_spec
 
-# The reference work (arXiv 2402.02065, ../shared/REFERENCES.md): 128x128 RGB, 5x5 Gaussian blur,
+# The reference work (named in the README; ../shared/REFERENCES.md): 128x128 RGB, 5x5 Gaussian blur,
 # noise 0.01, a 17-layer DnCNN of width 64, Anderson (m = 5, tol 1e-3, max 50 iterations), its
 # four strategies (jfb, an exact implicit gradient, Neumann, unrolled); gmres added (issue 16).
 REFERENCE_STRATEGIES = {"jfb", "cg", "neumann", "unrolled", "gmres"}
