@@ -39,7 +39,8 @@ from tqdm.auto import tqdm
 
 from . import results
 from .config import RunConfig
-from .runner import RunOutcome, execute, record_failure, resolve_device, usable_cores
+from .device import resolve_device, usable_cores
+from .runner import RunOutcome, execute, record_failure
 
 JOB_POLL_S = 1.0  # how often a submitit sweep checks its jobs (submitit's own Job.wait: 1 s)
 JOB_STOP_TIMEOUT_S = 30  # a cancelled local job's processes are killed after this long

@@ -32,6 +32,7 @@ from . import diagnostics, legacy, out_of_memory, provenance, results
 from .bounds import AdjointProbe, relative_bound, relative_residual
 from .config import DataConfig, ProblemConfig, RunConfig, Suite
 from .data import load_dataset
+from .device import DTYPES, resolve_device, strict_fp32, usable_cores
 from .measure import (
     JacobianProducts,
     PeakMemory,
@@ -47,7 +48,6 @@ from .solver import jacobian_frobenius_sq, solver_from_config
 from .summary import run_summary, timing_verdict
 from .tasks import Task, make_task
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 TEST_NOISE_SEED = 10_000  # test measurements are the same for every run and seed
 FIDELITY_SEED = 20_000  # the fixed batch for gradient fidelity
 FIDELITY_BATCH = 8  # images in the fixed batch for gradient fidelity and ||dT/dx||, at most
@@ -77,38 +77,6 @@ DIVERGED_ABS = 1e3  # images live in [0, 1]: a reconstruction this large has blo
 
 class Diverged(Exception):
     """A run's loss or fixed point stopped being finite / bounded: a result, not a failure."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; a device that is not there is a ValueError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; accepted: auto, cpu, cuda, cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but no CUDA device is available")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type != "cpu":
-        raise ValueError(f"unsupported device {name!r}; accepted: auto, cpu, cuda, cuda:N")
-    return device
-
-
-def strict_fp32(device: torch.device) -> None:
-    """Turn off TF32 for CUDA convolutions and matrix products (process-wide).
-
-    PyTorch lets cuDNN convolutions use TF32 by default: a 10-bit mantissa, relative error about
-    1e-3, the size of the forward solver's tolerance. On an H100 it capped the float32 gradient
-    error of cg at 1.6e-4 against the float64 reference even at tol 1e-7, so fixed-point residuals
-    and gradient fidelity would measure TF32 rounding, not the strategy. The harness compares
-    strategies in true float32 on every device.
-    """
-    if device.type == "cuda":
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
 
 
 @dataclass
@@ -534,14 +502,6 @@ def host_columns() -> dict:
     """Threads and cores of this process: ``torch_threads`` and ``cpu_count`` (the cores it may
     run on, which a job scheduler or ``taskset`` can restrict below the machine's)."""
     return {"torch_threads": torch.get_num_threads(), "cpu_count": usable_cores()}
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity; the machine's count where the platform
-    has no affinity call, e.g. macOS)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _timing_columns(rec: _Record, summary: dict, device) -> dict:

@@ -19,6 +19,7 @@ from bench.config import (
     SolverConfig,
     TrainConfig,
 )
+from bench.device import strict_fp32
 from bench.runner import execute, load_trained_model, train
 from bench.solver import make_solver
 from strategies import Strategy, register
@@ -187,7 +188,7 @@ def test_float32_gradient_on_cuda_matches_float64_once_tf32_is_off():
     from strategies import get_strategy
 
     device = torch.device("cuda")
-    runner.strict_fp32(device)
+    strict_fp32(device)
     torch.manual_seed(0)
     model = ReconstructionDEQ(GaussianBlur(5, 1.0), channels=1, width=8, depth=2)
     g = torch.Generator().manual_seed(0)
