@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import io
 import json
 import math
@@ -30,8 +29,7 @@ from strategies import final_output, parse_spec, weighted_loss
 
 from . import diagnostics, legacy, out_of_memory, provenance, results
 from .bounds import AdjointProbe, relative_bound, relative_residual
-from .config import DataConfig, ProblemConfig, RunConfig, Suite
-from .data import load_dataset
+from .config import RunConfig, Suite
 from .device import DTYPES, resolve_device, strict_fp32, usable_cores
 from .measure import (
     JacobianProducts,
@@ -46,9 +44,16 @@ from .model import build_model
 from .out_of_memory import OutOfMemory, describe, during, is_out_of_memory
 from .solver import jacobian_frobenius_sq, solver_from_config
 from .summary import run_summary, timing_verdict
-from .tasks import Task, make_task
+from .task_data import (
+    DATA_SETTINGS,
+    IMAGE_SETTINGS,
+    TEST_NOISE_SEED,
+    TaskData,
+    fingerprinted_runs,
+    load_task_data,
+)
+from .tasks import make_task
 
-TEST_NOISE_SEED = 10_000  # test measurements are the same for every run and seed
 FIDELITY_SEED = 20_000  # the fixed batch for gradient fidelity
 FIDELITY_BATCH = 8  # images in the fixed batch for gradient fidelity and ||dT/dx||, at most
 # ... and at most this many pixel values (8 faces of 25x25): the float64 reference's convolutions
@@ -68,75 +73,13 @@ def fidelity_images(image_shape: tuple[int, ...], batch_size: int, n_train: int)
 STEP_INFO = (
     "forward_iters", "forward_residual", "forward_converged", "backward_iters", "backward_residual"
 )  # fmt: skip
-# The settings that size a run's tensors, named when it runs out of memory.
-IMAGE_SETTINGS = "the image size (data.patch_size or data.image_size)"
-DATA_SETTINGS = f"data.n_images or {IMAGE_SETTINGS}"
+# The settings that size a training step's tensors, named when it runs out of memory.
 STEP_SETTINGS = f"train.batch_size, model.width or {IMAGE_SETTINGS}"
 DIVERGED_ABS = 1e3  # images live in [0, 1]: a reconstruction this large has blown up
 
 
 class Diverged(Exception):
     """A run's loss or fixed point stopped being finite / bounded: a result, not a failure."""
-
-
-@dataclass
-class TaskData:
-    """The task, its data and fixed test measurements for one (data, problem) setting, on the
-    CPU in float64."""
-
-    task: Task
-    train_x: torch.Tensor
-    test_x: torch.Tensor
-    test_d: torch.Tensor
-    # metric name -> mean over the test images of the task's naive reconstruction (e.g. the
-    # blurred input): the reference every run is compared to
-    naive_metrics: dict[str, float]
-    fingerprint: str = ""  # of the images loaded: part of each run's identity (see plan)
-
-
-@cache
-def load_task_data(data: DataConfig, problem: ProblemConfig) -> TaskData:
-    """Load the data set and simulate the fixed test measurements (cached per setting).
-
-    Running out of memory here is an :class:`OutOfMemory` (a ValueError: before training, the
-    command stops with one line and exit 2) naming the data set and what to lower.
-    """
-    with during(f"loading data set {data.dataset!r} and scoring its test set", DATA_SETTINGS):
-        return _load_task_data(data, problem)
-
-
-def _load_task_data(data: DataConfig, problem: ProblemConfig) -> TaskData:
-    images = load_dataset(
-        data.dataset,
-        root=data.root or None,
-        image_size=data.image_size or None,
-        n_images=data.n_images or None,
-        test_fraction=data.test_fraction,
-        patch_size=data.patch_size,
-        channels=data.channels or None,
-    )
-    task = make_task(problem)
-    h, w = images.train.shape[-2:]
-    try:  # checked on the suite already where the size was known then (bench.config)
-        task.check_image_size(int(h), int(w))
-    except ValueError as err:
-        raise ValueError(
-            f"task {problem.task!r} cannot take the {h}x{w} images of data set "
-            f"{data.dataset!r}: {err}"
-        ) from None
-    train_x, test_x = images.train.double(), images.test.double()
-    test_d = task.simulate(test_x, torch.Generator().manual_seed(TEST_NOISE_SEED))
-    naive = mean_metrics(task.naive(test_d), test_x)
-    return TaskData(task, train_x, test_x, test_d, naive, _fingerprint(images.train, images.test))
-
-
-def _fingerprint(*tensors: torch.Tensor) -> str:
-    """A content hash of the loaded images (shapes and values): the data a run really saw."""
-    digest = hashlib.sha256()
-    for t in tensors:
-        digest.update(repr(tuple(t.shape)).encode())
-        digest.update(t.contiguous().cpu().numpy().tobytes())
-    return digest.hexdigest()[:12]
 
 
 def _versions() -> dict:
@@ -948,14 +891,6 @@ def warn_if_too_big(todo: list[RunConfig], executor) -> None:
             line = out_of_memory.fit_warning(run.run_id, bytes_, runs, available, name)
             if line:
                 results.warn(line)
-
-
-def fingerprinted_runs(suite: Suite) -> list[RunConfig]:
-    """The suite's runs, each carrying the fingerprint of the images its data setting loads."""
-    return [
-        dataclasses.replace(run, data_fingerprint=load_task_data(run.data, run.problem).fingerprint)
-        for run in suite.runs()
-    ]
 
 
 @cache

@@ -15,11 +15,11 @@ from bench.cli import main
 def fresh_data_cache():
     """Each test loads its data afresh and leaves none cached: a later test registering a metric
     needs the naive reconstruction scored again."""
-    from bench import runner
+    from bench import task_data
 
-    runner.load_task_data.cache_clear()
+    task_data.load_task_data.cache_clear()
     yield
-    runner.load_task_data.cache_clear()
+    task_data.load_task_data.cache_clear()
 
 
 def _one_line(err: str) -> str:
@@ -104,12 +104,12 @@ def test_a_run_out_of_memory_fails_with_one_line_and_the_sweep_goes_on(
 def test_out_of_memory_in_the_data_check_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
     import torch
 
-    from bench import runner
+    from bench import task_data
 
     def scores(x, y):
         raise torch.OutOfMemoryError(CUDA_OOM)
 
-    monkeypatch.setattr(runner, "mean_metrics", scores)
+    monkeypatch.setattr(task_data, "mean_metrics", scores)
     out = tmp_path / "res"
     code = main(["run", str(_suite(tmp_path)), "--out", str(out), "--quiet"])
     line = _one_line(capsys.readouterr().err)

@@ -12,7 +12,7 @@ import pytest
 from helpers import MINI_RUN, cli_in_process
 
 import bench.config as config
-from bench import provenance, results, runner
+from bench import provenance, results, runner, task_data
 from bench.cli import main
 from bench.config import ModelConfig, RunConfig, load_suite, suite_from_dict, with_overrides
 from bench.runner import StaleResults, execute, plan
@@ -68,7 +68,7 @@ def done(tmp_path, mini_run):
     """A results folder holding one completed run of the suite: (suite, out, run)."""
     suite = _suite()
     out = shutil.copytree(mini_run, tmp_path / "out")
-    (run,) = runner.fingerprinted_runs(suite)  # as planned: with its images' fingerprint
+    (run,) = task_data.fingerprinted_runs(suite)  # as planned: with its images' fingerprint
     return suite, out, run
 
 

@@ -26,7 +26,7 @@ import pytest
 from helpers import MINI
 from PIL import Image
 
-from bench import results, runner
+from bench import results, runner, task_data
 from bench.cli import main
 from bench.config import (
     DataConfig,
@@ -488,10 +488,10 @@ def test_changed_folder_images_make_a_new_run(tmp_path, fake_train):
     suite = with_overrides(suite)
     out = tmp_path / "out"
     runner.run_suite(suite, out, progress=False)
-    runner.load_task_data.cache_clear()  # what a new process sees
+    task_data.load_task_data.cache_clear()  # what a new process sees
     assert runner.plan(suite, out)[0] == []  # unchanged folder: complete
     _write_images(images, 2, 12)
-    runner.load_task_data.cache_clear()
+    task_data.load_task_data.cache_clear()
     todo, counts = runner.plan(suite, out)
     assert len(todo) == 1 and counts["skipped"] == 0  # other images: another run
 

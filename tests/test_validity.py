@@ -22,6 +22,7 @@ from bench.config import (
 from bench.device import strict_fp32
 from bench.runner import execute, load_trained_model, train
 from bench.solver import make_solver
+from bench.task_data import load_task_data
 from strategies import Strategy, register
 
 CPU = torch.device("cpu")
@@ -152,7 +153,7 @@ def test_the_trained_model_is_saved_and_rebuilds(tmp_path):
     assert execute(run, tmp_path).status == "ok"
     part = tmp_path / "parts" / run.run_id
     model = load_trained_model(part)
-    data = runner.load_task_data(run.data, run.problem)
+    data = load_task_data(run.data, run.problem)
     solver = make_solver("anderson", max_iter=100, tol=1e-4, m=5, lam=1e-4)
     from strategies import parse_spec
 
