@@ -25,24 +25,16 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from strategies import final_output, parse_spec, weighted_loss
+from strategies import final_output, parse_spec
 
 from . import diagnostics, legacy, out_of_memory, provenance, results
-from .bounds import AdjointProbe, relative_bound, relative_residual
 from .config import RunConfig, Suite
 from .device import DTYPES, resolve_device, strict_fp32, usable_cores
-from .measure import (
-    JacobianProducts,
-    PeakMemory,
-    RecordingSolver,
-    SavedBytes,
-    StepClock,
-    device_name,
-)
+from .measure import PeakMemory, SavedBytes, StepClock, device_name
 from .metrics import METRICS, mean_metrics
 from .model import build_model
 from .out_of_memory import OutOfMemory, describe, during, is_out_of_memory
-from .solver import jacobian_frobenius_sq, solver_from_config
+from .solver import solver_from_config
 from .summary import run_summary, timing_verdict
 from .task_data import (
     DATA_SETTINGS,
@@ -53,6 +45,7 @@ from .task_data import (
     load_task_data,
 )
 from .tasks import make_task
+from .training_step import train_step
 
 FIDELITY_SEED = 20_000  # the fixed batch for gradient fidelity
 FIDELITY_BATCH = 8  # images in the fixed batch for gradient fidelity and ||dT/dx||, at most
@@ -70,9 +63,6 @@ def fidelity_images(image_shape: tuple[int, ...], batch_size: int, n_train: int)
     return max(1, min(FIDELITY_BATCH, batch_size, n_train, FIDELITY_VALUES // values))
 
 
-STEP_INFO = (
-    "forward_iters", "forward_residual", "forward_converged", "backward_iters", "backward_residual"
-)  # fmt: skip
 # The settings that size a training step's tensors, named when it runs out of memory.
 STEP_SETTINGS = f"train.batch_size, model.width or {IMAGE_SETTINGS}"
 DIVERGED_ABS = 1e3  # images live in [0, 1]: a reconstruction this large has blown up
@@ -108,117 +98,6 @@ def _evaluate(model, strategy, solver, x, d, batch_size) -> tuple[dict[str, floa
     model.train()
     recon = torch.cat(recon)
     return mean_metrics(recon, x), recon
-
-
-def _numeric_info(info: dict) -> dict[str, float]:
-    """Every numeric entry a strategy put in ``info`` (bools as 0/1), as floats."""
-    return {k: float(v) for k, v in info.items() if isinstance(v, (int, float))}
-
-
-def train_step(
-    model,
-    strategy,
-    solver,
-    optimizer,
-    x,
-    d,
-    clock: StepClock,
-    counter=None,
-    jac_reg: float = 0.0,
-    after_certify=None,
-    bound: bool = True,
-    aside=contextlib.nullcontext,
-):
-    """One instrumented training step: returns (its ``steps`` row without epoch/step, output).
-
-    The phases are timed by ``clock``: certification (the model's normalised weights, the same
-    work for every strategy), the forward pass (solve and the strategy's forward), backward and
-    the optimiser, so that forward and backward times are the solver's and the strategy's own.
-    ``counter`` (a :class:`SavedBytes`), when given, counts the bytes the forward pass saves for
-    backward; ``after_certify``, when given, is called between certification and the forward
-    pass (the peak-memory replay splits its peak there). A strategy that sets
-    ``info["skip_update"]`` (e.g. cg:skip_unconverged=true after an unconverged adjoint solve)
-    gets no parameter update; the row then has ``skipped = 1``. The loss is the MSE of the
-    reconstruction (weighted over a strategy's :class:`~strategies.WeightedOutputs`).
-    ``jac_reg`` > 0 adds that weight times the Hutchinson estimate of ||dT/dx||_F^2 / dim at the
-    reconstruction to the objective (Bai et al.'s Jacobian regularisation), recorded as
-    ``jac_frobenius_sq`` (NaN on steps without it); ``loss`` stays the reconstruction loss,
-    comparable with and without it.
-
-    ``bound`` (default on): the certified bound on the relative error of the strategy's
-    adjoint (``adjoint_error_bound``, from ``adjoint_residual``; :mod:`bench.bounds`), computed
-    between backward and the optimiser step inside ``aside()`` (a context that pauses the
-    caller's memory window): it is in none of the step's times, products or byte counts. The
-    probe that reads the adjoint adds one elementwise add per graph-building evaluation of f.
-    The replayed peak-memory step turns it off.
-    """
-    optimizer.zero_grad(set_to_none=True)
-    # the harness, not the strategy, records the forward solve and counts Jacobian products
-    recorder, products = RecordingSolver(solver), JacobianProducts()
-    counted, layer = products.strategy(strategy), {}
-    probe = AdjointProbe() if bound and strategy.has_adjoint else None
-
-    def call(f, z0, solver):
-        layer["f"] = f  # the regulariser's T: the very layer the strategy got, uncounted
-        return counted(probe.layer(f, z0) if probe else f, z0, solver)
-
-    marks = [clock.mark()]
-    with products, counter.count() if counter else contextlib.nullcontext():
-        weights = model.certified_weights(x.shape[-2:])  # the images', not d's (superres)
-        marks.append(clock.mark())
-        if after_certify is not None:
-            after_certify()
-        out, info = model(d, call, recorder, weights=weights)
-        loss = weighted_loss(out, lambda z: torch.nn.functional.mse_loss(z, x))
-    xhat, objective, jac_sq = final_output(out), loss, math.nan
-    if probe:
-        probe.watch(xhat)
-    if jac_reg > 0:  # outside ``products``: the regulariser's products are not the strategy's
-        penalty = jacobian_frobenius_sq(layer["f"], xhat)
-        objective, jac_sq = loss + jac_reg * penalty, penalty.item()
-    marks.append(clock.mark())
-    with products:
-        objective.backward()  # strategies with a backward solve complete ``info`` here
-    marks.append(clock.mark())
-    info = {**recorder.merge(info), "jacobian_products": float(products.total)}
-    with aside():  # before the update: the bound is on the adjoint of these parameters
-        adjoint = _adjoint_bound(model, probe, layer.get("f"))
-    marks.append(clock.mark())
-    skipped = bool(info.get("skip_update", 0))
-    if not skipped:
-        optimizer.step()
-    marks.append(clock.mark())
-    certify, fwd, bwd, _, opt = clock.durations(marks)
-    row = {key: math.nan for key in STEP_INFO}
-    row.update(_numeric_info(info))
-    row.pop("skip_update", None)
-    row.update(adjoint)
-    row.update(
-        loss=loss.item(),
-        certify_time_s=certify,
-        jac_frobenius_sq=jac_sq,
-        forward_time_s=fwd,
-        backward_time_s=bwd,
-        optimizer_time_s=opt,
-        step_time_s=certify + fwd + bwd + opt,
-        skipped=float(skipped),
-    )
-    return row, xhat
-
-
-def _adjoint_bound(model, probe: AdjointProbe | None, f) -> dict[str, float]:
-    """``adjoint_residual`` (worst sample's ||g - (I - J)^T v|| / ||g||) and
-    ``adjoint_error_bound`` of a step; NaN where the strategy has no adjoint (unrolled), the
-    bound is off, or the model has no certificate (the bound only)."""
-    read = probe.read() if probe is not None else None
-    if read is None or f is None:
-        return {"adjoint_residual": math.nan, "adjoint_error_bound": math.nan}
-    v, g, x = read
-    residual = float(relative_residual(f, x, g, v).max())
-    return {
-        "adjoint_residual": residual,
-        "adjoint_error_bound": relative_bound(residual, model.contraction_bound()),
-    }
 
 
 def _schedule(optimizer, run: RunConfig, total_steps: int):

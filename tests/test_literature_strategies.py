@@ -280,8 +280,8 @@ def test_the_training_loss_of_weighted_outputs_is_their_weighted_sum():
     the reconstruction; the jac_reg estimate at that reconstruction is recorded beside it."""
     from bench.measure import StepClock
     from bench.model import ReconstructionDEQ
-    from bench.runner import train_step
     from bench.tasks import GaussianBlur
+    from bench.training_step import train_step
     from strategies import weighted_loss
 
     torch.manual_seed(0)
