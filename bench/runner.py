@@ -29,13 +29,13 @@ from strategies import final_output, parse_spec
 
 from . import diagnostics, legacy, out_of_memory, provenance, results
 from .config import RunConfig, Suite
-from .device import DTYPES, resolve_device, strict_fp32, usable_cores
-from .measure import PeakMemory, SavedBytes, StepClock, device_name
+from .device import DTYPES, resolve_device, strict_fp32
+from .measure import PeakMemory, SavedBytes, StepClock
 from .metrics import METRICS, mean_metrics
 from .model import build_model
 from .out_of_memory import OutOfMemory, describe, during, is_out_of_memory
+from .rows import RunRecord, failed_row, run_tables, setting_columns
 from .solver import solver_from_config
-from .summary import run_summary, timing_verdict
 from .task_data import (
     DATA_SETTINGS,
     IMAGE_SETTINGS,
@@ -44,7 +44,6 @@ from .task_data import (
     fingerprinted_runs,
     load_task_data,
 )
-from .tasks import make_task
 from .training_step import train_step
 
 FIDELITY_SEED = 20_000  # the fixed batch for gradient fidelity
@@ -70,16 +69,6 @@ DIVERGED_ABS = 1e3  # images live in [0, 1]: a reconstruction this large has blo
 
 class Diverged(Exception):
     """A run's loss or fixed point stopped being finite / bounded: a result, not a failure."""
-
-
-def _versions() -> dict:
-    from importlib.metadata import version
-
-    return {
-        "torch_version": torch.__version__,
-        "torchdeq_version": version("torchdeq"),
-        "git_commit": provenance.harness_commit()[:12] or "unknown",
-    }
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator):
@@ -148,33 +137,6 @@ class _Setup:
         )  # fmt: skip
 
 
-class _Record:
-    """The rows a run accumulates, and the per-run measurements, while it trains."""
-
-    def __init__(self):
-        self.steps: list[dict] = []
-        self.evals: list[dict] = []
-        self.saved_bytes = math.nan
-        self.peak_step_bytes = math.nan
-        self.certify_peak_bytes = math.nan
-        # Phases of the run (wall-clock seconds): setup, evaluation, diagnostics (gradient
-        # fidelity, ||dT/dx||, the replayed peak-bytes step). Training is the sum of step times.
-        self.setup_time_s = 0.0
-        self.eval_time_s = 0.0
-        self.diagnostics_time_s = 0.0
-        self.train_time_s = 0.0  # sum of step times: the training-time budget
-        # CPU time and wall-clock of the process over the training steps (for cpu_util)
-        self.step_cpu_s = 0.0
-        self.step_wall_s = 0.0
-        self.load_samples: list[float] = []
-        self.status, self.reason = "ok", ""
-        self.recon = None
-
-    def sample_load(self) -> None:
-        """Record the machine's 1-minute load average (at the start, each evaluation, the end)."""
-        self.load_samples.append(os.getloadavg()[0])
-
-
 def _check_finite(row: dict, xhat: torch.Tensor, epoch: int, step: int) -> None:
     if not math.isfinite(row["loss"]):
         raise Diverged(f"loss became {row['loss']} at epoch {epoch}, step {step}")
@@ -182,7 +144,7 @@ def _check_finite(row: dict, xhat: torch.Tensor, epoch: int, step: int) -> None:
         raise Diverged(f"fixed point blew up (|x| > {DIVERGED_ABS:g}) at epoch {epoch}")
 
 
-def _evaluation(s: _Setup, rec: _Record, epoch: int, epoch_end: bool, fidelity: bool) -> None:
+def _evaluation(s: _Setup, rec: RunRecord, epoch: int, epoch_end: bool, fidelity: bool) -> None:
     """Evaluate on the test set, measure ||dT/dx|| and (when asked) the gradient fidelity."""
     t0 = time.perf_counter()
     bs = s.run.train.batch_size
@@ -217,7 +179,7 @@ def _evaluation(s: _Setup, rec: _Record, epoch: int, epoch_end: bool, fidelity: 
     rec.sample_load()
 
 
-def _train_loop(s: _Setup, rec: _Record, memory: PeakMemory, device, progress: bool) -> None:
+def _train_loop(s: _Setup, rec: RunRecord, memory: PeakMemory, device, progress: bool) -> None:
     run = s.run
     n_batches = math.ceil(len(s.train_x) / run.train.batch_size)
     total_steps = run.train.epochs * n_batches
@@ -303,7 +265,7 @@ def train(run: RunConfig, device: torch.device, progress: bool = False) -> dict:
     columns say whether the step times can be trusted (see :func:`bench.summary.timing_verdict`).
     """
     started = time.perf_counter()
-    rec = _Record()
+    rec = RunRecord()
     rec.sample_load()
     with during(f"moving the data to {device} and building the model", DATA_SETTINGS):
         s = _Setup.build(run, device)
@@ -315,117 +277,12 @@ def train(run: RunConfig, device: torch.device, progress: bool = False) -> dict:
     except Diverged as err:
         rec.status, rec.reason = "diverged", str(err)
     rec.sample_load()
-    tables = _tables(s, rec, memory, device, time.perf_counter() - started)
+    tables = run_tables(
+        run, s.strategy, s.data, rec, memory, device, time.perf_counter() - started,
+        certified_lipschitz_bound=s.model.contraction_bound(), fidelity_images=len(s.fid_x),
+    )  # fmt: skip
     tables["model"] = {k: v.detach().cpu() for k, v in s.model.state_dict().items()}
     return tables
-
-
-def host_columns() -> dict:
-    """Threads and cores of this process: ``torch_threads`` and ``cpu_count`` (the cores it may
-    run on, which a job scheduler or ``taskset`` can restrict below the machine's)."""
-    return {"torch_threads": torch.get_num_threads(), "cpu_count": usable_cores()}
-
-
-def _timing_columns(rec: _Record, summary: dict, device) -> dict:
-    threads = torch.get_num_threads()
-    cpu_util = rec.step_cpu_s / (rec.step_wall_s * threads) if rec.step_wall_s > 0 else math.nan
-    load_avg_max = max(rec.load_samples) if rec.load_samples else math.nan
-    reliable, note = timing_verdict(
-        load_avg_max=load_avg_max,
-        machine_cpus=os.cpu_count() or 1,
-        cpu_util=cpu_util,
-        robust_cv=summary["step_time_robust_cv"],
-        device_type=torch.device(device).type,
-    )
-    return {
-        **host_columns(),
-        "load_avg_max": load_avg_max,
-        "cpu_util": cpu_util,
-        "timing_reliable": reliable,
-        "timing_note": note,
-    }
-
-
-def _tables(s: _Setup, rec: _Record, memory: PeakMemory, device, run_wall_time_s: float) -> dict:
-    run, strategy = s.run, s.strategy
-    keys = {"run_id": run.run_id, "strategy": strategy.name, "seed": run.seed}
-    steps_df = pd.DataFrame([{**keys, **r} for r in rec.steps])
-    steps_df = steps_df.reindex(
-        columns=list(dict.fromkeys([*results.STEP_COLUMNS, *steps_df.columns]))
-    )
-    epochs_df = pd.DataFrame([{**keys, **e} for e in rec.evals])
-    # the declared columns first, then any the schema does not name (a metric registered after
-    # bench.results was imported), as steps do: nothing measured is dropped
-    epochs_df = epochs_df.reindex(
-        columns=list(dict.fromkeys([*results.EPOCH_COLUMNS, *epochs_df.columns]))
-    )
-    summary = run_summary(steps_df, epochs_df)
-    row = {
-        **_setting_columns(run, device, s.data),
-        **keys,
-        "strategy_label": run.strategy,
-        "params": json.dumps(strategy.params, sort_keys=True),
-        **{f"p_{k}": v for k, v in strategy.params.items()},
-        "status": rec.status,
-        "status_reason": rec.reason,
-        **{f"naive_test_{m}": v for m, v in s.data.naive_metrics.items()},
-        **summary,
-        "setup_time_s": rec.setup_time_s,
-        "eval_time_s": rec.eval_time_s,
-        "diagnostics_time_s": rec.diagnostics_time_s,
-        "run_wall_time_s": run_wall_time_s,
-        **_timing_columns(rec, summary, device),
-        "saved_bytes": rec.saved_bytes,
-        "peak_step_bytes": rec.peak_step_bytes,
-        "certify_peak_bytes": rec.certify_peak_bytes,
-        "peak_rss_bytes": memory.rss_bytes or math.nan,
-        "peak_gpu_memory_bytes": memory.gpu_bytes if memory.gpu_bytes is not None else math.nan,
-        "peak_gpu_device_memory_bytes": memory.gpu_device_bytes or math.nan,
-        "certified_lipschitz_bound": s.model.contraction_bound(),
-        "fidelity_images": len(s.fid_x),
-    }
-    return {
-        "runs": pd.DataFrame([row]),
-        "epochs": epochs_df,
-        "steps": steps_df,
-        "recon": None
-        if rec.recon is None
-        else rec.recon[: run.train.n_recon].float().cpu().numpy(),
-    }
-
-
-def _setting_columns(run: RunConfig, device, data: TaskData | None) -> dict:
-    return {
-        "suite": run.suite,
-        "dataset": run.data.dataset,
-        "image_size": int(data.test_x.shape[-1]) if data else run.data.image_size,
-        "channels": int(data.test_x.shape[1]) if data else math.nan,
-        "n_train": len(data.train_x) if data else math.nan,
-        "n_test": len(data.test_x) if data else math.nan,
-        "batch_size": run.train.batch_size,
-        "epochs": run.train.epochs,
-        "lr": run.train.lr,
-        "lr_schedule": run.train.lr_schedule,
-        "jac_reg": run.train.jac_reg,
-        "jac_reg_every": run.train.jac_reg_every,
-        "task": run.problem.task,
-        **(data.task if data else make_task(run.problem)).setting_columns(),
-        "noise_std": run.problem.noise_std,
-        "solver": run.solver.name,
-        "solver_max_iter": run.solver.max_iter,
-        "solver_tol": run.solver.tol,
-        "model_width": run.model.width,
-        "model_depth": run.model.depth,
-        "model_form": run.model.form,
-        "lipschitz_control": run.model.lipschitz_control,
-        "model_activation": run.model.activation,
-        "model_lipschitz": run.model.lipschitz,
-        "device": str(device),
-        "device_name": device_name(device),
-        "config_hash": run.config_hash,
-        "setting_hash": run.setting_hash,
-        **_versions(),
-    }
 
 
 def load_trained_model(run_dir: str | Path) -> torch.nn.Module:
@@ -530,7 +387,7 @@ def _train_and_write(run: RunConfig, out: Path, progress: bool, jobs: int) -> di
         raise
     except Exception as err:  # anything but divergence: record it, keep the sweep going
         results.atomic_write_bytes(part / "error.log", traceback.format_exc().encode())
-        tables = {"runs": _failed_row(run, device, _failure_reason(err))}
+        tables = {"runs": failed_row(run, device, _failure_reason(err))}
     tables["runs"] = tables["runs"].assign(jobs=jobs)
     recon = tables.pop("recon", None)
     weights = tables.pop("model", None)
@@ -559,24 +416,6 @@ def _failure_reason(err: Exception) -> str:
     return f"{type(err).__name__}: {err}".splitlines()[0][:500]
 
 
-def _failed_row(run: RunConfig, device, reason: str) -> pd.DataFrame:
-    """A failed run's runs.csv row: its settings, this process's host columns and the reason."""
-    row = {
-        **_setting_columns(run, device, None),
-        **host_columns(),
-        "run_id": run.run_id,
-        "strategy": run.strategy.split(":")[0],
-        "strategy_label": run.strategy,
-        "params": "",
-        "seed": run.seed,
-        "status": "failed",
-        "status_reason": reason.splitlines()[0][:500],
-    }
-    # the schema's columns, plus the task's own setting columns (blur_sigma, ...)
-    columns = list(dict.fromkeys([*results.RUN_COLUMNS, *row]))
-    return pd.DataFrame([row]).reindex(columns=columns)
-
-
 def record_failure(run: RunConfig, out: Path, reason: str, **columns) -> RunOutcome:
     """Record ``run`` as failed for ``reason`` when the process training it died (a worker
     killed by a signal, e.g. the out-of-memory killer), so the folder says why it is missing.
@@ -587,7 +426,7 @@ def record_failure(run: RunConfig, out: Path, reason: str, **columns) -> RunOutc
     concurrent sweep may have taken it over); the outcome is returned either way.
     """
     out = Path(out)
-    frame = _failed_row(run, resolve_device(run.train.device), reason).assign(**columns)
+    frame = failed_row(run, resolve_device(run.train.device), reason).assign(**columns)
     with results.claim(out, run.run_id) as claimed:
         if claimed and results.part_status(out, run.run_id) not in results.COMPLETE:
             results.write_run(out, run.run_id, {"runs": frame})
@@ -646,7 +485,7 @@ def _fit_baselines(suite, out: Path, run: RunConfig, data: TaskData, ids: dict, 
         xhat = baseline.reconstruct(task, data.test_d)
         reference[f"baseline_{baseline.name}"] = xhat
         row = {
-            **_setting_columns(run, torch.device("cpu"), data),
+            **setting_columns(run, torch.device("cpu"), data),
             "run_id": ids[baseline.name],
             "strategy": f"baseline:{baseline.name}",
             "strategy_label": f"baseline:{baseline.name}",
