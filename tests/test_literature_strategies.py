@@ -24,8 +24,8 @@ from dense_layer import (
 from helpers import MINI
 
 from bench.config import TrainConfig, suite_from_dict
-from bench.runner import train
 from bench.solver import FixedPointSolver, jacobian_frobenius_sq
+from bench.training import train
 from strategies import WeightedOutputs, get_strategy
 from strategies.shine import broyden
 

@@ -12,9 +12,9 @@ from bench.config import load_suite
 from bench.diagnostics import gradient_cosine
 from bench.measure import StepClock
 from bench.model import build_model
-from bench.runner import fidelity_images
 from bench.solver import solver_from_config
 from bench.task_data import load_task_data
+from bench.training import fidelity_images
 from bench.training_step import train_step
 from strategies import parse_spec
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import bench.diagnostics as diagnostics
-import bench.runner as runner
+import bench.training as training
 from bench.config import (
     DataConfig,
     ModelConfig,
@@ -20,9 +20,10 @@ from bench.config import (
     TrainConfig,
 )
 from bench.device import strict_fp32
-from bench.runner import execute, load_trained_model, train
+from bench.runner import execute
 from bench.solver import make_solver
 from bench.task_data import load_task_data
+from bench.training import load_trained_model, train
 from strategies import Strategy, register
 
 CPU = torch.device("cpu")
@@ -106,7 +107,7 @@ def test_skipped_updates_are_recorded_and_change_nothing():
     steps, runs = tables["steps"], tables["runs"].iloc[0]
     assert (steps["skipped"] == 1).all() and runs["skipped_steps"] == len(steps)
     assert (steps["backward_converged"] == 0).all()
-    fresh = runner._Setup.build(_run("jfb"), CPU).model  # same seed: the initial weights
+    fresh = training._Setup.build(_run("jfb"), CPU).model  # same seed: the initial weights
     for name, value in fresh.state_dict().items():
         torch.testing.assert_close(tables["model"][name], value, rtol=0, atol=0)
 
@@ -168,7 +169,7 @@ def test_the_trained_model_is_saved_and_rebuilds(tmp_path):
 def test_the_peak_memory_replay_leaves_training_unchanged(monkeypatch):
     measured = train(_run("cg:tol=1e-6:max_iter=50", grad_fidelity=False), CPU)
     monkeypatch.setattr(
-        runner, "_peak_step_bytes", lambda *args: {"peak_step_bytes": 0, "certify_peak_bytes": 0}
+        training, "_peak_step_bytes", lambda *args: {"peak_step_bytes": 0, "certify_peak_bytes": 0}
     )
     plain = train(_run("cg:tol=1e-6:max_iter=50", grad_fidelity=False), CPU)
     assert measured["runs"].iloc[0]["peak_step_bytes"] > 0
