@@ -14,7 +14,7 @@ import pytest
 from test_reliability import FakeTrain, fake_tables, load, part_ids, tiny_suite
 from test_report_settings import Folder, _build, _cells, _compared, no_figures  # noqa: F401 (a fixture)
 
-from bench import results, runner
+from bench import execution, results, runner
 from bench.cli import main
 from bench.config import (
     DataConfig,
@@ -31,7 +31,7 @@ from bench.report import build_report, prepare
 
 def test_an_infinite_psnr_is_a_result_not_a_broken_part(tmp_path, monkeypatch, capsys):
     perfect = FakeTrain(psnr=math.inf)
-    monkeypatch.setattr(runner, "train", perfect)
+    monkeypatch.setattr(execution, "train", perfect)
     suite = load(tiny_suite(tmp_path))
     out = tmp_path / "out"
     assert runner.run_suite(suite, out, progress=False)["ok"] == 3
@@ -106,7 +106,7 @@ def test_a_folder_of_an_older_commit_resumes_without_losing_or_redoing_anything(
     out = _older_folder(tmp_path, commit)
     before = pd.read_csv(out / "runs.csv", dtype=str).set_index("run_id")
     fake = SettingFakeTrain()
-    monkeypatch.setattr(runner, "train", fake)
+    monkeypatch.setattr(execution, "train", fake)
     suite = load(OLDER / "tiny.toml")
 
     counts = runner.run_suite(suite, out, progress=False)
@@ -153,7 +153,7 @@ def test_the_cli_resumes_an_older_folder_and_reports_it(tmp_path, commit, capsys
 
 def test_a_report_reads_a_resumed_older_folder(tmp_path, monkeypatch):
     out = _older_folder(tmp_path, "db97b47")
-    monkeypatch.setattr(runner, "train", FakeTrain())
+    monkeypatch.setattr(execution, "train", FakeTrain())
     runner.run_suite(load(OLDER / "tiny.toml"), out, progress=False)
     markdown = (build_report(out, tmp_path / "report").parent / "report.md").read_text()
     assert "jfb" in markdown and "Older results folder" in markdown
@@ -162,7 +162,7 @@ def test_a_report_reads_a_resumed_older_folder(tmp_path, monkeypatch):
 def test_an_older_run_whose_settings_differ_is_redone_and_its_row_kept(tmp_path, monkeypatch):
     out = _older_folder(tmp_path, "12fb0d5")
     fake = FakeTrain()
-    monkeypatch.setattr(runner, "train", fake)
+    monkeypatch.setattr(execution, "train", fake)
     suite = load(OLDER / "tiny.toml")
     other = dataclasses.replace(suite, train=dataclasses.replace(suite.train, lr=1e-2))
     runner.run_suite(other, out, progress=False)
@@ -228,7 +228,7 @@ def test_a_merge_after_a_run_reads_only_that_runs_part_at_1000_parts(tmp_path, p
 def test_a_resume_reads_every_part_once(tmp_path, monkeypatch, part_reads):
     out = tmp_path / "out"
     ids = _synthetic_folder(out, 200)
-    monkeypatch.setattr(runner, "train", FakeTrain())
+    monkeypatch.setattr(execution, "train", FakeTrain())
     counts = runner.run_suite(load(tiny_suite(tmp_path)), out, progress=False)
     trained = [i for i in part_reads if i not in ids]
     assert counts["ok"] == 3 and sorted(set(trained)) == sorted(trained)  # new parts once each

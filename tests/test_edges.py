@@ -68,9 +68,9 @@ def test_a_run_out_of_memory_fails_with_one_line_and_the_sweep_goes_on(
     naming the step and the settings to lower; seeds 0 and 2 complete."""
     import pandas as pd
 
-    from bench import runner, training
+    from bench import execution, training
 
-    real_train, real_step = runner.train, training.train_step
+    real_train, real_step = execution.train, training.train_step
     seed = {}
 
     def train(run, device, progress=False):
@@ -82,7 +82,7 @@ def test_a_run_out_of_memory_fails_with_one_line_and_the_sweep_goes_on(
             raise RuntimeError(CPU_OOM)
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "train", train)
+    monkeypatch.setattr(execution, "train", train)
     monkeypatch.setattr(training, "train_step", train_step)
     out = tmp_path / "res"
     code = main(["run", str(_suite(tmp_path)), "--out", str(out), "--quiet"])

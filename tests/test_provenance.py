@@ -15,7 +15,8 @@ import bench.config as config
 from bench import provenance, results, runner, task_data
 from bench.cli import main
 from bench.config import ModelConfig, RunConfig, load_suite, suite_from_dict, with_overrides
-from bench.runner import StaleResults, execute, plan
+from bench.execution import execute
+from bench.runner import StaleResults, plan
 
 # one of the shared run's runs (conftest.py's mini_run)
 ONE_RUN = MINI_RUN.replace('["jfb", "unrolled:k=2"]', '["jfb"]').replace("seeds = 2", "seeds = 1")

@@ -1,7 +1,7 @@
 """Reliability under hostile but fair use (issue 9): nothing lost under --force, full disks,
 corrupt parts or concurrent sweeps; every bad setting is one clear error before training.
 
-Most tests replace ``runner.train`` with a fake that returns well-formed tables instantly, so
+Most tests replace ``execution.train`` with a fake that returns well-formed tables instantly, so
 they exercise the bookkeeping (plan, claims, parts, merge) without training; the concurrency,
 plugin and signal tests run the real CLI in subprocesses on a tiny suite.
 """
@@ -26,7 +26,7 @@ import pytest
 from helpers import MINI
 from PIL import Image
 
-from bench import results, runner, task_data
+from bench import execution, results, runner, task_data
 from bench.cli import main
 from bench.config import (
     DataConfig,
@@ -85,7 +85,7 @@ def fake_tables(run: RunConfig, psnr: float = 20.0) -> dict:
 
 
 class FakeTrain:
-    """Stands in for runner.train: counts calls; ``fail_on`` maps call number -> exception."""
+    """Stands in for execution.train: counts calls; ``fail_on`` maps call number -> exception."""
 
     def __init__(self, fail_on: dict | None = None, psnr: float = 20.0):
         self.calls: list[str] = []
@@ -102,7 +102,7 @@ class FakeTrain:
 @pytest.fixture
 def fake_train(monkeypatch):
     fake = FakeTrain()
-    monkeypatch.setattr(runner, "train", fake)
+    monkeypatch.setattr(execution, "train", fake)
     return fake
 
 
@@ -140,7 +140,7 @@ def test_forced_rerun_interrupted_keeps_every_old_result(tmp_path, fake_train, m
     assert len(old) == 3
 
     interrupted = FakeTrain(fail_on={2: KeyboardInterrupt()}, psnr=50.0)
-    monkeypatch.setattr(runner, "train", interrupted)
+    monkeypatch.setattr(execution, "train", interrupted)
     with pytest.raises(KeyboardInterrupt):
         runner.run_suite(suite, out, force=True, progress=False)
     assert len(interrupted.calls) == 2  # the first run was redone, the second interrupted
@@ -465,9 +465,9 @@ def test_a_claimed_run_is_left_to_its_owner(tmp_path, fake_train):
         assert mine
         with results.claim(out, run.run_id) as again:
             assert not again  # exclusive, even within one process
-        assert runner.execute(run, out).status == "elsewhere"
+        assert execution.execute(run, out).status == "elsewhere"
     assert fake_train.calls == [] and not part_ids(out)
-    assert runner.execute(run, out).status == "ok" and fake_train.calls == [run.run_id]
+    assert execution.execute(run, out).status == "ok" and fake_train.calls == [run.run_id]
 
 
 # ---- 5. a run's identity covers the data actually loaded --------------------------------------
@@ -649,12 +649,12 @@ def test_missing_reference_reconstructions_are_rebuilt(tmp_path):
 def test_an_old_error_log_goes_when_the_run_succeeds(tmp_path, monkeypatch):
     suite = load(tiny_suite(tmp_path, TINY.replace("seeds = 3", "seeds = 1")))
     out = tmp_path / "out"
-    monkeypatch.setattr(runner, "train", FakeTrain(fail_on={1: RuntimeError("boom")}))
+    monkeypatch.setattr(execution, "train", FakeTrain(fail_on={1: RuntimeError("boom")}))
     assert runner.run_suite(suite, out, progress=False)["failed"] == 1
     (run_id,) = part_ids(out)
     log = out / "parts" / run_id / "error.log"
     assert "boom" in log.read_text()
-    monkeypatch.setattr(runner, "train", FakeTrain())
+    monkeypatch.setattr(execution, "train", FakeTrain())
     assert runner.run_suite(suite, out, progress=False)["ok"] == 1
     assert not log.exists()
 
@@ -677,13 +677,13 @@ def test_stale_temporaries_are_cleaned_but_live_ones_kept(tmp_path, fake_train):
 def test_sigterm_says_finished_runs_are_saved_and_exits_143(tmp_path):
     script = """
     import os, signal, sys
-    from bench import runner
+    from bench import execution
 
     def killed(run, device, progress=False):
         os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler would, mid-run
         raise AssertionError("SIGTERM did not stop the run")
 
-    runner.train = killed
+    execution.train = killed
     from bench.cli import main
     sys.exit(main(["run", sys.argv[1], "--out", sys.argv[2], "--quiet"]))
     """

@@ -20,7 +20,7 @@ from bench.config import (
     TrainConfig,
 )
 from bench.device import strict_fp32
-from bench.runner import execute
+from bench.execution import execute
 from bench.solver import make_solver
 from bench.task_data import load_task_data
 from bench.training import load_trained_model, train
