@@ -145,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args) -> int:
     from .config import load_suite, with_overrides
     from .executor import LocalExecutor, SubmititExecutor
-    from .runner import run_suite
+    from .sweep import run_suite
 
     if args.jobs < 1:
         raise ValueError(f"-j/--jobs must be >= 1, got {args.jobs}")

@@ -1,4 +1,4 @@
-"""Executors: how :func:`bench.runner.run_suite` runs the runs it has planned.
+"""Executors: how :func:`bench.sweep.run_suite` runs the runs it has planned.
 
 - :class:`LocalExecutor` ``(jobs=N)``: on this machine. N = 1 trains the runs one after the other
   in this process; N > 1 starts N worker processes (spawned, so nothing of this process's torch

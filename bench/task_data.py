@@ -35,7 +35,7 @@ class TaskData:
     # metric name -> mean over the test images of the task's naive reconstruction (e.g. the
     # blurred input): the reference every run is compared to
     naive_metrics: dict[str, float]
-    fingerprint: str = ""  # of the images loaded: part of each run's identity (see plan)
+    fingerprint: str = ""  # of the images loaded: part of each run's identity (fingerprinted_runs)
 
 
 @cache

@@ -123,12 +123,12 @@ def test_out_of_memory_in_the_data_check_is_one_line_and_exit_2(tmp_path, monkey
 
 
 def test_out_of_memory_elsewhere_is_one_line(tmp_path, monkeypatch, capsys):
-    from bench import runner
+    from bench import sweep
 
     def plan(*args, **kwargs):
         raise MemoryError()
 
-    monkeypatch.setattr(runner, "plan", plan)
+    monkeypatch.setattr(sweep, "plan", plan)
     code = main(["run", str(_suite(tmp_path)), "--out", str(tmp_path / "res"), "--quiet"])
     line = _one_line(capsys.readouterr().err)
     assert code == 1 and line == "implicit-bench: error: out of memory (an allocation failed)"
@@ -137,12 +137,12 @@ def test_out_of_memory_elsewhere_is_one_line(tmp_path, monkeypatch, capsys):
 def test_baselines_out_of_memory_are_a_warning_and_the_runs_go_on(tmp_path, monkeypatch, capsys):
     import pandas as pd
 
-    from bench import runner
+    from bench import sweep
 
     def fit(*args, **kwargs):
         raise RuntimeError(CPU_OOM)
 
-    monkeypatch.setattr(runner, "_fit_baselines", fit)
+    monkeypatch.setattr(sweep, "_fit_baselines", fit)
     out = tmp_path / "res"
     suite = _suite(tmp_path, 'baselines = ["tikhonov"]\n' + MINI)
     code = main(["run", str(suite), "--out", str(out), "--seeds", "1", "--quiet"])

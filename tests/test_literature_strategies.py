@@ -310,7 +310,7 @@ def test_report_of_a_jac_reg_sweep_titles_its_settings_and_says_shines_forward_i
     """A sweep over [train] jac_reg makes one setting per weight, titled by it; shine's own
     Broyden forward (the suite solves with fixed_point_iter) is named in the observations."""
     from bench.report import build_report
-    from bench.runner import run_suite
+    from bench.sweep import run_suite
 
     raw = tomllib.loads(MINI)
     raw.update(strategies=["jfb", "shine"], seeds=1, sweep={"train.jac_reg": [0.0, 0.5]})

@@ -12,11 +12,11 @@ import pytest
 from helpers import MINI_RUN, cli_in_process
 
 import bench.config as config
-from bench import provenance, results, runner, task_data
+from bench import provenance, results, sweep, task_data
 from bench.cli import main
 from bench.config import ModelConfig, RunConfig, load_suite, suite_from_dict, with_overrides
 from bench.execution import execute
-from bench.runner import StaleResults, plan
+from bench.sweep import StaleResults, plan
 
 # one of the shared run's runs (conftest.py's mini_run)
 ONE_RUN = MINI_RUN.replace('["jfb", "unrolled:k=2"]', '["jfb"]').replace("seeds = 2", "seeds = 1")
@@ -157,7 +157,7 @@ def test_an_override_of_a_swept_key_replaces_its_sweep_and_says_so(tmp_path, mon
         planned.append(sorted({(r.train.lr, r.train.epochs) for r in suite.runs()}))
         return {"ok": 0, "diverged": 0, "failed": 0, "skipped": 0}
 
-    monkeypatch.setattr(runner, "run_suite", run_suite)
+    monkeypatch.setattr(sweep, "run_suite", run_suite)
     for args in (["--lr", "0.05"], ["--set", "train.lr=0.05"]):
         code = main(["run", str(path), "--out", str(tmp_path / "o"), "--quiet", *args])
         err = capsys.readouterr().err

@@ -233,7 +233,7 @@ device = "cpu"
 @pytest.fixture(scope="module")
 def factor_sweep(tmp_path_factory) -> Path:
     """A real tiny run: one jfb run and two baselines per factor, 2 and 4, in one folder."""
-    from bench.runner import run_suite
+    from bench.sweep import run_suite
 
     base = tmp_path_factory.mktemp("superres")
     (base / "sweep.toml").write_text(SWEEP)
