@@ -21,9 +21,10 @@ from bench.config import (
 )
 from bench.device import strict_fp32
 from bench.execution import execute
+from bench.runner import load_trained_model  # where the README documents it
 from bench.solver import make_solver
 from bench.task_data import load_task_data
-from bench.training import load_trained_model, train
+from bench.training import train
 from strategies import Strategy, register
 
 CPU = torch.device("cpu")
