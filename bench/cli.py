@@ -145,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args) -> int:
     from .config import load_suite, with_overrides
     from .executor import LocalExecutor, SubmititExecutor
-    from .runner import run_suite
+    from .sweep import run_suite
 
     if args.jobs < 1:
         raise ValueError(f"-j/--jobs must be >= 1, got {args.jobs}")
@@ -205,7 +205,7 @@ def _stale_choice(args) -> str:
 
 def _check_data(suite) -> None:
     """Load each data setting once up front, so a missing folder is a usage error, not a run failure."""
-    from .runner import load_task_data
+    from .task_data import load_task_data
 
     for data, problem, _ in suite.data_settings():
         load_task_data(data, problem)

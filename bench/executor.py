@@ -1,4 +1,4 @@
-"""Executors: how :func:`bench.runner.run_suite` runs the runs it has planned.
+"""Executors: how :func:`bench.sweep.run_suite` runs the runs it has planned.
 
 - :class:`LocalExecutor` ``(jobs=N)``: on this machine. N = 1 trains the runs one after the other
   in this process; N > 1 starts N worker processes (spawned, so nothing of this process's torch
@@ -11,10 +11,10 @@
   new worker takes its place.
 - :class:`SubmititExecutor`: a submitit job array (SLURM, or submitit's local/debug backends).
 
-Either way each run is one call of :func:`bench.runner.execute`, which claims the run, trains it
+Either way each run is one call of :func:`bench.execution.execute`, which claims the run, trains it
 and writes its own part of the results folder atomically, so runs spread over processes or nodes
 merge into one folder with no row lost or duplicated, and a rerun skips the runs already
-complete. An executor yields each run's :class:`~bench.runner.RunOutcome` as it finishes.
+complete. An executor yields each run's :class:`~bench.execution.RunOutcome` as it finishes.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from tqdm.auto import tqdm
 
 from . import results
 from .config import RunConfig
-from .runner import RunOutcome, execute, record_failure, resolve_device, usable_cores
+from .device import resolve_device, usable_cores
+from .execution import RunOutcome, execute, record_failure
 
 JOB_POLL_S = 1.0  # how often a submitit sweep checks its jobs (submitit's own Job.wait: 1 s)
 JOB_STOP_TIMEOUT_S = 30  # a cancelled local job's processes are killed after this long

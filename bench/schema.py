@@ -29,7 +29,7 @@ RUN_COLUMNS = (
     "peak_gpu_memory_bytes", "peak_gpu_device_memory_bytes", "mean_forward_iters",
     "forward_converged_frac", "mean_backward_iters", "grad_cosine_first", "grad_cosine_last",
     "lipschitz_estimate",
-    # validity and cost columns (see bench/runner.py): the layer's contraction at every
+    # validity and cost columns (see bench/rows.py and bench/training.py): the layer's contraction at every
     # evaluation, the backward solves, the exact peak of live bytes of a training step, phases
     "lr_schedule", "model_form", "lipschitz_control", "model_lipschitz", "model_activation",
     "setting_hash",

@@ -26,8 +26,10 @@ from bench import diagnostics
 from bench.config import load_suite
 from bench.measure import SavedBytes, StepClock
 from bench.model import build_model, conv_operator_norm
-from bench.runner import fidelity_images, load_task_data, train_step
 from bench.solver import solver_from_config
+from bench.task_data import load_task_data
+from bench.training import fidelity_images
+from bench.training_step import train_step
 from strategies import parse_spec
 
 

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 
 from bench.measure import SavedBytes, StepClock, saved_bytes
 from bench.model import Denoiser, ReconstructionDEQ
-from bench.runner import train_step
 from bench.solver import make_solver
 from bench.tasks import GaussianBlur
+from bench.training_step import train_step
 from strategies import get_strategy
 
 BATCH, SIZE, WIDTH, DEPTH = 16, 25, 16, 3

@@ -13,8 +13,9 @@ from torch.profiler import ProfilerActivity, profile
 from bench.config import load_suite
 from bench.measure import StepClock
 from bench.model import build_model
-from bench.runner import load_task_data, train_step
 from bench.solver import solver_from_config
+from bench.task_data import load_task_data
+from bench.training_step import train_step
 from strategies import parse_spec
 
 

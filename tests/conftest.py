@@ -46,7 +46,7 @@ def mini_run(tmp_path_factory) -> Path:
     from helpers import MINI_RUN
 
     from bench.config import suite_from_dict
-    from bench.runner import run_suite
+    from bench.sweep import run_suite
 
     out = tmp_path_factory.mktemp("mini_run") / "results"
     suite = suite_from_dict(tomllib.loads(MINI_RUN), "mini_run", "helpers.MINI_RUN")

@@ -12,9 +12,9 @@ from bench.bounds import AdjointProbe, relative_bound, relative_error, relative_
 from bench.diagnostics import ADJOINT_REFERENCE_TOL, gradient_cosine
 from bench.measure import StepClock
 from bench.model import ReconstructionDEQ
-from bench.runner import train_step
 from bench.solver import FixedPointSolver
 from bench.tasks import GaussianBlur
+from bench.training_step import train_step
 from strategies import final_output, get_strategy, list_strategies, weighted_loss
 
 F64 = torch.float64

@@ -15,7 +15,7 @@ from helpers import run_config
 from test_reliability import FakeTrain, fake_tables, load, part_ids, tiny_suite
 from test_report_settings import Folder, _build, _cells, _compared, no_figures  # noqa: F401 (a fixture)
 
-from bench import results, runner
+from bench import execution, results, sweep
 from bench.cli import main
 from bench.report import build_report, prepare
 
@@ -24,14 +24,14 @@ from bench.report import build_report, prepare
 
 def test_an_infinite_psnr_is_a_result_not_a_broken_part(tmp_path, monkeypatch, capsys):
     perfect = FakeTrain(psnr=math.inf)
-    monkeypatch.setattr(runner, "train", perfect)
+    monkeypatch.setattr(execution, "train", perfect)
     suite = load(tiny_suite(tmp_path))
     out = tmp_path / "out"
-    assert runner.run_suite(suite, out, progress=False)["ok"] == 3
+    assert sweep.run_suite(suite, out, progress=False)["ok"] == 3
     perfect.calls.clear()
     capsys.readouterr()
 
-    counts = runner.run_suite(suite, out, progress=False)
+    counts = sweep.run_suite(suite, out, progress=False)
     assert "broken part" not in capsys.readouterr().err
     assert perfect.calls == [] and counts["skipped"] == 3  # nothing trained again
     assert not (out / "parts" / results.BROKEN_DIR).exists()
@@ -99,10 +99,10 @@ def test_a_folder_of_an_older_commit_resumes_without_losing_or_redoing_anything(
     out = _older_folder(tmp_path, commit)
     before = pd.read_csv(out / "runs.csv", dtype=str).set_index("run_id")
     fake = SettingFakeTrain()
-    monkeypatch.setattr(runner, "train", fake)
+    monkeypatch.setattr(execution, "train", fake)
     suite = load(OLDER / "tiny.toml")
 
-    counts = runner.run_suite(suite, out, progress=False)
+    counts = sweep.run_suite(suite, out, progress=False)
     printed = capsys.readouterr()
     assert "broken part" not in printed.err
     assert not (out / "parts" / results.BROKEN_DIR).exists()
@@ -121,7 +121,7 @@ def test_a_folder_of_an_older_commit_resumes_without_losing_or_redoing_anything(
     # a strategy added to the suite is trained; the older run is pooled with it in one setting
     wider = load(OLDER / "tiny.toml")
     wider = dataclasses.replace(wider, strategies=(*wider.strategies, "neumann:k=2"))
-    counts = runner.run_suite(wider, out, progress=False)
+    counts = sweep.run_suite(wider, out, progress=False)
     assert len(fake.calls) == 1 and fake.calls[0].startswith("neumann") and counts["ok"] == 1
     assert set(before.index) < set(_rows(out))
     data, _ = prepare(out)
@@ -146,8 +146,8 @@ def test_the_cli_resumes_an_older_folder_and_reports_it(tmp_path, commit, capsys
 
 def test_a_report_reads_a_resumed_older_folder(tmp_path, monkeypatch):
     out = _older_folder(tmp_path, "db97b47")
-    monkeypatch.setattr(runner, "train", FakeTrain())
-    runner.run_suite(load(OLDER / "tiny.toml"), out, progress=False)
+    monkeypatch.setattr(execution, "train", FakeTrain())
+    sweep.run_suite(load(OLDER / "tiny.toml"), out, progress=False)
     markdown = (build_report(out, tmp_path / "report").parent / "report.md").read_text()
     assert "jfb" in markdown and "Older results folder" in markdown
 
@@ -155,10 +155,10 @@ def test_a_report_reads_a_resumed_older_folder(tmp_path, monkeypatch):
 def test_an_older_run_whose_settings_differ_is_redone_and_its_row_kept(tmp_path, monkeypatch):
     out = _older_folder(tmp_path, "12fb0d5")
     fake = FakeTrain()
-    monkeypatch.setattr(runner, "train", fake)
+    monkeypatch.setattr(execution, "train", fake)
     suite = load(OLDER / "tiny.toml")
     other = dataclasses.replace(suite, train=dataclasses.replace(suite.train, lr=1e-2))
-    runner.run_suite(other, out, progress=False)
+    sweep.run_suite(other, out, progress=False)
     assert len(fake.calls) == 1
     rows = _rows(out)
     assert rows["jfb-s0-76c6c8492b7f"]["git_commit"] == "12fb0d5b7f85"  # kept, with its commit
@@ -219,8 +219,8 @@ def test_a_merge_after_a_run_reads_only_that_runs_part_at_1000_parts(tmp_path, p
 def test_a_resume_reads_every_part_once(tmp_path, monkeypatch, part_reads):
     out = tmp_path / "out"
     ids = _synthetic_folder(out, 200)
-    monkeypatch.setattr(runner, "train", FakeTrain())
-    counts = runner.run_suite(load(tiny_suite(tmp_path)), out, progress=False)
+    monkeypatch.setattr(execution, "train", FakeTrain())
+    counts = sweep.run_suite(load(tiny_suite(tmp_path)), out, progress=False)
     trained = [i for i in part_reads if i not in ids]
     assert counts["ok"] == 3 and sorted(set(trained)) == sorted(trained)  # new parts once each
     assert sorted(i for i in part_reads if i in ids) == ids  # one full scan per command

@@ -15,11 +15,11 @@ from bench.cli import main
 def fresh_data_cache():
     """Each test loads its data afresh and leaves none cached: a later test registering a metric
     needs the naive reconstruction scored again."""
-    from bench import runner
+    from bench import task_data
 
-    runner.load_task_data.cache_clear()
+    task_data.load_task_data.cache_clear()
     yield
-    runner.load_task_data.cache_clear()
+    task_data.load_task_data.cache_clear()
 
 
 def _one_line(err: str) -> str:
@@ -68,9 +68,9 @@ def test_a_run_out_of_memory_fails_with_one_line_and_the_sweep_goes_on(
     naming the step and the settings to lower; seeds 0 and 2 complete."""
     import pandas as pd
 
-    from bench import runner
+    from bench import execution, training
 
-    real_train, real_step = runner.train, runner.train_step
+    real_train, real_step = execution.train, training.train_step
     seed = {}
 
     def train(run, device, progress=False):
@@ -82,8 +82,8 @@ def test_a_run_out_of_memory_fails_with_one_line_and_the_sweep_goes_on(
             raise RuntimeError(CPU_OOM)
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "train", train)
-    monkeypatch.setattr(runner, "train_step", train_step)
+    monkeypatch.setattr(execution, "train", train)
+    monkeypatch.setattr(training, "train_step", train_step)
     out = tmp_path / "res"
     code = main(["run", str(_suite(tmp_path)), "--out", str(out), "--quiet"])
     captured = capsys.readouterr()
@@ -104,12 +104,12 @@ def test_a_run_out_of_memory_fails_with_one_line_and_the_sweep_goes_on(
 def test_out_of_memory_in_the_data_check_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
     import torch
 
-    from bench import runner
+    from bench import task_data
 
     def scores(x, y):
         raise torch.OutOfMemoryError(CUDA_OOM)
 
-    monkeypatch.setattr(runner, "mean_metrics", scores)
+    monkeypatch.setattr(task_data, "mean_metrics", scores)
     out = tmp_path / "res"
     code = main(["run", str(_suite(tmp_path)), "--out", str(out), "--quiet"])
     line = _one_line(capsys.readouterr().err)
@@ -123,12 +123,12 @@ def test_out_of_memory_in_the_data_check_is_one_line_and_exit_2(tmp_path, monkey
 
 
 def test_out_of_memory_elsewhere_is_one_line(tmp_path, monkeypatch, capsys):
-    from bench import runner
+    from bench import sweep
 
     def plan(*args, **kwargs):
         raise MemoryError()
 
-    monkeypatch.setattr(runner, "plan", plan)
+    monkeypatch.setattr(sweep, "plan", plan)
     code = main(["run", str(_suite(tmp_path)), "--out", str(tmp_path / "res"), "--quiet"])
     line = _one_line(capsys.readouterr().err)
     assert code == 1 and line == "implicit-bench: error: out of memory (an allocation failed)"
@@ -137,12 +137,12 @@ def test_out_of_memory_elsewhere_is_one_line(tmp_path, monkeypatch, capsys):
 def test_baselines_out_of_memory_are_a_warning_and_the_runs_go_on(tmp_path, monkeypatch, capsys):
     import pandas as pd
 
-    from bench import runner
+    from bench import sweep
 
     def fit(*args, **kwargs):
         raise RuntimeError(CPU_OOM)
 
-    monkeypatch.setattr(runner, "_fit_baselines", fit)
+    monkeypatch.setattr(sweep, "_fit_baselines", fit)
     out = tmp_path / "res"
     suite = _suite(tmp_path, 'baselines = ["tikhonov"]\n' + MINI)
     code = main(["run", str(suite), "--out", str(out), "--seeds", "1", "--quiet"])

@@ -18,7 +18,7 @@ import pytest
 import torch
 from helpers import MINI, TINY, cli_in_process, subprocess_env
 
-from bench import results, runner
+from bench import results, sweep
 from bench.cli import main
 from bench.config import load_suite
 from bench.executor import LocalExecutor, gpu_per_slot, threads_per_job
@@ -124,7 +124,7 @@ def _cores() -> int:
 def test_two_jobs_use_two_processes_lose_no_row_and_resume(tmp_path):
     suite = load_suite(str(_write(tmp_path, FAST)))
     out = tmp_path / "out"
-    todo, _ = runner.plan(suite, out)
+    todo, _ = sweep.plan(suite, out)
     assert len(todo) == 4
     outcomes = list(
         LocalExecutor(jobs=2).map(todo, out, started=time.time(), force=False, progress=False)
@@ -246,7 +246,7 @@ def test_a_killed_worker_costs_only_the_run_it_was_running(tmp_path):
 def test_more_jobs_than_runs_or_cores_records_the_workers_used(tmp_path, monkeypatch, capsys):
     suite = load_suite(str(_write(tmp_path, FAST.replace("seeds = 2", "seeds = 1"))))
     out = tmp_path / "out"
-    todo, _ = runner.plan(suite, out)
+    todo, _ = sweep.plan(suite, out)
     monkeypatch.setattr("bench.executor.usable_cores", lambda: 1)  # as on a 1-core machine
     executor = LocalExecutor(jobs=1000)
     outcomes = list(executor.map(todo, out, started=time.time(), force=False, progress=False))

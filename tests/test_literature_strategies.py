@@ -14,8 +14,8 @@ import torch
 from helpers import MINI
 
 from bench.config import TrainConfig, suite_from_dict
-from bench.runner import train
 from bench.solver import FixedPointSolver, jacobian_frobenius_sq
+from bench.training import train
 from strategies import WeightedOutputs, get_strategy
 from strategies.shine import broyden
 
@@ -281,8 +281,8 @@ def test_the_training_loss_of_weighted_outputs_is_their_weighted_sum():
     the reconstruction; the jac_reg estimate at that reconstruction is recorded beside it."""
     from bench.measure import StepClock
     from bench.model import ReconstructionDEQ
-    from bench.runner import train_step
     from bench.tasks import GaussianBlur
+    from bench.training_step import train_step
     from strategies import weighted_loss
 
     torch.manual_seed(0)
@@ -311,7 +311,7 @@ def test_report_of_a_jac_reg_sweep_titles_its_settings_and_says_shines_forward_i
     """A sweep over [train] jac_reg makes one setting per weight, titled by it; shine's own
     Broyden forward (the suite solves with fixed_point_iter) is named in the observations."""
     from bench.report import build_report
-    from bench.runner import run_suite
+    from bench.sweep import run_suite
 
     raw = tomllib.loads(MINI)
     raw.update(strategies=["jfb", "shine"], seeds=1, sweep={"train.jac_reg": [0.0, 0.5]})

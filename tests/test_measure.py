@@ -277,7 +277,7 @@ def test_agrees_with_cuda_max_memory_allocated(case):
 def _step_row(strategy, solver=None):
     """The ``steps`` row of one training step of a tiny float64 ReconstructionDEQ (lr 0)."""
     from bench.measure import StepClock
-    from bench.runner import train_step
+    from bench.training_step import train_step
 
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)

@@ -222,7 +222,8 @@ def test_a_registered_metric_runs_through_the_pipeline_into_the_report(tmp_path,
     from bench.config import load_suite
     from bench.metrics import Metric
     from bench.report import build_report
-    from bench.runner import load_task_data, run_suite
+    from bench.sweep import run_suite
+    from bench.task_data import load_task_data
 
     def mae(x, y):
         return (x.double() - y.double()).abs().flatten(1).mean(1)

@@ -21,9 +21,10 @@ from bench.model import (
     gram_spectral_bound,
     maxmin,
 )
-from bench.runner import FIDELITY_BATCH, FIDELITY_SEED, load_task_data, train
 from bench.solver import FixedPointSolver, lipschitz_estimate
+from bench.task_data import load_task_data
 from bench.tasks import TASKS, BlurTask, GaussianBlur, InpaintTask, Task, make_task
+from bench.training import FIDELITY_BATCH, FIDELITY_SEED, train
 
 STRATEGIES = ["jfb", "cg:tol=1e-6:max_iter=200", "neumann:k=10", "unrolled:k=10"]
 PEERS = ["torchdeq-ift", "phantom"]

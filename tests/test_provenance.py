@@ -12,10 +12,11 @@ import pytest
 from helpers import MINI_RUN, cli_in_process
 
 import bench.config as config
-from bench import provenance, results, runner
+from bench import provenance, results, sweep, task_data
 from bench.cli import main
 from bench.config import ModelConfig, RunConfig, load_suite, suite_from_dict, with_overrides
-from bench.runner import StaleResults, execute, plan
+from bench.execution import execute
+from bench.sweep import StaleResults, plan
 
 # one of the shared run's runs (conftest.py's mini_run)
 ONE_RUN = MINI_RUN.replace('["jfb", "unrolled:k=2"]', '["jfb"]').replace("seeds = 2", "seeds = 1")
@@ -68,7 +69,7 @@ def done(tmp_path, mini_run):
     """A results folder holding one completed run of the suite: (suite, out, run)."""
     suite = _suite()
     out = shutil.copytree(mini_run, tmp_path / "out")
-    (run,) = runner.fingerprinted_runs(suite)  # as planned: with its images' fingerprint
+    (run,) = task_data.fingerprinted_runs(suite)  # as planned: with its images' fingerprint
     return suite, out, run
 
 
@@ -156,7 +157,7 @@ def test_an_override_of_a_swept_key_replaces_its_sweep_and_says_so(tmp_path, mon
         planned.append(sorted({(r.train.lr, r.train.epochs) for r in suite.runs()}))
         return {"ok": 0, "diverged": 0, "failed": 0, "skipped": 0}
 
-    monkeypatch.setattr(runner, "run_suite", run_suite)
+    monkeypatch.setattr(sweep, "run_suite", run_suite)
     for args in (["--lr", "0.05"], ["--set", "train.lr=0.05"]):
         code = main(["run", str(path), "--out", str(tmp_path / "o"), "--quiet", *args])
         err = capsys.readouterr().err

@@ -1,7 +1,7 @@
 """Reliability under hostile but fair use (issue 9): nothing lost under --force, full disks,
 corrupt parts or concurrent sweeps; every bad setting is one clear error before training.
 
-Most tests replace ``runner.train`` with a fake that returns well-formed tables instantly, so
+Most tests replace ``execution.train`` with a fake that returns well-formed tables instantly, so
 they exercise the bookkeeping (plan, claims, parts, merge) without training; the concurrency,
 plugin and signal tests run the real CLI in subprocesses on a tiny suite.
 """
@@ -26,7 +26,7 @@ import pytest
 from helpers import MINI, run_config
 from PIL import Image
 
-from bench import results, runner
+from bench import execution, results, sweep, task_data
 from bench.cli import main
 from bench.config import RunConfig, suite_from_dict, with_overrides
 from bench.data import load_dataset
@@ -76,7 +76,7 @@ def fake_tables(run: RunConfig, psnr: float = 20.0) -> dict:
 
 
 class FakeTrain:
-    """Stands in for runner.train: counts calls; ``fail_on`` maps call number -> exception."""
+    """Stands in for execution.train: counts calls; ``fail_on`` maps call number -> exception."""
 
     def __init__(self, fail_on: dict | None = None, psnr: float = 20.0):
         self.calls: list[str] = []
@@ -93,7 +93,7 @@ class FakeTrain:
 @pytest.fixture
 def fake_train(monkeypatch):
     fake = FakeTrain()
-    monkeypatch.setattr(runner, "train", fake)
+    monkeypatch.setattr(execution, "train", fake)
     return fake
 
 
@@ -126,14 +126,14 @@ def python(script: str, *args, cwd: Path, timeout=300) -> subprocess.CompletedPr
 def test_forced_rerun_interrupted_keeps_every_old_result(tmp_path, fake_train, monkeypatch):
     suite = load(tiny_suite(tmp_path))
     out = tmp_path / "out"
-    assert runner.run_suite(suite, out, progress=False)["ok"] == 3
+    assert sweep.run_suite(suite, out, progress=False)["ok"] == 3
     old = {p.parent.name: p.read_bytes() for p in (out / "parts").glob("*/runs.csv")}
     assert len(old) == 3
 
     interrupted = FakeTrain(fail_on={2: KeyboardInterrupt()}, psnr=50.0)
-    monkeypatch.setattr(runner, "train", interrupted)
+    monkeypatch.setattr(execution, "train", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        runner.run_suite(suite, out, force=True, progress=False)
+        sweep.run_suite(suite, out, force=True, progress=False)
     assert len(interrupted.calls) == 2  # the first run was redone, the second interrupted
     redone, cut, untouched = (
         interrupted.calls[0],
@@ -205,7 +205,7 @@ def test_run_ids_are_bounded_in_length():
 def test_broken_parts_are_set_aside_and_redone(tmp_path, fake_train, capsys):
     suite = load(tiny_suite(tmp_path))
     out = tmp_path / "out"
-    runner.run_suite(suite, out, progress=False)
+    sweep.run_suite(suite, out, progress=False)
     empty, cut, good = sorted(part_ids(out))
     (out / "parts" / empty / "runs.csv").write_bytes(b"")
     text = (out / "parts" / cut / "runs.csv").read_text()
@@ -221,7 +221,7 @@ def test_broken_parts_are_set_aside_and_redone(tmp_path, fake_train, capsys):
     fake_train.calls.clear()
     capsys.readouterr()
 
-    counts = runner.run_suite(suite, out, progress=False)
+    counts = sweep.run_suite(suite, out, progress=False)
     err = capsys.readouterr().err
     assert sorted(fake_train.calls) == sorted([empty, cut])  # the good one is not redone
     assert counts["skipped"] == 1 and counts["ok"] == 2
@@ -454,9 +454,9 @@ def test_a_claimed_run_is_left_to_its_owner(tmp_path, fake_train):
         assert mine
         with results.claim(out, run.run_id) as again:
             assert not again  # exclusive, even within one process
-        assert runner.execute(run, out).status == "elsewhere"
+        assert execution.execute(run, out).status == "elsewhere"
     assert fake_train.calls == [] and not part_ids(out)
-    assert runner.execute(run, out).status == "ok" and fake_train.calls == [run.run_id]
+    assert execution.execute(run, out).status == "ok" and fake_train.calls == [run.run_id]
 
 
 # ---- 5. a run's identity covers the data actually loaded --------------------------------------
@@ -476,12 +476,12 @@ def test_changed_folder_images_make_a_new_run(tmp_path, fake_train):
     suite = load(tiny_suite(tmp_path, text.replace("seeds = 3", "seeds = 1") + "\n"))
     suite = with_overrides(suite)
     out = tmp_path / "out"
-    runner.run_suite(suite, out, progress=False)
-    runner.load_task_data.cache_clear()  # what a new process sees
-    assert runner.plan(suite, out)[0] == []  # unchanged folder: complete
+    sweep.run_suite(suite, out, progress=False)
+    task_data.load_task_data.cache_clear()  # what a new process sees
+    assert sweep.plan(suite, out)[0] == []  # unchanged folder: complete
     _write_images(images, 2, 12)
-    runner.load_task_data.cache_clear()
-    todo, counts = runner.plan(suite, out)
+    task_data.load_task_data.cache_clear()
+    todo, counts = sweep.plan(suite, out)
     assert len(todo) == 1 and counts["skipped"] == 0  # other images: another run
 
 
@@ -621,11 +621,11 @@ def test_missing_reference_reconstructions_are_rebuilt(tmp_path):
     text = TINY.replace('strategies = ["jfb"]', 'strategies = ["jfb"]\nbaselines = ["tikhonov"]')
     suite = load(tiny_suite(tmp_path, text))
     out = tmp_path / "out"
-    runner.run_baselines(suite, out)
+    sweep.run_baselines(suite, out)
     reference = out / "recons" / "reference.npz"
     first = dict(np.load(reference))
     reference.unlink()  # e.g. a failed write
-    runner.run_baselines(suite, out)
+    sweep.run_baselines(suite, out)
     again = dict(np.load(reference))
     assert set(again) == set(first) and "baseline_tikhonov" in again
     np.testing.assert_array_equal(again["original"], first["original"])
@@ -637,13 +637,13 @@ def test_missing_reference_reconstructions_are_rebuilt(tmp_path):
 def test_an_old_error_log_goes_when_the_run_succeeds(tmp_path, monkeypatch):
     suite = load(tiny_suite(tmp_path, TINY.replace("seeds = 3", "seeds = 1")))
     out = tmp_path / "out"
-    monkeypatch.setattr(runner, "train", FakeTrain(fail_on={1: RuntimeError("boom")}))
-    assert runner.run_suite(suite, out, progress=False)["failed"] == 1
+    monkeypatch.setattr(execution, "train", FakeTrain(fail_on={1: RuntimeError("boom")}))
+    assert sweep.run_suite(suite, out, progress=False)["failed"] == 1
     (run_id,) = part_ids(out)
     log = out / "parts" / run_id / "error.log"
     assert "boom" in log.read_text()
-    monkeypatch.setattr(runner, "train", FakeTrain())
-    assert runner.run_suite(suite, out, progress=False)["ok"] == 1
+    monkeypatch.setattr(execution, "train", FakeTrain())
+    assert sweep.run_suite(suite, out, progress=False)["ok"] == 1
     assert not log.exists()
 
 
@@ -657,7 +657,7 @@ def test_stale_temporaries_are_cleaned_but_live_ones_kept(tmp_path, fake_train):
     live.write_text("being written")
     old = psutil.Process().create_time() - 60  # before this process started
     os.utime(stale, (old, old))
-    runner.plan(suite, out)
+    sweep.plan(suite, out)
     assert not stale.exists() and live.exists()
 
 
@@ -665,13 +665,13 @@ def test_stale_temporaries_are_cleaned_but_live_ones_kept(tmp_path, fake_train):
 def test_sigterm_says_finished_runs_are_saved_and_exits_143(tmp_path):
     script = """
     import os, signal, sys
-    from bench import runner
+    from bench import execution
 
     def killed(run, device, progress=False):
         os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler would, mid-run
         raise AssertionError("SIGTERM did not stop the run")
 
-    runner.train = killed
+    execution.train = killed
     from bench.cli import main
     sys.exit(main(["run", sys.argv[1], "--out", sys.argv[2], "--quiet"]))
     """

@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import run_config
 
-import bench.runner as runner
+import bench.training as training
 from bench.config import RunConfig, SolverConfig
 from bench.registry import Registry
 from bench.solver import SOLVERS, register_solver, solver_from_config
@@ -55,7 +55,7 @@ def test_a_registered_solver_receives_its_declared_option_and_no_other(recording
     assert recording_solver == [{"max_iter": 7, "tol": 0.25, "m": 3}]  # lam is not declared
     assert torch.equal(z, torch.ones_like(z0)) and info["forward_iters"] == 1.0
     # the runner builds the run's solver the same way
-    setup = runner._Setup.build(_run(config), CPU)
+    setup = training._Setup.build(_run(config), CPU)
     assert setup.solver.name == "test-recording" and setup.solver.kwargs == {"m": 3}
 
 
@@ -70,7 +70,7 @@ def test_a_registered_solver_receives_its_declared_option_and_no_other(recording
     ],
 )
 def test_the_runner_passes_anderson_its_m_and_lam_and_the_others_nothing(config, kwargs):
-    solver = runner._Setup.build(_run(config), CPU).solver
+    solver = training._Setup.build(_run(config), CPU).solver
     assert (solver.name, solver.max_iter, solver.tol) == (config.name, 50, 1e-3)
     assert solver.kwargs == kwargs
 

@@ -12,8 +12,10 @@ from bench.config import load_suite
 from bench.diagnostics import gradient_cosine
 from bench.measure import StepClock
 from bench.model import build_model
-from bench.runner import fidelity_images, load_task_data, train_step
 from bench.solver import solver_from_config
+from bench.task_data import load_task_data
+from bench.training import fidelity_images
+from bench.training_step import train_step
 from strategies import parse_spec
 
 # The reference work (named in the README; ../shared/REFERENCES.md): 128x128 RGB, 5x5 Gaussian blur,

@@ -70,12 +70,12 @@ def test_an_image_size_the_factor_does_not_divide_is_refused_when_the_suite_load
 def test_the_cli_refuses_such_a_suite_with_exit_2_before_loading_any_data(
     tmp_path, monkeypatch, capsys
 ):
-    from bench import runner
+    from bench import task_data
 
     def no_data(*args, **kwargs):
         raise AssertionError("the data were loaded")
 
-    monkeypatch.setattr(runner, "load_task_data", no_data)
+    monkeypatch.setattr(task_data, "load_task_data", no_data)
     suite = tmp_path / "tiny.toml"
     suite.write_text(MINI)
     code = main(["run", str(suite), "--out", str(tmp_path / "o"), "--set", "problem.task=superres"])
@@ -207,7 +207,7 @@ def test_a_task_file_in_the_folder_and_an_installed_plugin_are_found_with_their_
 def factor_sweep(tmp_path_factory) -> Path:
     """A real tiny run: one jfb run and two baselines per factor, 2 and 4, in one folder (the
     suite helpers.MINI on superres, with 24-pixel images)."""
-    from bench.runner import run_suite
+    from bench.sweep import run_suite
 
     raw = tomllib.loads(MINI)
     raw.update(seeds=1, baselines=["tikhonov", "gd_tikhonov"], problem={"task": "superres"})

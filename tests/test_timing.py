@@ -17,7 +17,7 @@ import pytest
 import torch
 from helpers import run_config
 
-from bench import results, runner
+from bench import results, training
 from bench.config import RunConfig
 from bench.summary import MIN_CPU_UTIL
 
@@ -39,7 +39,7 @@ def _run(epochs=2) -> RunConfig:
 
 @pytest.mark.slow
 def test_a_run_records_its_threads_load_and_phases_and_leaves_warmup_out():
-    tables = runner.train(_run(), CPU)
+    tables = training.train(_run(), CPU)
     run, steps, epochs = tables["runs"].iloc[0], tables["steps"], tables["epochs"]
     times = steps.sort_values("step")["step_time_s"].to_numpy()
     assert len(times) == 6  # 2 epochs of ceil(24 train images / 8)

@@ -11,10 +11,13 @@ import torch
 from helpers import run_config
 
 import bench.diagnostics as diagnostics
-import bench.runner as runner
+import bench.training as training
 from bench.config import RunConfig, SolverConfig
-from bench.runner import execute, load_trained_model, train
+from bench.device import strict_fp32
+from bench.execution import execute
 from bench.solver import make_solver
+from bench.task_data import load_task_data
+from bench.training import load_trained_model, train
 from strategies import Strategy, register
 
 CPU = torch.device("cpu")
@@ -97,7 +100,7 @@ def test_skipped_updates_are_recorded_and_change_nothing():
     steps, runs = tables["steps"], tables["runs"].iloc[0]
     assert (steps["skipped"] == 1).all() and runs["skipped_steps"] == len(steps)
     assert (steps["backward_converged"] == 0).all()
-    fresh = runner._Setup.build(_run("jfb"), CPU).model  # same seed: the initial weights
+    fresh = training._Setup.build(_run("jfb"), CPU).model  # same seed: the initial weights
     for name, value in fresh.state_dict().items():
         torch.testing.assert_close(tables["model"][name], value, rtol=0, atol=0)
 
@@ -144,7 +147,7 @@ def test_the_trained_model_is_saved_and_rebuilds(tmp_path):
     assert execute(run, tmp_path).status == "ok"
     part = tmp_path / "parts" / run.run_id
     model = load_trained_model(part)
-    data = runner.load_task_data(run.data, run.problem)
+    data = load_task_data(run.data, run.problem)
     solver = make_solver("anderson", max_iter=100, tol=1e-4, m=5, lam=1e-4)
     from strategies import parse_spec
 
@@ -159,7 +162,7 @@ def test_the_trained_model_is_saved_and_rebuilds(tmp_path):
 def test_the_peak_memory_replay_leaves_training_unchanged(monkeypatch):
     measured = train(_run("cg:tol=1e-6:max_iter=50", grad_fidelity=False), CPU)
     monkeypatch.setattr(
-        runner, "_peak_step_bytes", lambda *args: {"peak_step_bytes": 0, "certify_peak_bytes": 0}
+        training, "_peak_step_bytes", lambda *args: {"peak_step_bytes": 0, "certify_peak_bytes": 0}
     )
     plain = train(_run("cg:tol=1e-6:max_iter=50", grad_fidelity=False), CPU)
     assert measured["runs"].iloc[0]["peak_step_bytes"] > 0
@@ -180,7 +183,7 @@ def test_float32_gradient_on_cuda_matches_float64_once_tf32_is_off():
     from strategies import get_strategy
 
     device = torch.device("cuda")
-    runner.strict_fp32(device)
+    strict_fp32(device)
     torch.manual_seed(0)
     model = ReconstructionDEQ(GaussianBlur(5, 1.0), channels=1, width=8, depth=2)
     g = torch.Generator().manual_seed(0)
