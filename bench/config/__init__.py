@@ -12,16 +12,17 @@ and an unknown key, a value of the wrong type or out of its range (declared with
     [problem] task, noise_std, and the task's own settings (blur: kernel_size, sigma; inpaint:
               mask_keep_fraction, mask_seed; superres: factor; implicit-bench list tasks)
     [model]   width, depth, eta, alpha, lipschitz, form, lipschitz_control, activation
-    [solver]  name, max_iter, tol, m, lam
+    [solver]  name, max_iter, tol, and the solver's own options (anderson: m, lam;
+              implicit-bench list solvers)
     [train]   epochs, batch_size, lr, device, dtype, n_recon, grad_fidelity, eval_every,
               lr_schedule, jac_reg, jac_reg_every
     [sweep]   "section.key" = [values]  # cartesian product, e.g. "solver.max_iter" = [10, 100]
 
 The package's modules, each one step: :mod:`~bench.config.settings` (how a field declares its
-default and range), :mod:`~bench.config.sections` (the five sections; ``[problem]`` is built
-from the task registry), :mod:`~bench.config.suite` (a :class:`Suite` and its
-:class:`RunConfig` s) and :mod:`~bench.config.suite_file` (TOML and command-line overrides ->
-a validated Suite). Everything is imported from here.
+default and range), :mod:`~bench.config.sections` (the five sections; ``[problem]`` and
+``[solver]`` are built from the task and solver registries), :mod:`~bench.config.suite` (a
+:class:`Suite` and its :class:`RunConfig` s) and :mod:`~bench.config.suite_file` (TOML and
+command-line overrides -> a validated Suite). Everything is imported from here.
 """
 
 from __future__ import annotations

@@ -1,19 +1,19 @@
 """The sections of a suite file as frozen dataclasses: ``[data]``, ``[problem]``, ``[model]``,
 ``[solver]`` and ``[train]``, each field with its default and valid range.
 
-``[problem]`` is built from the task registry: every registered task's settings are its fields
-(declared as :class:`strategies.Param` by the task), so a task file adds its keys without an
-edit here.
+``[problem]`` and ``[solver]`` are built from the registries: every registered task's settings
+and every registered solver's options are their fields (declared as :class:`strategies.Param`
+by the plug-in), so a task or solver file adds its keys without an edit here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from ..data import DATASETS
 from ..model import ACTIVATIONS, FORMS, LIPSCHITZ_CONTROLS, check_activation_width
-from ..solver import SOLVERS
+from ..solver import SOLVERS, check_solver_settings, solver_options
 from ..tasks import TASKS, check_task_settings
 from .settings import check_ranges, param_fields, setting
 
@@ -82,29 +82,31 @@ class ModelConfig:
         check_activation_width(self.activation, self.width, self.depth)
 
 
-@dataclass(frozen=True)
-class SolverConfig:
-    name: str = setting("anderson", choices=SOLVERS)
-    max_iter: int = setting(50, ge=1, le=100_000)
-    tol: float = setting(1e-3, gt=0)
-    # the rest go to the solvers that declare them (register_solver(..., options=)): anderson
-    m: int = setting(5, ge=1, le=100)  # past iterates kept
-    lam: float = setting(1e-4, ge=0)
+def _solver_post_init(self) -> None:
+    """Ranges, and no option the chosen solver would silently ignore: an option it does not
+    declare must stay at its default (as a task's keys do under another task)."""
+    check_ranges(self)
+    check_solver_settings(self)
 
-    def __post_init__(self):
-        """Ranges, and no option the chosen solver would silently ignore: an option it does not
-        declare must stay at its default (as a task's keys do under another task)."""
-        check_ranges(self)
-        declared = SOLVERS.get(self.name).options
-        for f in fields(self):
-            if f.name in ("name", "max_iter", "tol") or f.name in declared:
-                continue
-            if getattr(self, f.name) != f.default:
-                raise ValueError(
-                    f"solver.{f.name} = {getattr(self, f.name)!r} has no effect on solver "
-                    f"{self.name!r} (its options: {', '.join(declared) or 'none'}); leave it out, "
-                    f"or at its default {f.default!r}"
-                )
+
+# The ``[solver]`` section: which solver (bench/solver.py), its iteration limit and tolerance,
+# and every registered solver's options (``register_solver(..., options=)``: anderson's ``m``,
+# past iterates kept, and ``lam``), which go to the solvers that declare them.
+SolverConfig = dataclasses.make_dataclass(
+    "SolverConfig",
+    [
+        ("name", str, setting("anderson", choices=SOLVERS)),
+        ("max_iter", int, setting(50, ge=1, le=100_000)),
+        ("tol", float, setting(1e-3, gt=0)),
+        *param_fields(solver_options().items()),
+    ],
+    frozen=True,
+    namespace={
+        "__post_init__": _solver_post_init,
+        "__doc__": "The ``[solver]`` section: name, max_iter, tol and the solvers' options.",
+    },
+)
+SolverConfig.__module__ = __name__
 
 
 @dataclass(frozen=True)
