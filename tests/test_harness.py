@@ -377,3 +377,28 @@ def test_identifiers_that_look_like_numbers_stay_strings(tmp_path):
     ):
         assert list(frame.config_hash) == ["123456789012", "0123abcdef99"]
         assert list(frame.git_commit) == ["1e5abc", "deadbeef0001"]
+
+
+def test_every_named_run_option_reaches_the_suite_as_its_set_shortcut(monkeypatch, tmp_path):
+    """bench.cli passes its named options by bench.config.SHORTCUTS: each one given is applied."""
+    import bench.cli as cli_module
+    import bench.runner as runner
+    from bench.config import SHORTCUTS
+
+    seen = {}
+    monkeypatch.setattr(cli_module, "_check_data", lambda suite: None)
+
+    def run_suite(suite, out, executor, **kwargs):
+        seen["suite"] = suite
+        return {"ok": 0, "diverged": 0, "failed": 0, "skipped": 0}
+
+    monkeypatch.setattr(runner, "run_suite", run_suite)
+    given = {"strategies": "jfb,cg", "seeds": "2", "epochs": "3", "lr": "0.5"}
+    given |= {"dataset": "faces", "data_root": "elsewhere", "device": "cpu"}
+    assert set(given) == set(SHORTCUTS)
+    options = [x for key, v in given.items() for x in (f"--{key.replace('_', '-')}", v)]
+    assert main(["run", "quick", "--out", str(tmp_path), *options]) == 0
+    suite = seen["suite"]
+    assert (suite.strategies, suite.seeds) == (("jfb", "cg"), (0, 1))
+    assert (suite.train.epochs, suite.train.lr, suite.train.device) == (3, 0.5, "cpu")
+    assert (suite.data.dataset, suite.data.root) == ("faces", "elsewhere")

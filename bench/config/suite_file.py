@@ -282,13 +282,14 @@ def with_overrides(
     return suite_from_dict(raw, suite.name, "command line")
 
 
-# The CLI's named options, each a --set shortcut.
+# The CLI's named options (bench.cli passes them all, None when not given), each a --set
+# shortcut, in the order they are applied.
 SHORTCUTS = {
     "strategies": "strategies",
     "seeds": "seeds",
     "epochs": "train.epochs",
     "lr": "train.lr",
-    "device": "train.device",
     "dataset": "data.dataset",
     "data_root": "data.root",
+    "device": "train.device",
 }
