@@ -118,15 +118,15 @@ def check_solver_settings(config: Any) -> None:
     option the solver declares is a field (not one registered too late to become one), and no
     other option is away from its default (the solver would silently ignore it)."""
     entry = SOLVERS.get(config.name)
-    fields = {f.name: f.default for f in dataclasses.fields(config)}
-    missing = [key for key in entry.options if key not in fields]
-    if missing:
-        raise ValueError(
-            f"solver {config.name!r} declares option(s) {', '.join(missing)} that [solver] does "
-            "not have: the solver was registered after bench.config was imported; register it "
-            "in bench/solver.py (or a module imported before bench.config)"
-        )
-    for key, default in fields.items():
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    for key in entry.options:
+        if key not in defaults:  # a new option, registered after [solver] was built
+            raise ValueError(
+                f"solver {config.name!r} declares option {key!r}, which [solver] does not have: "
+                "the solver was registered after bench.config was imported; register it in "
+                "bench/solver.py (or a module imported before bench.config)"
+            )
+    for key, default in defaults.items():
         value = getattr(config, key)
         if key in COMMON_SETTINGS or key in entry.options or value == default:
             continue

@@ -167,7 +167,10 @@ def test_a_solver_declares_its_options_as_params_which_make_the_solver_section()
         assert SOLVERS.get("test-declaring").options == ("m", "beta")
         assert solver_options()["beta"] == Param(0.5)
         # registered after bench.config was imported: SolverConfig has no field beta to give it
-        with pytest.raises(ValueError, match=r"option\(s\) beta .* after bench.config"):
+        with pytest.raises(
+            ValueError,
+            match=r"option 'beta', which \[solver\] does not have: .* after bench.config",
+        ):
             SolverConfig(name="test-declaring")
     finally:
         SOLVERS.unregister("test-declaring")

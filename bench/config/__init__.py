@@ -27,14 +27,7 @@ command-line overrides -> a validated Suite). Everything is imported from here.
 
 from __future__ import annotations
 
-from .sections import (
-    SECTIONS,
-    DataConfig,
-    ModelConfig,
-    ProblemConfig,
-    SolverConfig,
-    TrainConfig,
-)
+from .sections import SECTIONS, DataConfig, ModelConfig, ProblemConfig, SolverConfig, TrainConfig
 from .settings import INT64_MAX, Range, check_ranges, param_fields, setting
 from .suite import MAX_RUN_ID, RunConfig, Suite
 from .suite_file import (

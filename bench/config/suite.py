@@ -11,14 +11,7 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .sections import (
-    SECTIONS,
-    DataConfig,
-    ModelConfig,
-    ProblemConfig,
-    SolverConfig,
-    TrainConfig,
-)
+from .sections import SECTIONS, DataConfig, ModelConfig, ProblemConfig, SolverConfig, TrainConfig
 
 MAX_RUN_ID = 120  # well under the 255-byte file-name limit, with room for suffixes
 
