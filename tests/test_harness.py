@@ -379,25 +379,25 @@ def test_identifiers_that_look_like_numbers_stay_strings(tmp_path):
         assert list(frame.git_commit) == ["1e5abc", "deadbeef0001"]
 
 
-def test_every_named_run_option_reaches_the_suite_as_its_set_shortcut(monkeypatch, tmp_path):
-    """bench.cli passes its named options by bench.config.SHORTCUTS: each one given is applied."""
-    import bench.cli as cli_module
-    import bench.runner as runner
-    from bench.config import SHORTCUTS
+def test_every_named_run_option_reaches_the_suite_as_its_set_shortcut(monkeypatch, capsys):
+    """bench.cli passes its named options by bench.config.SHORTCUTS: each one given is applied.
+    The suite is caught as with_overrides returns it, before any data is read or run started."""
+    import bench.config as config
 
     seen = {}
-    monkeypatch.setattr(cli_module, "_check_data", lambda suite: None)
 
-    def run_suite(suite, out, executor, **kwargs):
-        seen["suite"] = suite
-        return {"ok": 0, "diverged": 0, "failed": 0, "skipped": 0}
+    def with_overrides(*args, **kwargs):
+        seen["suite"] = real(*args, **kwargs)
+        raise ValueError("stopped after the overrides")
 
-    monkeypatch.setattr(runner, "run_suite", run_suite)
+    real = config.with_overrides
+    monkeypatch.setattr(config, "with_overrides", with_overrides)
     given = {"strategies": "jfb,cg", "seeds": "2", "epochs": "3", "lr": "0.5"}
     given |= {"dataset": "faces", "data_root": "elsewhere", "device": "cpu"}
-    assert set(given) == set(SHORTCUTS)
+    assert set(given) == set(config.SHORTCUTS)
     options = [x for key, v in given.items() for x in (f"--{key.replace('_', '-')}", v)]
-    assert main(["run", "quick", "--out", str(tmp_path), *options]) == 0
+    assert main(["run", "quick", *options]) == 2
+    assert "stopped after the overrides" in capsys.readouterr().err
     suite = seen["suite"]
     assert (suite.strategies, suite.seeds) == (("jfb", "cg"), (0, 1))
     assert (suite.train.epochs, suite.train.lr, suite.train.device) == (3, 0.5, "cpu")
