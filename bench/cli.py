@@ -143,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> int:
-    from .config import load_suite, with_overrides
+    from .config import SHORTCUTS, load_suite, with_overrides
     from .executor import LocalExecutor, SubmititExecutor
     from .sweep import run_suite
 
@@ -158,13 +158,8 @@ def _run(args) -> int:
         load_suite(args.suite),
         args.set,
         notes=notes,
-        strategies=args.strategies,
-        seeds=args.seeds,
-        epochs=args.epochs,
-        lr=args.lr,
-        dataset=args.dataset,
-        data_root=args.data_root,
-        device=args.device,
+        # the named options (--epochs, --device, ...), each a --set shortcut; None: not given
+        **{key: getattr(args, key) for key in SHORTCUTS},
     )
     for note in notes:  # a swept key the command line replaced
         print(f"implicit-bench: note: {note}", file=sys.stderr)

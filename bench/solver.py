@@ -5,7 +5,10 @@ autograd graph; ``info`` maps str to a Python number. ``SOLVERS`` maps a ``[solv
 :class:`SolverEntry`: a solve function with torchdeq's signature, ``fn(f, z0, max_iter=, tol=,
 stop_mode=, **kwargs) -> (z, trajectory, stats)`` with ``stats`` holding ``nstep`` and
 ``<stop_mode>_lowest`` per sample, and the ``[solver]`` settings it takes besides ``max_iter``
-and ``tol`` (its ``options``, passed by :func:`solver_from_config`). torchdeq's three solvers are
+and ``tol`` (its ``options``, each declared as a :class:`strategies.Param`, the type tasks and
+strategies declare their settings with). The registered solvers' options become fields of
+:class:`bench.config.SolverConfig`, as the tasks' settings become fields of ``[problem]``, and
+:func:`solver_from_config` passes a solver exactly its own. torchdeq's three solvers are
 registered, and :func:`register_solver` adds another.
 """
 
@@ -13,33 +16,36 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 import torch
 from torchdeq.loss import jac_reg as _torchdeq_jac_reg
 from torchdeq.solver import get_solver as _torchdeq_solver
 
-from strategies import Jacobian
+from strategies import Jacobian, Param
 
 from .registry import Registry
 
-if TYPE_CHECKING:
-    from .config import SolverConfig
-
-# [solver] settings every solver gets; the others go to the solvers that declare them
+# [solver] settings every solver gets (bench.config.SolverConfig); a solver cannot declare them
 COMMON_SETTINGS = ("name", "max_iter", "tol")
 
 
 @dataclasses.dataclass(frozen=True)
 class SolverEntry:
-    """A registered forward solver: ``solve`` (torchdeq's signature, see above) and the names of
-    the ``[solver]`` settings (fields of :class:`bench.config.SolverConfig`) it takes as keyword
-    arguments besides ``max_iter`` and ``tol``."""
+    """A registered forward solver: ``solve`` (torchdeq's signature, see above) and the
+    ``[solver]`` settings it takes as keyword arguments besides ``max_iter`` and ``tol``
+    (``params``: name -> :class:`strategies.Param`, its default and valid range)."""
 
     name: str
     solve: Callable
-    options: tuple[str, ...] = ()
+    params: Mapping[str, Param] = dataclasses.field(default_factory=dict)
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The names of the settings it takes besides ``max_iter`` and ``tol``."""
+        return tuple(self.params)
 
     def __call__(self, *args, **kwargs):
         return self.solve(*args, **kwargs)
@@ -48,48 +54,98 @@ class SolverEntry:
 SOLVERS: Registry[SolverEntry] = Registry("solver")
 
 
-def solver_settings() -> tuple[str, ...]:
-    """The ``[solver]`` settings a solver may declare: SolverConfig's fields but name, max_iter
-    and tol."""
-    from .config import SolverConfig  # here, not at the top: bench.config imports this module
+def solver_options() -> dict[str, Param]:
+    """Every ``[solver]`` setting the registered solvers declare besides name, max_iter and tol,
+    in registration order: the fields :class:`bench.config.SolverConfig` adds to those three
+    (a setting two solvers take, with one type and default, is one field)."""
+    out: dict[str, Param] = {}
+    for _, entry in SOLVERS.items():
+        for key, param in entry.params.items():
+            out.setdefault(key, param)
+    return out
 
-    return tuple(f.name for f in dataclasses.fields(SolverConfig) if f.name not in COMMON_SETTINGS)
 
-
-def register_solver(name: str, options: tuple[str, ...] = ()):
+def register_solver(name: str, options: Mapping[str, Param] | tuple[str, ...] = ()):
     """Decorator: register a solve function (torchdeq's signature, see above) under ``name``.
 
-    ``options`` names the ``[solver]`` settings the function takes as keyword arguments, e.g.
-    ``register_solver("anderson", options=("m", "lam"))``; a name that is not a field of
-    :class:`bench.config.SolverConfig` (or is one every solver gets) is a ValueError.
+    ``options`` names the ``[solver]`` settings the function takes as keyword arguments. A dict
+    declares them, name -> :class:`strategies.Param`, as a task declares its settings, e.g.
+    ``register_solver("anderson", options={"m": Param(5, ge=1, le=100), "lam": Param(1e-4,
+    ge=0)})``; a tuple of names takes settings another solver declared (``("m",)``). A name that
+    no solver declares, one every solver gets (``max_iter``, ``tol``, ``name``), or a setting
+    declared with another type or default than another solver's is a ValueError, and nothing is
+    registered. A new setting becomes a field of :class:`bench.config.SolverConfig` only when
+    the solver is registered before bench.config is imported (a test or session registering one
+    later can take existing settings by name).
     """
-    options = _check_options(name, options, solver_settings())
+    params = _check_options(name, options, solver_options())
 
     def add(solve: Callable) -> Callable:
-        SOLVERS.register(name)(SolverEntry(name, solve, options))
+        SOLVERS.register(name)(SolverEntry(name, solve, MappingProxyType(params)))
         return solve
 
     return add
 
 
-def _check_options(name: str, options, accepted: tuple[str, ...]) -> tuple[str, ...]:
+def _check_options(name: str, options: Any, declared: dict[str, Param]) -> dict[str, Param]:
+    """``options`` as name -> Param, or ValueError saying which one is not a [solver] setting."""
     if isinstance(options, str):  # ("m") for ("m",): a string would declare its letters
         raise ValueError(f"solver {name!r}: options must be a tuple of names, got {options!r}")
-    options = tuple(options)
-    unknown = [o for o in options if o not in accepted]
-    if unknown:
+    if not isinstance(options, Mapping):
+        unknown = [o for o in options if o not in declared]
+        if unknown:
+            raise ValueError(
+                f"solver {name!r}: unknown [solver] setting {', '.join(map(repr, unknown))}; "
+                f"accepted: {', '.join(declared) or 'none'} (or declare a new one as a Param)"
+            )
+        return {o: declared[o] for o in options}
+    for key, param in options.items():
+        if not isinstance(param, Param):
+            raise ValueError(f"solver {name!r}: option {key!r} must be declared as Param(...)")
+        if not isinstance(key, str) or not key.isidentifier() or key in COMMON_SETTINGS:
+            raise ValueError(f"solver {name!r}: {key!r} cannot be a [solver] option's name")
+        other = declared.get(key)
+        if other is not None and (other.type, other.default) != (param.type, param.default):
+            raise ValueError(
+                f"solver {name!r} declares option {key!r} ({param.describe()}), which another "
+                f"solver declares as {other.describe()}: one [solver] key has one type and default"
+            )
+    return dict(options)
+
+
+def check_solver_settings(config: Any) -> None:
+    """ValueError unless ``config`` (a :class:`bench.config.SolverConfig`) fits its solver: each
+    option the solver declares is a field (not one registered too late to become one), and no
+    other option is away from its default (the solver would silently ignore it)."""
+    entry = SOLVERS.get(config.name)
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    for key in entry.options:
+        if key not in defaults:  # a new option, registered after [solver] was built
+            raise ValueError(
+                f"solver {config.name!r} declares option {key!r}, which [solver] does not have: "
+                "the solver was registered after bench.config was imported; register it in "
+                "bench/solver.py (or a module imported before bench.config)"
+            )
+    for key, default in defaults.items():
+        value = getattr(config, key)
+        if key in COMMON_SETTINGS or key in entry.options or value == default:
+            continue
         raise ValueError(
-            f"solver {name!r}: unknown [solver] setting {', '.join(map(repr, unknown))}; "
-            f"accepted: {', '.join(accepted)}"
+            f"solver.{key} = {value!r} has no effect on solver {config.name!r} (its options: "
+            f"{', '.join(entry.options) or 'none'}); leave it out, or at its default {default!r}"
         )
-    return options
 
 
-# torchdeq's solvers, with the settings of theirs that SolverConfig holds. Registered directly:
-# this runs while bench.config (which imports this module for SOLVERS) may be half-imported, so
-# the options cannot be checked against SolverConfig here; a test checks them.
-for _name, _options in (("anderson", ("m", "lam")), ("fixed_point_iter", ()), ("broyden", ())):
-    SOLVERS.register(_name)(SolverEntry(_name, _torchdeq_solver(_name), _options))
+# torchdeq's solvers, with the settings of theirs that [solver] holds
+register_solver(
+    "anderson",
+    options={
+        "m": Param(5, ge=1, le=100, doc="past iterates kept"),
+        "lam": Param(1e-4, ge=0, doc="regularisation of the least-squares mixing"),
+    },
+)(_torchdeq_solver("anderson"))
+for _name in ("fixed_point_iter", "broyden"):
+    register_solver(_name)(_torchdeq_solver(_name))
 
 
 class FixedPointSolver:
@@ -151,9 +207,10 @@ def make_solver(name: str = "anderson", **settings) -> FixedPointSolver:
     return FixedPointSolver(name, **settings)
 
 
-def solver_from_config(config: SolverConfig) -> FixedPointSolver:
-    """The forward solver a ``[solver]`` section describes: ``max_iter``, ``tol`` and exactly the
-    settings its registered entry declares (``anderson``: ``m`` and ``lam``)."""
+def solver_from_config(config: Any) -> FixedPointSolver:
+    """The forward solver a ``[solver]`` section (:class:`bench.config.SolverConfig`) describes:
+    ``max_iter``, ``tol`` and exactly the settings its registered entry declares (``anderson``:
+    ``m`` and ``lam``)."""
     entry = SOLVERS.get(config.name)
     options = {key: getattr(config, key) for key in entry.options}
     return FixedPointSolver(config.name, max_iter=config.max_iter, tol=config.tol, **options)

@@ -377,3 +377,28 @@ def test_identifiers_that_look_like_numbers_stay_strings(tmp_path):
     ):
         assert list(frame.config_hash) == ["123456789012", "0123abcdef99"]
         assert list(frame.git_commit) == ["1e5abc", "deadbeef0001"]
+
+
+def test_every_named_run_option_reaches_the_suite_as_its_set_shortcut(monkeypatch, capsys):
+    """bench.cli passes its named options by bench.config.SHORTCUTS: each one given is applied.
+    The suite is caught as with_overrides returns it, before any data is read or run started."""
+    import bench.config as config
+
+    seen = {}
+
+    def with_overrides(*args, **kwargs):
+        seen["suite"] = real(*args, **kwargs)
+        raise ValueError("stopped after the overrides")
+
+    real = config.with_overrides
+    monkeypatch.setattr(config, "with_overrides", with_overrides)
+    given = {"strategies": "jfb,cg", "seeds": "2", "epochs": "3", "lr": "0.5"}
+    given |= {"dataset": "faces", "data_root": "elsewhere", "device": "cpu"}
+    assert set(given) == set(config.SHORTCUTS)
+    options = [x for key, v in given.items() for x in (f"--{key.replace('_', '-')}", v)]
+    assert main(["run", "quick", *options]) == 2
+    assert "stopped after the overrides" in capsys.readouterr().err
+    suite = seen["suite"]
+    assert (suite.strategies, suite.seeds) == (("jfb", "cg"), (0, 1))
+    assert (suite.train.epochs, suite.train.lr, suite.train.device) == (3, 0.5, "cpu")
+    assert (suite.data.dataset, suite.data.root) == ("faces", "elsewhere")

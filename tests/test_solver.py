@@ -12,7 +12,8 @@ from helpers import run_config
 import bench.training as training
 from bench.config import RunConfig, SolverConfig
 from bench.registry import Registry
-from bench.solver import SOLVERS, register_solver, solver_from_config
+from bench.solver import SOLVERS, register_solver, solver_from_config, solver_options
+from strategies import Param
 
 CPU = torch.device("cpu")
 # SolverConfig's fields every solver gets (max_iter, tol) or that pick it (name)
@@ -139,3 +140,65 @@ def test_an_option_the_chosen_solver_does_not_take_is_an_error_not_ignored(
     done = cli_in_process("run", suite, "--out", tmp_path / "o", "--set", "solver.m=9")
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert "solver.m = 9 has no effect on solver 'fixed_point_iter'" in done.stderr
+
+
+def test_a_solver_declares_its_options_as_params_which_make_the_solver_section():
+    # anderson's declarations are SolverConfig's fields, with their defaults and ranges
+    assert tuple(solver_options()) == ("m", "lam") == tuple(sorted(OPTION_FIELDS, reverse=True))
+    for f in dataclasses.fields(SolverConfig):
+        if f.name in OPTION_FIELDS:
+            param = solver_options()[f.name]
+            assert (f.default, f.type) == (param.default, param.type)
+    with pytest.raises(ValueError, match=r"m must be >= 1 and <= 100, got 101"):
+        SolverConfig(m=101)
+
+    @register_solver("test-declaring", options={"m": Param(5, ge=1, le=100), "beta": Param(0.5)})
+    def solve(f, z0, **kwargs):
+        return f(z0), [], {}
+
+    try:
+        assert SOLVERS.get("test-declaring").options == ("m", "beta")
+        assert solver_options()["beta"] == Param(0.5)
+        # registered after bench.config was imported: SolverConfig has no field beta to give it
+        with pytest.raises(
+            ValueError,
+            match=r"option 'beta', which \[solver\] does not have: .* after bench.config",
+        ):
+            SolverConfig(name="test-declaring")
+    finally:
+        SOLVERS.unregister("test-declaring")
+    assert "beta" not in solver_options()  # an unregistered solver's options go with it
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"m": Param(7, ge=1, le=100)}, r"option 'm' \(int >= 1 <= 100, default 7\)"),
+        ({"m": Param(5.0)}, r"option 'm'"),  # another type
+        ({"tol": Param(1e-3, gt=0)}, r"'tol' cannot be"),
+        ({"not a name": Param(1.0)}, r"'not a name' cannot be"),
+        ({"beta": 0.5}, r"'beta' must be declared as Param"),
+    ],
+)
+def test_an_option_declared_against_another_solver_or_the_common_settings_is_refused(
+    options, message
+):
+    with pytest.raises(ValueError, match=message):
+        register_solver("test-bad", options=options)(lambda *a, **k: None)
+    assert "test-bad" not in SOLVERS
+
+
+def test_bench_solver_imports_nothing_of_bench_config():
+    """Data flows top-down: bench.config reads the solver registry, never the other way."""
+    import ast
+    from pathlib import Path
+
+    import bench.solver
+
+    tree = ast.parse(Path(bench.solver.__file__).read_text(encoding="utf-8"))
+    imported = [
+        (node.level, node.module or "")
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+    ] + [(0, a.name) for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names]
+    assert not [m for level, m in imported if m.split(".")[-1] == "config" or "config." in m]
