@@ -16,8 +16,8 @@ from helpers import markdown_tables
 from PIL import Image
 from scipy import stats
 
-from bench import plots
 from bench.report import Table, build_report
+from bench.report import figures as plots
 from bench.results import EPOCH_COLUMNS, RUN_COLUMNS, STEP_COLUMNS
 
 MIB = 2**20

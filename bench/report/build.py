@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import plots
 from bench.metrics import METRICS, PRIMARY_METRIC, Metric
 from bench.report import document as doc
+from bench.report import figures
 from bench.report.fmt import fmt_seconds
 from bench.report.load import Setting, prepare, split_settings
 from bench.report.model import PlotResult, ReportData, finite_rows
@@ -219,14 +219,14 @@ def build_report(
     # figures compare settings, so they use every setting's runs).
     shown = settings[0]
     shown.data.target = sections[0].target
-    figures = plots.render_plots(shown.data, out_dir)
+    drawn = figures.render_plots(shown.data, out_dir)
     if several:
-        for figure in figures:
+        for figure in drawn:
             if not figure.name.startswith("scaling_"):
                 figure.caption += f" Setting shown: {shown.title} (first of {len(settings)})."
-    _remove_stale_figures(out_dir, figures)
+    _remove_stale_figures(out_dir, drawn)
     missing += data.notes  # notes the figures found (e.g. reconstructions of some runs missing)
-    missing += [f"figure '{p.title}' skipped: {p.skipped}" for p in figures if p.skipped]
+    missing += [f"figure '{p.title}' skipped: {p.skipped}" for p in drawn if p.skipped]
     missing = list(dict.fromkeys(missing))  # de-duplicated, order kept
     older = [note for note in missing if "older schema" in note or "written before" in note]
 
@@ -245,7 +245,7 @@ def build_report(
                 f"(**{shown.title}**) of {len(settings)}; the tables cover every setting."
             )
         )
-    blocks += [doc.Figure(plot) for plot in figures]
+    blocks += [doc.Figure(plot) for plot in drawn]
     blocks += [doc.Heading("Summary tables"), doc.Paragraph(tables_note(primary), "note")]
     blocks += [doc.Paragraph(COST_NOTE, "note"), doc.Paragraph(MEMORY_NOTE, "note")]
     if several:

@@ -1,8 +1,9 @@
 """The report's data model: one results folder's tables, cleaned, plus the derived quantities that
-both the figures (:mod:`bench.plots`) and the tables use (labels, colours, per-label medians,
-scaling variables).
+both the figures (:mod:`bench.report.figures`) and the tables use (labels, colours, per-label
+medians, scaling variables).
 
-Nothing here draws or formats; :mod:`bench.plots` imports this module, never the other way round.
+Nothing here draws or formats; :mod:`bench.report.figures` imports this module, never the other
+way round.
 """
 
 from __future__ import annotations
