@@ -882,7 +882,7 @@ def test_the_pareto_front_follows_a_lower_is_better_primary_metric(tmp_path, mae
         folder.steps[-1]["step_time_s"] = step
     data, _ = prepare(folder.write(tmp_path / "res"))
     data.primary = "mae"
-    table = plots.pareto_table(data)
+    table = plots.pareto_table(data).table
     assert table["quality"].to_dict() == pytest.approx({"jfb": 0.04, "cg": 0.03, "neumann": 0.05})
     assert table["pareto"].to_dict() == {"jfb": True, "cg": True, "neumann": False}
 

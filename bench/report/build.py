@@ -13,8 +13,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
 from bench.metrics import METRICS, PRIMARY_METRIC, Metric
 from bench.report import document as doc
 from bench.report import figures
@@ -27,7 +25,7 @@ from bench.report.observe import (
     scaling_observations,
     setting_findings,
 )
-from bench.report.stats import choose_target, summarize
+from bench.report.stats import Summary, choose_target, summarize
 from bench.report.tables import (
     comparisons_table,
     convergence_table,
@@ -84,7 +82,7 @@ class SettingSection:
     """One setting's summary, computed once for the findings, the tables and the observations."""
 
     setting: Setting
-    summary: pd.DataFrame
+    summary: Summary
     target: float | None
     target_rule: str
 
@@ -98,7 +96,7 @@ class SettingSection:
 
     @property
     def budget(self) -> float | None:
-        return self.summary.attrs.get("budget")
+        return self.summary.budget
 
 
 def _section(setting: Setting, target: float | None) -> SettingSection:
@@ -139,20 +137,20 @@ def _tables(section: SettingSection, several: bool) -> list:
         )
     data, summary = section.data, section.summary
     blocks += [doc.Paragraph("Quality:"), quality_table(data, summary, section.target)]
-    for table in more_metrics_tables(data, summary):
+    for table in more_metrics_tables(data, summary.frame):
         blocks += [doc.Paragraph("Quality, further metrics:"), table]
-    found = comparisons_table(summary.attrs["comparisons"])
+    found = comparisons_table(summary.comparisons)
     if found is not None:
         blocks += [doc.Paragraph("Paired comparisons:"), found]
     if data.labels:
-        blocks += [doc.Paragraph("Cost:"), cost_table(summary)]
+        blocks += [doc.Paragraph("Cost:"), cost_table(summary.frame)]
         unreliable = unreliable_timings(data)
         if unreliable:
             blocks.append(
                 doc.Paragraph("⚠ Unreliable timings: " + "; ".join(unreliable) + ".", "note")
             )
-        blocks += [doc.Paragraph("Memory:"), memory_table(summary)]
-        blocks += [doc.Paragraph("Convergence:"), convergence_table(summary)]
+        blocks += [doc.Paragraph("Memory:"), memory_table(summary.frame)]
+        blocks += [doc.Paragraph("Convergence:"), convergence_table(summary.frame)]
         blocks += [
             doc.Paragraph(
                 "Gradient fidelity: cosine to the exact implicit gradient, and the adjoint's "
@@ -160,7 +158,7 @@ def _tables(section: SettingSection, several: bool) -> list:
                 "bound (1 + γ)/(1 − γ) ‖r‖/‖g‖ (γ the certified ‖∂T/∂x‖ bound, r the adjoint's "
                 "residual); a bound above 1 is shown as vacuous:"
             ),
-            fidelity_table(summary),
+            fidelity_table(summary.frame),
         ]
     return blocks
 

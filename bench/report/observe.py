@@ -25,6 +25,7 @@ from bench.report.model import (
     scaling_variables,
 )
 from bench.report.stats import (
+    Summary,
     baseline_means,
     best_of,
     validity,
@@ -57,10 +58,10 @@ CAP_ITERATION_FRACTION = 0.95
 # Observers: each takes (data, summary, target) of one setting and returns sentences
 
 
-def observe_best_quality(data: ReportData, summary: pd.DataFrame, target) -> list[str]:
+def observe_best_quality(data: ReportData, summary: Summary, target) -> list[str]:
     """Per metric (the primary first): the best final value, against the best baseline and the
     naive reconstruction; then the paired differences and learned vs baseline."""
-    ok = summary[summary["n_ok"] > 0]
+    ok = summary.finished
     found = []
     for metric in data.metrics():
         values = ok[f"final_test_{metric.name}_mean"].dropna()
@@ -91,13 +92,13 @@ def observe_best_quality(data: ReportData, summary: pd.DataFrame, target) -> lis
     return found + _statistics_observations(data, summary) if found else []
 
 
-def observe_time_to_target(data: ReportData, summary: pd.DataFrame, target) -> list[str]:
+def observe_time_to_target(data: ReportData, summary: Summary, target) -> list[str]:
     """Who reaches the target (in the primary metric) first, who only in some seeds, who never."""
     if target is None:
         return []
     goal = data.primary_metric.format(target, unit=True)
     found = []
-    ok = summary[summary["n_ok"] > 0]
+    ok = summary.finished
     everyone = ok[(ok["target_runs"] > 0) & (ok["target_reached"] == ok["target_runs"])]
     ranking = everyone["target_time"].sort_values()
     partly = ok[(ok["target_reached"] > 0) & (ok["target_reached"] < ok["target_runs"])]
@@ -119,9 +120,9 @@ def observe_time_to_target(data: ReportData, summary: pd.DataFrame, target) -> l
     return found
 
 
-def observe_step_cost(data: ReportData, summary: pd.DataFrame, target) -> list[str]:
+def observe_step_cost(data: ReportData, summary: Summary, target) -> list[str]:
     """The cheapest training step, and how much slower the most expensive one is."""
-    times = summary.loc[summary["n_ok"] > 0, "step_time"].dropna()
+    times = summary.finished["step_time"].dropna()
     if len(times) < 2:
         return []
     fastest, slowest = times.idxmin(), times.idxmax()
@@ -131,16 +132,16 @@ def observe_step_cost(data: ReportData, summary: pd.DataFrame, target) -> list[s
     ]
 
 
-def observe_equal_time(data: ReportData, summary: pd.DataFrame, target) -> list[str]:
-    ok = summary[summary["n_ok"] > 0]
-    return _equal_time_observations(ok, summary.attrs.get("budget"), data.primary_metric)
+def observe_equal_time(data: ReportData, summary: Summary, target) -> list[str]:
+    ok = summary.finished
+    return _equal_time_observations(ok, summary.budget, data.primary_metric)
 
 
-def observe_validity(data: ReportData, summary: pd.DataFrame, target) -> list[str]:
+def observe_validity(data: ReportData, summary: Summary, target) -> list[str]:
     return _validity_observations(data)
 
 
-def observe_timing(data: ReportData, summary: pd.DataFrame, target) -> list[str]:
+def observe_timing(data: ReportData, summary: Summary, target) -> list[str]:
     """Runs whose step times were disturbed (issue 11 §2): their times are not comparable."""
     flags = validity(data)
     bad = flags[flags["timing_unreliable"]]
@@ -162,12 +163,12 @@ def observe_timing(data: ReportData, summary: pd.DataFrame, target) -> list[str]
     return []
 
 
-def observe_memory(data: ReportData, summary: pd.DataFrame, target) -> list[str]:
-    return _memory_observations(summary[summary["n_ok"] > 0])
+def observe_memory(data: ReportData, summary: Summary, target) -> list[str]:
+    return _memory_observations(summary.finished)
 
 
-def observe_convergence(data: ReportData, summary: pd.DataFrame, target) -> list[str]:
-    return _convergence_observations(summary[summary["n_ok"] > 0]) + _own_forward_observations(data)
+def observe_convergence(data: ReportData, summary: Summary, target) -> list[str]:
+    return _convergence_observations(summary.finished) + _own_forward_observations(data)
 
 
 def _own_forward_observations(data: ReportData) -> list[str]:
@@ -186,9 +187,9 @@ def _own_forward_observations(data: ReportData) -> list[str]:
     ]
 
 
-def observe_gradient_fidelity(data: ReportData, summary: pd.DataFrame, target) -> list[str]:
+def observe_gradient_fidelity(data: ReportData, summary: Summary, target) -> list[str]:
     """The gradient's cosine to the exact implicit gradient, and any that fell during training."""
-    ok = summary[summary["n_ok"] > 0]
+    ok = summary.finished
     cosine = ok["grad_cosine_last"].dropna()
     if not len(cosine):
         return []
@@ -209,7 +210,7 @@ def observe_gradient_fidelity(data: ReportData, summary: pd.DataFrame, target) -
     return found
 
 
-def observe_failures(data: ReportData, summary: pd.DataFrame, target) -> list[str]:
+def observe_failures(data: ReportData, summary: Summary, target) -> list[str]:
     bad = data.runs[data.runs["status"] != "ok"]
     if not len(bad):
         return []
@@ -226,7 +227,7 @@ def observe_failures(data: ReportData, summary: pd.DataFrame, target) -> list[st
 
 # The observations of a setting, in this order (most important first). Adding one is one
 # function and one entry, like the figures' plot specs.
-OBSERVERS: tuple[Callable[[ReportData, pd.DataFrame, float | None], list[str]], ...] = (
+OBSERVERS: tuple[Callable[[ReportData, Summary, float | None], list[str]], ...] = (
     observe_best_quality,
     observe_time_to_target,
     observe_step_cost,
@@ -240,17 +241,17 @@ OBSERVERS: tuple[Callable[[ReportData, pd.DataFrame, float | None], list[str]], 
 )
 
 
-def observations(data: ReportData, summary: pd.DataFrame, target: float | None) -> list[str]:
+def observations(data: ReportData, summary: Summary, target: float | None) -> list[str]:
     """Short findings computed from the numbers of one setting, most important first."""
     return [text for observer in OBSERVERS for text in observer(data, summary, target)]
 
 
-def _statistics_observations(data: ReportData, summary: pd.DataFrame) -> list[str]:
+def _statistics_observations(data: ReportData, summary: Summary) -> list[str]:
     """Per metric, the paired differences to jfb; in the primary metric, the best learned strategy
     against the best baseline."""
     found = []
-    found_comparisons = summary.attrs["comparisons"]
-    reference = summary.attrs.get("reference")
+    found_comparisons = summary.comparisons
+    reference = summary.reference
     paired = [c for c in found_comparisons if c.note == "paired by seed"]
     for metric in data.metrics():
         unit = f" {metric.unit}" if metric.unit else ""
@@ -449,14 +450,14 @@ def _names(run_ids, limit: int = 3) -> str:
     return shown + (f" and {len(run_ids) - limit} more" if len(run_ids) > limit else "")
 
 
-def setting_findings(data: ReportData, summary: pd.DataFrame) -> list[str]:
+def setting_findings(data: ReportData, summary: Summary) -> list[str]:
     """The verdict on one setting: best at equal training time (with its interval), fastest per
     step, least memory, and the best learned strategy against the best baseline."""
     found = []
-    ok = summary[summary["n_ok"] > 0]
+    ok = summary.finished
     metric = data.primary_metric
     unit = f" {metric.unit}" if metric.unit else ""
-    budget = summary.attrs.get("budget")
+    budget = summary.budget
     at_budget = {
         label: e for label, e in ok[f"budget_{metric.name}"].items() if e.n > 0 and e.mean == e.mean
     }
@@ -503,7 +504,7 @@ def setting_findings(data: ReportData, summary: pd.DataFrame) -> list[str]:
             most = memory.idxmax()
             text += f" (most: {most}, {fmt_bytes(memory[most])})"
         found.append(text + ".")
-    for c in summary.attrs["comparisons"]:
+    for c in summary.comparisons:
         if c.name.startswith("best learned") and metric.name in c.deltas:
             found.append(
                 f"**Best learned vs best baseline**: {c.minuend} − {c.subtrahend} = "

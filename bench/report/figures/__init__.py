@@ -15,6 +15,7 @@ order and writes them.
 
 from bench.report.figures.cost import (
     MEMORY_METRICS,
+    Pareto,
     pareto_table,
     plot_memory,
     plot_pareto,
@@ -34,6 +35,7 @@ from bench.report.figures.style import PlotSkipped
 
 __all__ = [
     "MEMORY_METRICS",
+    "Pareto",
     "PlotSkipped",
     "PlotSpec",
     "mean_curves",

@@ -4,6 +4,7 @@ and quality against cost (the Pareto front)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -166,9 +167,19 @@ def plot_scaling(data: ReportData, variable: ScalingVariable) -> Figure:
 # 7. Quality-cost Pareto plot
 
 
-def pareto_table(data: ReportData) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Pareto:
+    """The Pareto figure's numbers: ``table`` per label (``quality``, ``step_time``, ``memory``,
+    ``pareto``) and ``memory_name``, what its ``memory`` column measures (e.g. peak step memory)."""
+
+    table: pd.DataFrame
+    memory_name: str
+
+
+def pareto_table(data: ReportData) -> Pareto:
     """Per label: mean final value of the primary metric (``quality``), median step time, memory
-    (bytes) and whether it is on the front."""
+    (bytes, the measure :func:`~bench.report.model.memory_column` prefers) and whether it is on
+    the front."""
     medians = step_phase_medians(data)["step_time_s"]
     runs = data.learned_ok
     memory_col, memory_name = memory_column(runs)
@@ -182,7 +193,6 @@ def pareto_table(data: ReportData) -> pd.DataFrame:
         }
     ).reindex(data.labels)
     table = table.dropna(subset=["quality", "step_time"])
-    table.attrs["memory_name"] = memory_name
     # A label is on the front if no other label is at least as fast and strictly better.
     better = metric.oriented(table["quality"])
     best_so_far = -math.inf
@@ -194,14 +204,14 @@ def pareto_table(data: ReportData) -> pd.DataFrame:
     ):
         on_front[label] = better[label] > best_so_far
         best_so_far = max(best_so_far, better[label])
-    table["pareto"] = pd.Series(on_front)
-    return table
+    return Pareto(table.assign(pareto=pd.Series(on_front)), memory_name)
 
 
 def plot_pareto(data: ReportData) -> Figure:
     """Final primary metric vs median time per step; marker area = memory; the Pareto front
     dashed."""
-    table = pareto_table(data)
+    pareto = pareto_table(data)
+    table = pareto.table
     metric = data.primary_metric
     if table.empty:
         raise PlotSkipped(f"no ok learned run with both a final {metric.label} and a step time")
@@ -237,7 +247,7 @@ def plot_pareto(data: ReportData) -> Figure:
         title=f"Quality vs cost ({'up' if metric.higher_is_better else 'down'} and left is better)",
     )  # fmt: skip
     handles.append(Line2D([], [], linestyle="--", color="gray", label="Pareto front"))
-    memory_name = table.attrs["memory_name"]
+    memory_name = pareto.memory_name
     if memory.notna().any() and memory.max() > 0:
         for value in sorted({memory.min(), memory.max()}):
             size = 60 + 540 * value / memory.max()
