@@ -18,7 +18,7 @@ from bench.report import document as doc
 from bench.report import figures
 from bench.report.fmt import fmt_seconds
 from bench.report.load import Setting, prepare, split_settings
-from bench.report.model import PlotResult, ReportData, finite_rows
+from bench.report.model import Note, NoteKind, PlotResult, ReportData, finite_rows
 from bench.report.observe import (
     assumption_findings,
     observations,
@@ -71,6 +71,8 @@ MEMORY_NOTE = (
     "Peak step memory: the exact peak of live tensor bytes during a training step (the main "
     "memory figure); peak RSS: the process over training steps (secondary)."
 )
+# The notes that make a results folder "older": the findings say so.
+OLDER_SCHEMA = (NoteKind.RENAMED_COLUMNS, NoteKind.NEWER_COLUMNS)
 SETTINGS_NOTE = (
     "The runs form {n} settings (configurations that differ in more than seed and strategy). Each "
     "has its own tables: seeds are pooled within a setting only, never across settings."
@@ -199,7 +201,7 @@ def build_report(
         isinstance(target, (int, float)) and not isinstance(target, bool) and math.isfinite(target)
     ):
         raise ValueError(f"target must be a finite number, got {target!r}")
-    data, missing = prepare(results_dir)
+    data, notes = prepare(results_dir)
     data.primary = primary.name
     if metric is not None and finite_rows(data.runs, f"final_test_{metric}").empty:
         recorded = [m.name for m in data.metrics() if m.name != metric]
@@ -223,10 +225,11 @@ def build_report(
             if not figure.name.startswith("scaling_"):
                 figure.caption += f" Setting shown: {shown.title} (first of {len(settings)})."
     _remove_stale_figures(out_dir, drawn)
+    missing = [note.text for note in notes]
     missing += data.notes  # notes the figures found (e.g. reconstructions of some runs missing)
     missing += [f"figure '{p.title}' skipped: {p.skipped}" for p in drawn if p.skipped]
     missing = list(dict.fromkeys(missing))  # de-duplicated, order kept
-    older = [note for note in missing if "older schema" in note or "written before" in note]
+    older = [note for note in notes if note.kind in OLDER_SCHEMA]
 
     suite = data.runs["suite"].dropna().unique()
     title = f"implicit-bench report: {', '.join(map(str, suite)) or results_dir.name}"
@@ -274,19 +277,16 @@ def build_report(
     return html_path
 
 
-def _older_summary(older: list[str]) -> list[str]:
+def _older_summary(older: list[Note]) -> list[str]:
     """The older-schema notes, shortened for the findings: which columns were renamed, and
     whether the timing flags exist."""
-    if not older:
-        return []
     out = []
-    renamed = [n for n in older if "older schema" in n]
-    if renamed:
+    if any(note.kind is NoteKind.RENAMED_COLUMNS for note in older):
         out.append("columns renamed since were read under their current names")
-    absent = " ".join(n for n in older if "written before" in n)
-    if "timing_reliable" in absent:
+    newer = [note for note in older if note.kind is NoteKind.NEWER_COLUMNS]
+    if any("timing_reliable" in note.columns for note in newer):
         out.append("it predates the timing-reliability record")
-    elif absent:
+    elif newer:
         out.append("some newer measurements are absent")
     return out
 

@@ -13,6 +13,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,25 @@ HARNESS_SCALING = {
 }
 # What the naive reconstruction of a task that is not registered here is called.
 NAIVE_DEFAULT = "naive reconstruction"
+
+
+class NoteKind(Enum):
+    """What a loading note is about, for the decisions taken on it (the text is for reading)."""
+
+    MISSING = "missing"  # a piece absent, unreadable or partial
+    RENAMED_COLUMNS = "renamed columns"  # a table of an older schema, read under current names
+    NEWER_COLUMNS = "newer columns"  # a table written before some columns existed (``columns``)
+    RECONSTRUCTIONS = "reconstructions"  # what the reconstruction grid needs is absent
+
+
+@dataclass(frozen=True)
+class Note:
+    """One thing the report says is missing or partial: ``text`` to show, ``kind`` to decide on,
+    and, for :attr:`NoteKind.NEWER_COLUMNS`, the ``columns`` the folder predates."""
+
+    text: str
+    kind: NoteKind = NoteKind.MISSING
+    columns: tuple[str, ...] = ()
 
 
 @dataclass
@@ -179,7 +199,7 @@ def short_label(strategy: str, params: dict) -> str | None:
     return ":".join([strategy, *changed])
 
 
-def display_labels(runs: pd.DataFrame, notes: list[str]) -> pd.Series:
+def display_labels(runs: pd.DataFrame, notes: list[Note]) -> pd.Series:
     """Per row of runs.csv, the label figures and tables show (see :func:`short_label`).
 
     Baselines keep their recorded label. A learned run whose strategy is not registered here, or
@@ -206,13 +226,17 @@ def display_labels(runs: pd.DataFrame, notes: list[str]) -> pd.Series:
         labels[index] = label
     if unknown:
         notes.append(
-            f"strategies not registered here ({', '.join(sorted(unknown))}): labelled by their "
-            "recorded `strategy_label` (every parameter)"
+            Note(
+                f"strategies not registered here ({', '.join(sorted(unknown))}): labelled by "
+                "their recorded `strategy_label` (every parameter)"
+            )
         )
     if unreadable:
         notes.append(
-            f"runs whose `params` is not a JSON object ({', '.join(sorted(unreadable)[:5])}): "
-            "labelled by their recorded `strategy_label`"
+            Note(
+                f"runs whose `params` is not a JSON object ({', '.join(sorted(unreadable)[:5])}):"
+                " labelled by their recorded `strategy_label`"
+            )
         )
     return labels
 

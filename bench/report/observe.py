@@ -25,6 +25,7 @@ from bench.report.model import (
     scaling_variables,
 )
 from bench.report.stats import (
+    ComparisonKind,
     Summary,
     baseline_means,
     best_of,
@@ -252,7 +253,7 @@ def _statistics_observations(data: ReportData, summary: Summary) -> list[str]:
     found = []
     found_comparisons = summary.comparisons
     reference = summary.reference
-    paired = [c for c in found_comparisons if c.note == "paired by seed"]
+    paired = [c for c in found_comparisons if c.kind is ComparisonKind.VS_REFERENCE]
     for metric in data.metrics():
         unit = f" {metric.unit}" if metric.unit else ""
         shown = [c for c in paired if metric.name in c.deltas]
@@ -268,7 +269,7 @@ def _statistics_observations(data: ReportData, summary: Summary) -> list[str]:
     metric = data.primary_metric
     for c in found_comparisons:
         delta = c.deltas.get(metric.name)
-        if not c.name.startswith("best learned") or delta is None:
+        if c.kind is not ComparisonKind.BEST_VS_BASELINE or delta is None:
             continue
         text = f"{c.name[0].upper()}{c.name[1:]}: {metric.format(delta.mean, True, True)}"
         if delta.has_interval:
@@ -505,7 +506,7 @@ def setting_findings(data: ReportData, summary: Summary) -> list[str]:
             text += f" (most: {most}, {fmt_bytes(memory[most])})"
         found.append(text + ".")
     for c in summary.comparisons:
-        if c.name.startswith("best learned") and metric.name in c.deltas:
+        if c.kind is ComparisonKind.BEST_VS_BASELINE and metric.name in c.deltas:
             found.append(
                 f"**Best learned vs best baseline**: {c.minuend} − {c.subtrahend} = "
                 f"{fmt_difference(c.deltas[metric.name], metric.decimals, unit)} in final test "

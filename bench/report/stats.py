@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 import pandas as pd
@@ -218,12 +219,20 @@ def best_baseline(data: ReportData) -> tuple[str, dict[str, float]] | None:
     return name, values
 
 
+class ComparisonKind(Enum):
+    """Which comparison a :class:`Comparison` is (decisions use this; its name and note are text)."""
+
+    VS_REFERENCE = "vs reference"  # a label minus the reference (jfb), paired by seed
+    BEST_VS_BASELINE = "best vs baseline"  # the best learned label minus the best baseline
+
+
 @dataclass
 class Comparison:
     """One paired comparison of a setting: ``minuend - subtrahend`` per seed, in each metric
     (``deltas``: metric name -> :class:`Estimate`, the primary metric first)."""
 
     name: str
+    kind: ComparisonKind
     deltas: dict[str, Estimate] = field(default_factory=dict)
     note: str = ""
     minuend: str = ""
@@ -251,7 +260,14 @@ def comparisons(data: ReportData, summary: pd.DataFrame) -> list[Comparison]:
                 for m in metrics
             }
             found.append(
-                Comparison(f"{label} − {reference}", deltas, "paired by seed", label, reference)
+                Comparison(
+                    f"{label} − {reference}",
+                    ComparisonKind.VS_REFERENCE,
+                    deltas,
+                    "paired by seed",
+                    label,
+                    reference,
+                )  # fmt: skip
             )
     baseline = best_baseline(data)
     primary = f"final_test_{data.primary}_mean"
@@ -267,7 +283,8 @@ def comparisons(data: ReportData, summary: pd.DataFrame) -> list[Comparison]:
         }
         found.append(
             Comparison(
-                f"best learned ({best}) − best baseline ({name})", deltas,
+                f"best learned ({best}) − best baseline ({name})",
+                ComparisonKind.BEST_VS_BASELINE, deltas,
                 "baseline fixed: the learned CI, shifted", best, name,
             )
         )  # fmt: skip
@@ -411,7 +428,7 @@ def summarize(data: ReportData, target: float | None) -> Summary:
         summary[["target_reached", "target_runs"]].fillna(0).astype(int)
     )
     found = comparisons(data, summary)
-    paired = {c.minuend: c for c in found if c.note == "paired by seed"}
+    paired = {c.minuend: c for c in found if c.kind is ComparisonKind.VS_REFERENCE}
     budget, at_budget = equal_time_budget(data)
     for m in metrics:
         summary[f"vs_reference_{m.name}"] = pd.Series(
