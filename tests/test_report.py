@@ -510,7 +510,7 @@ def test_reconstruction_columns_show_unfitted_baselines_and_the_best_fitted_one(
     register_baseline("halfway", fixed_lam=0.5)(lambda task, d, lam, *, iters, delta: d)
     try:
         data, _ = prepare(results)
-        titles = [title for title, _ in plots.recon_columns(data)]
+        titles = [title for title, _ in plots.recon_columns(data).columns]
     finally:
         BASELINES.unregister("halfway")
     # tikhonov is fitted and the best in PSNR (its recorded 24 dB; gd_tv has no row: its tiles

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.metrics import METRICS, PRIMARY_METRIC, Metric
@@ -202,7 +202,7 @@ def build_report(
     ):
         raise ValueError(f"target must be a finite number, got {target!r}")
     data, notes = prepare(results_dir)
-    data.primary = primary.name
+    data = replace(data, primary=primary.name)
     if metric is not None and finite_rows(data.runs, f"final_test_{metric}").empty:
         recorded = [m.name for m in data.metrics() if m.name != metric]
         raise ValueError(
@@ -218,15 +218,14 @@ def build_report(
     # Figures pool seeds only: with several settings they show the first one (the scaling
     # figures compare settings, so they use every setting's runs).
     shown = settings[0]
-    shown.data.target = sections[0].target
-    drawn = figures.render_plots(shown.data, out_dir)
+    drawn = figures.render_plots(replace(shown.data, target=sections[0].target), out_dir)
     if several:
         for figure in drawn:
             if not figure.name.startswith("scaling_"):
                 figure.caption += f" Setting shown: {shown.title} (first of {len(settings)})."
     _remove_stale_figures(out_dir, drawn)
     missing = [note.text for note in notes]
-    missing += data.notes  # notes the figures found (e.g. reconstructions of some runs missing)
+    missing += [note for figure in drawn for note in figure.notes]  # e.g. runs without recons
     missing += [f"figure '{p.title}' skipped: {p.skipped}" for p in drawn if p.skipped]
     missing = list(dict.fromkeys(missing))  # de-duplicated, order kept
     older = [note for note in notes if note.kind in OLDER_SCHEMA]

@@ -264,10 +264,10 @@ def _is_missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _drop_unconverged_cosines(epochs: pd.DataFrame) -> None:
-    """A cosine against a reference that did not converge is no measurement: NaN it (in place)."""
+def _drop_unconverged_cosines(epochs: pd.DataFrame) -> pd.DataFrame:
+    """A cosine against a reference that did not converge is no measurement: NaN in the copy."""
     unconverged = epochs["grad_reference_converged"] == 0
-    epochs.loc[unconverged, "grad_cosine"] = np.nan
+    return epochs.assign(grad_cosine=epochs["grad_cosine"].mask(unconverged))
 
 
 def _validity_columns(runs: pd.DataFrame, epochs: pd.DataFrame) -> None:
@@ -340,8 +340,7 @@ def prepare(results_dir: Path) -> tuple[ReportData, list[Note]]:
                     f"({shown}); ignored"
                 )
             )
-    epochs = _sort_evaluations(epochs)
-    _drop_unconverged_cosines(epochs)
+    epochs = _drop_unconverged_cosines(_sort_evaluations(epochs))
     learned = runs[~runs["is_baseline"]].copy()
     _complete_from_tables(learned, epochs, steps)
     _validity_columns(learned, epochs)
@@ -581,7 +580,7 @@ def split_settings(data: ReportData) -> list[Setting]:
 
 
 def _subset(data: ReportData, run_ids: set[str]) -> ReportData:
-    """``data`` restricted to the runs ``run_ids`` (the palette and notes stay shared)."""
+    """``data`` restricted to the runs ``run_ids`` (the palette stays shared)."""
     runs = data.runs[data.runs["run_id"].isin(run_ids)]
     epochs = data.epochs[data.epochs["run_id"].isin(run_ids)]
     present = set(runs.loc[~runs["is_baseline"], "label"])

@@ -56,7 +56,8 @@ class Note:
 
 @dataclass
 class PlotResult:
-    """One figure of the report: written to ``png``/``svg``, or skipped with ``skipped``."""
+    """One figure of the report: written to ``png``/``svg``, or skipped with ``skipped``;
+    ``notes``: what it could not show (runs without a reconstruction file, say)."""
 
     name: str
     title: str
@@ -64,6 +65,7 @@ class PlotResult:
     png: Path | None = None
     svg: Path | None = None
     skipped: str | None = None
+    notes: list[str] = field(default_factory=list)  # what a drawn figure could not show
 
 
 @dataclass
@@ -98,7 +100,6 @@ class ReportData:
     # the user names another), and that target
     primary: str = PRIMARY_METRIC
     target: float | None = None
-    notes: list[str] = field(default_factory=list)  # missing pieces found while plotting
     scaling_runs: pd.DataFrame | None = None
 
     @property

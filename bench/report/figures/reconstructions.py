@@ -3,6 +3,8 @@ the baselines and one run per strategy label."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import torch
@@ -10,7 +12,7 @@ from matplotlib.figure import Figure
 
 from bench.baselines import BASELINES
 from bench.metrics import Metric
-from bench.report.figures.style import PlotSkipped
+from bench.report.figures.style import Drawn, PlotSkipped
 from bench.report.model import ReportData, finite_rows
 
 RECON_MAX_IMAGES = 3
@@ -35,9 +37,18 @@ def _to_image(array: np.ndarray) -> tuple[np.ndarray, str | None]:
     return np.moveaxis(array[:3], 0, -1), None
 
 
-def recon_columns(data: ReportData) -> list[tuple[str, np.ndarray]]:
-    """(title, images N×C×H×W) per column: original, the task's naive reconstruction,
-    baselines, one run per label."""
+@dataclass(frozen=True)
+class ReconColumns:
+    """The grid's ``columns``, (title, images N×C×H×W) each, and ``notes`` on the runs it could
+    not show."""
+
+    columns: list[tuple[str, np.ndarray]]
+    notes: list[str]
+
+
+def recon_columns(data: ReportData) -> ReconColumns:
+    """The reconstruction grid's columns: original, the task's naive reconstruction, baselines,
+    one run per label; and notes on what is left out."""
     reference_path = data.recons_dir / "reference.npz"
     if not reference_path.exists():
         raise PlotSkipped(f"{reference_path.name} missing in {data.recons_dir}")
@@ -72,7 +83,7 @@ def recon_columns(data: ReportData) -> list[tuple[str, np.ndarray]]:
 
         best = max(stored, key=score)
         columns.append((f"best baseline:\n{best}", stored[best]))
-    missing = []
+    missing, notes = [], []
     shown = 0
     for label in data.labels:
         runs = data.learned_ok[data.learned_ok["label"] == label].sort_values("seed")
@@ -83,31 +94,33 @@ def recon_columns(data: ReportData) -> list[tuple[str, np.ndarray]]:
                 missing.append(label)
             continue
         if shown == RECON_MAX_STRATEGIES:
-            data.notes.append(
+            notes.append(
                 f"reconstruction grid shows the first {RECON_MAX_STRATEGIES} strategy labels only"
             )
             break
         with np.load(files[0]) as npz:
             x = npz["x"] if "x" in npz.files else None
         if x is None or x.shape != original.shape:
-            data.notes.append(f"{files[0].name}: no array 'x' of shape {original.shape}; not shown")
+            notes.append(f"{files[0].name}: no array 'x' of shape {original.shape}; not shown")
             continue
         seed = runs[runs["run_id"] == files[0].stem]["seed"].iloc[0]
         seed_text = f" (seed {int(seed)})" if pd.notna(seed) else ""
         columns.append((f"{label}{seed_text}", x))
         shown += 1
     if missing:
-        data.notes.append("no reconstruction file (recons/<run_id>.npz) for: " + ", ".join(missing))
-    return columns
+        notes.append("no reconstruction file (recons/<run_id>.npz) for: " + ", ".join(missing))
+    return ReconColumns(columns, notes)
 
 
-def plot_reconstructions(data: ReportData) -> Figure:
+def plot_reconstructions(data: ReportData) -> Drawn:
     """Grid of the same test images: original, naive reconstruction, baselines and each strategy
     (the primary metric below each tile).
 
     Drawn as one montage image in a single axes: a grid of dozens of axes costs seconds to lay out.
+    Its notes name the runs left out.
     """
-    columns = recon_columns(data)
+    found = recon_columns(data)
+    columns = found.columns
     original = columns[0][1]
     n_images = min(RECON_MAX_IMAGES, original.shape[0])
     if n_images == 0:
@@ -149,4 +162,4 @@ def plot_reconstructions(data: ReportData) -> Figure:
     fig.suptitle(
         f"Reconstructions of the same test images ({metric.label} vs original)", fontsize="small"
     )
-    return fig
+    return Drawn(fig, tuple(found.notes))

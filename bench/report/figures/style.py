@@ -6,6 +6,8 @@ figure state leaks, nothing needs closing, and the interactive backend is never 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
@@ -27,6 +29,15 @@ BASELINE_STYLES = ["--", "-.", ":", (0, (5, 1, 1, 1, 1, 1))]
 
 class PlotSkipped(Exception):
     """A figure cannot be drawn from the data at hand; ``str(exc)`` says why."""
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """A figure with ``notes`` on what it could not show (e.g. runs without a reconstruction
+    file); a plot function that has none returns the bare :class:`Figure`."""
+
+    figure: Figure
+    notes: tuple[str, ...] = ()
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, width: float = 6.0, height: float = 3.8):
