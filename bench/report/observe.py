@@ -50,6 +50,12 @@ NONCONTRACTIVE_DEFAULT = (
     "every strategy assumes a contraction (a unique fixed point), so its numbers are for a layer "
     "that is not one"
 )
+# What unconverged solves of each side mean for the numbers.
+UNCONVERGED_MEANING = {
+    "forward": "An unconverged forward solve means the loss is not evaluated at the fixed point, "
+    "so these numbers are for an approximate equilibrium.",
+    "backward": "Its gradients are then not the implicit gradient to the stated tolerance.",
+}
 # Below this fraction of converged forward solves, or with mean iterations this close to
 # max_iter, the solver is reported as stopped by its iteration cap rather than its tolerance.
 CAP_CONVERGED_FRACTION = 0.05
@@ -330,21 +336,14 @@ def _validity_observations(data: ReportData) -> list[str]:
                 f"in {len(bad)} of {n} run(s): {_runs_text(bad, 'lipschitz', 'max {:.3f}')}. "
                 f"{meaning[0].upper()}{meaning[1:]}."
             )
-        bad = runs[runs["forward_unconverged"]]
-        if len(bad):
-            found.append(
-                f"⚠ {label}: forward solves reached the tolerance in fewer than 95% of steps in "
-                f"{len(bad)} of {n} run(s): {_runs_text(bad, 'forward_frac', '{:.0%}')}. An "
-                "unconverged forward solve means the loss is not evaluated at the fixed point, "
-                "so these numbers are for an approximate equilibrium."
-            )
-        bad = runs[runs["backward_unconverged"]]
-        if len(bad):
-            found.append(
-                f"⚠ {label}: backward solves reached the tolerance in fewer than 95% of steps in "
-                f"{len(bad)} of {n} run(s): {_runs_text(bad, 'backward_frac', '{:.0%}')}. Its "
-                "gradients are then not the implicit gradient to the stated tolerance."
-            )
+        for side, meaning in UNCONVERGED_MEANING.items():
+            bad = runs[runs[f"{side}_unconverged"]]
+            if len(bad):
+                found.append(
+                    f"⚠ {label}: {side} solves reached the tolerance in fewer than 95% of steps "
+                    f"in {len(bad)} of {n} run(s): {_runs_text(bad, f'{side}_frac', '{:.0%}')}. "
+                    + meaning
+                )
         bad = runs[runs["reference_unconverged"] > 0]
         if len(bad):
             found.append(
@@ -505,14 +504,13 @@ def setting_findings(data: ReportData, summary: Summary) -> list[str]:
             most = memory.idxmax()
             text += f" (most: {most}, {fmt_bytes(memory[most])})"
         found.append(text + ".")
-    for c in summary.comparisons:
-        if c.kind is ComparisonKind.BEST_VS_BASELINE and metric.name in c.deltas:
-            found.append(
-                f"**Best learned vs best baseline**: {c.minuend} − {c.subtrahend} = "
-                f"{fmt_difference(c.deltas[metric.name], metric.decimals, unit)} in final test "
-                f"{metric.label}."
-            )
-    return found
+    return found + [
+        f"**Best learned vs best baseline**: {c.minuend} − {c.subtrahend} = "
+        f"{fmt_difference(c.deltas[metric.name], metric.decimals, unit)} in final test "
+        f"{metric.label}."
+        for c in summary.comparisons
+        if c.kind is ComparisonKind.BEST_VS_BASELINE and metric.name in c.deltas
+    ]
 
 
 def assumption_findings(data: ReportData) -> list[str]:
