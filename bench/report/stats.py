@@ -267,7 +267,7 @@ def comparisons(data: ReportData, summary: pd.DataFrame) -> list[Comparison]:
                     "paired by seed",
                     label,
                     reference,
-                )  # fmt: skip
+                )
             )
     baseline = best_baseline(data)
     primary = f"final_test_{data.primary}_mean"
