@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -241,7 +242,16 @@ def _final_metrics(frame: pd.DataFrame) -> list[str]:
     return [f"final_test_{m}" for m in METRICS if f"final_test_{m}" in frame.columns]
 
 
-def _load_part(part: Path) -> dict[str, pd.DataFrame]:
+@dataclass(frozen=True)
+class Part:
+    """One part folder as read: its ``tables`` (runs, epochs, steps) and, per table, the declared
+    columns it lacks (``missing_columns``; a part an older harness wrote)."""
+
+    tables: dict[str, pd.DataFrame]
+    missing_columns: dict[str, list[str]]
+
+
+def _load_part(part: Path) -> Part:
     """Read and validate one part folder (see :func:`read_part`); the only place parts are read."""
     runs, missing = _read_checked(part / "runs.csv", "runs")
     if len(runs) != 1:
@@ -269,9 +279,7 @@ def _load_part(part: Path) -> dict[str, pd.DataFrame]:
             tables[name], missing_by_table[name] = _read_checked(path, name)
         else:
             tables[name] = pd.DataFrame(columns=COLUMNS[name])
-    for name, frame in tables.items():  # for the one note on older parts (scan_parts)
-        frame.attrs["missing_columns"] = missing_by_table.get(name, [])
-    return tables
+    return Part(tables, missing_by_table)
 
 
 def _signature(part: Path) -> tuple:
@@ -287,10 +295,10 @@ def _signature(part: Path) -> tuple:
     return tuple(signature)
 
 
-# Parts already read by this process, by folder: (signature, tables). Files are replaced
-# atomically (a new inode) and only then read again, so merging after each finished run reads
-# only that run's part, not the whole folder again (issue 20 §6).
-_PART_CACHE: dict[Path, tuple[tuple, dict[str, pd.DataFrame], int]] = {}
+# Parts already read by this process, by folder: (signature, part, read number). Files are
+# replaced atomically (a new inode) and only then read again, so merging after each finished run
+# reads only that run's part, not the whole folder again (issue 20 §6).
+_PART_CACHE: dict[Path, tuple[tuple, Part, int]] = {}
 _READS = itertools.count()  # numbers each read, so a merge knows which parts are new
 
 
@@ -300,6 +308,11 @@ def read_part(part: Path) -> dict[str, pd.DataFrame]:
     value). Columns its harness did not write are absent (missing values), never a reason to set
     it aside. BrokenPart otherwise. A part unchanged since this process read it is not re-read.
     """
+    return _read_part(part).tables
+
+
+def _read_part(part: Path) -> Part:
+    """:func:`read_part`, with the columns each table lacks."""
     part = Path(part)
     key = part.absolute()
     signature = _signature(part)
@@ -309,9 +322,9 @@ def read_part(part: Path) -> dict[str, pd.DataFrame]:
     _PART_CACHE.pop(key, None)
     if signature[TABLES.index("runs")] is None:  # no part (yet), or set aside meanwhile
         raise FileNotFoundError(errno.ENOENT, "no runs.csv", str(part / "runs.csv"))
-    tables = _load_part(part)
-    _PART_CACHE[key] = (signature, tables, next(_READS))
-    return tables
+    loaded = _load_part(part)
+    _PART_CACHE[key] = (signature, loaded, next(_READS))
+    return loaded
 
 
 # The tables this process last merged per folder, with the read of each part they hold: the next
@@ -343,7 +356,6 @@ def _concatenated(out: Path, parts: dict[str, dict[str, pd.DataFrame]]) -> dict[
         )
         if todo and base and len(frame):
             frame = frame.sort_values("run_id", kind="stable", ignore_index=True)
-        frame.attrs = {}
         merged[name] = frame
     if len(reads) == len(parts):
         _MERGED[folder] = (reads, merged)
@@ -399,26 +411,25 @@ def scan_parts(out: Path) -> dict[str, dict[str, pd.DataFrame]]:
     with folder_lock(out):
         for part in _part_folders(out):
             try:
-                valid[part.name] = read_part(part)
+                valid[part.name] = _read_part(part)
             except BrokenPart as err:
                 quarantine(out, part, str(err))
             except FileNotFoundError:  # another process set it aside since the listing
                 continue
-    _note_older_parts(out, valid)
-    return valid
+    _note_older_parts(out, list(valid.values()))
+    return {run_id: part.tables for run_id, part in valid.items()}
 
 
-def _note_older_parts(out: Path, parts: dict[str, dict[str, pd.DataFrame]]) -> None:
+def _note_older_parts(out: Path, parts: list[Part]) -> None:
     key = out.absolute()
     if key in _NOTED:
         return
     lacking: dict[str, set[str]] = {}
     older = 0
-    for tables in parts.values():
-        missing = {c for frame in tables.values() for c in frame.attrs.get("missing_columns", [])}
-        older += bool(missing)
-        for table, frame in tables.items():
-            for column in frame.attrs.get("missing_columns", []):
+    for part in parts:
+        older += any(part.missing_columns.values())
+        for table, columns in part.missing_columns.items():
+            for column in columns:
                 lacking.setdefault(column, set()).add(table)
     if older:
         _NOTED.add(key)

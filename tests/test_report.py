@@ -16,8 +16,8 @@ from helpers import markdown_tables
 from PIL import Image
 from scipy import stats
 
-from bench import plots
 from bench.report import Table, build_report
+from bench.report import figures as plots
 from bench.results import EPOCH_COLUMNS, RUN_COLUMNS, STEP_COLUMNS
 
 MIB = 2**20
@@ -516,7 +516,7 @@ def test_reconstruction_columns_show_unfitted_baselines_and_the_best_fitted_one(
     register_baseline("halfway", fixed_lam=0.5)(lambda task, d, lam, *, iters, delta: d)
     try:
         data, _ = prepare(results)
-        titles = [title for title, _ in plots.recon_columns(data)]
+        titles = [title for title, _ in plots.recon_columns(data).columns]
     finally:
         BASELINES.unregister("halfway")
     # tikhonov is fitted and the best in PSNR (its recorded 24 dB; gd_tv has no row: its tiles

@@ -19,8 +19,8 @@ import pytest
 from helpers import cli_in_process, markdown_tables
 from scipy import stats
 
-from bench import plots
 from bench.report import build_report, model, prepare
+from bench.report import figures as plots
 from bench.results import EPOCH_COLUMNS, RUN_COLUMNS, STEP_COLUMNS
 
 MIB = 2**20
@@ -372,7 +372,7 @@ def test_figures_against_the_epoch_use_end_of_epoch_rows(tmp_path):
     ends = data.end_of_epoch().set_index(["label", "epoch"])["step"]
     assert ends.to_dict() == {("cg", 1): 4, ("cg", 2): 8, ("jfb", 1): 4, ("jfb", 2): 8}
     # Against time, every evaluation is a point of the curve.
-    curve = plots._mean_curves(data.epochs, "test_psnr")
+    curve = plots.mean_curves(data.epochs, "test_psnr")
     assert list(curve[curve["label"] == "cg"]["mean"]) == [9.0, 10.0, 11.0, 12.0]
 
 
@@ -882,7 +882,7 @@ def test_the_pareto_front_follows_a_lower_is_better_primary_metric(tmp_path, mae
         folder.steps[-1]["step_time_s"] = step
     data, _ = prepare(folder.write(tmp_path / "res"))
     data.primary = "mae"
-    table = plots.pareto_table(data)
+    table = plots.pareto_table(data).table
     assert table["quality"].to_dict() == pytest.approx({"jfb": 0.04, "cg": 0.03, "neumann": 0.05})
     assert table["pareto"].to_dict() == {"jfb": True, "cg": True, "neumann": False}
 

@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from helpers import MINI, markdown_tables
 
-from bench import plots
 from bench.baselines import fit_all, fit_baseline
 from bench.cli import main
 from bench.config import ProblemConfig, load_suite, suite_from_dict
 from bench.data import load_dataset
 from bench.metrics import psnr
+from bench.report import figures as plots
 from bench.tasks import TASKS, SuperResTask, Task, make_task, register_task
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,8 @@ The package, in the order data flows through it:
 - :mod:`~bench.report.stats`: intervals, paired differences, the equal-time budget, flags;
 - :mod:`~bench.report.tables` and :mod:`~bench.report.observe`: cells and sentences;
 - :mod:`~bench.report.document`: one document model rendered to Markdown and HTML;
-- :mod:`~bench.report.build`: :func:`build_report`. The figures are :mod:`bench.plots`.
+- :mod:`~bench.report.build`: :func:`build_report`. The figures are
+  :mod:`~bench.report.figures`.
 
 Seeds are the only thing ever pooled: runs of one strategy with different settings are reported
 in separate per-setting tables; figures other than the scaling figures show the first setting.

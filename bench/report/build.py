@@ -10,24 +10,22 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import pandas as pd
-
-from bench import plots
 from bench.metrics import METRICS, PRIMARY_METRIC, Metric
 from bench.report import document as doc
+from bench.report import figures
 from bench.report.fmt import fmt_seconds
 from bench.report.load import Setting, prepare, split_settings
-from bench.report.model import PlotResult, ReportData, finite_rows
+from bench.report.model import Note, NoteKind, PlotResult, ReportData, finite_rows
 from bench.report.observe import (
     assumption_findings,
     observations,
     scaling_observations,
     setting_findings,
 )
-from bench.report.stats import choose_target, summarize
+from bench.report.stats import Summary, choose_target, summarize
 from bench.report.tables import (
     comparisons_table,
     convergence_table,
@@ -73,6 +71,8 @@ MEMORY_NOTE = (
     "Peak step memory: the exact peak of live tensor bytes during a training step (the main "
     "memory figure); peak RSS: the process over training steps (secondary)."
 )
+# The notes that make a results folder "older": the findings say so.
+OLDER_SCHEMA = (NoteKind.RENAMED_COLUMNS, NoteKind.NEWER_COLUMNS)
 SETTINGS_NOTE = (
     "The runs form {n} settings (configurations that differ in more than seed and strategy). Each "
     "has its own tables: seeds are pooled within a setting only, never across settings."
@@ -84,7 +84,7 @@ class SettingSection:
     """One setting's summary, computed once for the findings, the tables and the observations."""
 
     setting: Setting
-    summary: pd.DataFrame
+    summary: Summary
     target: float | None
     target_rule: str
 
@@ -98,7 +98,7 @@ class SettingSection:
 
     @property
     def budget(self) -> float | None:
-        return self.summary.attrs.get("budget")
+        return self.summary.budget
 
 
 def _section(setting: Setting, target: float | None) -> SettingSection:
@@ -139,20 +139,20 @@ def _tables(section: SettingSection, several: bool) -> list:
         )
     data, summary = section.data, section.summary
     blocks += [doc.Paragraph("Quality:"), quality_table(data, summary, section.target)]
-    for table in more_metrics_tables(data, summary):
+    for table in more_metrics_tables(data, summary.frame):
         blocks += [doc.Paragraph("Quality, further metrics:"), table]
-    found = comparisons_table(summary.attrs["comparisons"])
+    found = comparisons_table(summary.comparisons)
     if found is not None:
         blocks += [doc.Paragraph("Paired comparisons:"), found]
     if data.labels:
-        blocks += [doc.Paragraph("Cost:"), cost_table(summary)]
+        blocks += [doc.Paragraph("Cost:"), cost_table(summary.frame)]
         unreliable = unreliable_timings(data)
         if unreliable:
             blocks.append(
                 doc.Paragraph("⚠ Unreliable timings: " + "; ".join(unreliable) + ".", "note")
             )
-        blocks += [doc.Paragraph("Memory:"), memory_table(summary)]
-        blocks += [doc.Paragraph("Convergence:"), convergence_table(summary)]
+        blocks += [doc.Paragraph("Memory:"), memory_table(summary.frame)]
+        blocks += [doc.Paragraph("Convergence:"), convergence_table(summary.frame)]
         blocks += [
             doc.Paragraph(
                 "Gradient fidelity: cosine to the exact implicit gradient, and the adjoint's "
@@ -160,7 +160,7 @@ def _tables(section: SettingSection, several: bool) -> list:
                 "bound (1 + γ)/(1 − γ) ‖r‖/‖g‖ (γ the certified ‖∂T/∂x‖ bound, r the adjoint's "
                 "residual); a bound above 1 is shown as vacuous:"
             ),
-            fidelity_table(summary),
+            fidelity_table(summary.frame),
         ]
     return blocks
 
@@ -201,8 +201,8 @@ def build_report(
         isinstance(target, (int, float)) and not isinstance(target, bool) and math.isfinite(target)
     ):
         raise ValueError(f"target must be a finite number, got {target!r}")
-    data, missing = prepare(results_dir)
-    data.primary = primary.name
+    data, notes = prepare(results_dir)
+    data = replace(data, primary=primary.name)
     if metric is not None and finite_rows(data.runs, f"final_test_{metric}").empty:
         recorded = [m.name for m in data.metrics() if m.name != metric]
         raise ValueError(
@@ -218,17 +218,17 @@ def build_report(
     # Figures pool seeds only: with several settings they show the first one (the scaling
     # figures compare settings, so they use every setting's runs).
     shown = settings[0]
-    shown.data.target = sections[0].target
-    figures = plots.render_plots(shown.data, out_dir)
+    drawn = figures.render_plots(replace(shown.data, target=sections[0].target), out_dir)
     if several:
-        for figure in figures:
+        for figure in drawn:
             if not figure.name.startswith("scaling_"):
                 figure.caption += f" Setting shown: {shown.title} (first of {len(settings)})."
-    _remove_stale_figures(out_dir, figures)
-    missing += data.notes  # notes the figures found (e.g. reconstructions of some runs missing)
-    missing += [f"figure '{p.title}' skipped: {p.skipped}" for p in figures if p.skipped]
+    _remove_stale_figures(out_dir, drawn)
+    missing = [note.text for note in notes]
+    missing += [note for figure in drawn for note in figure.notes]  # e.g. runs without recons
+    missing += [f"figure '{p.title}' skipped: {p.skipped}" for p in drawn if p.skipped]
     missing = list(dict.fromkeys(missing))  # de-duplicated, order kept
-    older = [note for note in missing if "older schema" in note or "written before" in note]
+    older = [note for note in notes if note.kind in OLDER_SCHEMA]
 
     suite = data.runs["suite"].dropna().unique()
     title = f"implicit-bench report: {', '.join(map(str, suite)) or results_dir.name}"
@@ -245,7 +245,7 @@ def build_report(
                 f"(**{shown.title}**) of {len(settings)}; the tables cover every setting."
             )
         )
-    blocks += [doc.Figure(plot) for plot in figures]
+    blocks += [doc.Figure(plot) for plot in drawn]
     blocks += [doc.Heading("Summary tables"), doc.Paragraph(tables_note(primary), "note")]
     blocks += [doc.Paragraph(COST_NOTE, "note"), doc.Paragraph(MEMORY_NOTE, "note")]
     if several:
@@ -276,19 +276,16 @@ def build_report(
     return html_path
 
 
-def _older_summary(older: list[str]) -> list[str]:
+def _older_summary(older: list[Note]) -> list[str]:
     """The older-schema notes, shortened for the findings: which columns were renamed, and
     whether the timing flags exist."""
-    if not older:
-        return []
     out = []
-    renamed = [n for n in older if "older schema" in n]
-    if renamed:
+    if any(note.kind is NoteKind.RENAMED_COLUMNS for note in older):
         out.append("columns renamed since were read under their current names")
-    absent = " ".join(n for n in older if "written before" in n)
-    if "timing_reliable" in absent:
+    newer = [note for note in older if note.kind is NoteKind.NEWER_COLUMNS]
+    if any("timing_reliable" in note.columns for note in newer):
         out.append("it predates the timing-reliability record")
-    elif absent:
+    elif newer:
         out.append("some newer measurements are absent")
     return out
 

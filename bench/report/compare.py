@@ -46,7 +46,7 @@ from bench.report.load import (
     setting_columns,
     split_settings,
 )
-from bench.report.model import MEMORY_PREFERENCE, ReportData, finite_rows
+from bench.report.model import MEMORY_PREFERENCE, NoteKind, ReportData, finite_rows
 from bench.report.stats import Estimate, paired_difference, validity, welch_difference
 from bench.summary import warmup_count
 
@@ -169,7 +169,11 @@ def compare_folders(a: Path, b: Path, threshold: float = DEFAULT_THRESHOLD) -> F
             raise ValueError(f"{folder}: no finished (ok) learned runs to compare")
         loaded[side] = data
         # the reconstruction grid is the report's, not the comparison's
-        notes += [f"{side}: {note}" for note in folder_notes if not note.startswith("`recons/")]
+        notes += [
+            f"{side}: {note.text}"
+            for note in folder_notes
+            if note.kind is not NoteKind.RECONSTRUCTIONS
+        ]
     pairs, pair_notes = _match_settings(loaded["A"], loaded["B"])
     notes += pair_notes
     for side, data in loaded.items():

@@ -21,6 +21,8 @@ from bench.metrics import METRICS
 from bench.report.fmt import DASH, fmt_value
 from bench.report.model import (
     BASELINE_PREFIX,
+    Note,
+    NoteKind,
     ReportData,
     display_labels,
     label_palette,
@@ -165,7 +167,7 @@ def _one_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def read_table(results_dir: Path, name: str, notes: list[str]) -> pd.DataFrame:
+def read_table(results_dir: Path, name: str, notes: list[Note]) -> pd.DataFrame:
     """One table as a DataFrame with every column of the current schema (NaN where absent).
 
     Raises ValueError when runs.csv is missing or unreadable, or when any table is present but is
@@ -179,7 +181,7 @@ def read_table(results_dir: Path, name: str, notes: list[str]) -> pd.DataFrame:
                 f"no results at {str(results_dir)!r}: expected {path} (run a suite first, "
                 "e.g. `implicit-bench run quick`)"
             )
-        notes.append(f"`{name}.csv` is missing")
+        notes.append(Note(f"`{name}.csv` is missing"))
         return pd.DataFrame(columns=columns)
     # Not results.read_table: the report also reads the newer text columns (setting_hash, ...)
     # as text, whether or not bench.results declares them yet.
@@ -189,28 +191,30 @@ def read_table(results_dir: Path, name: str, notes: list[str]) -> pd.DataFrame:
     except (ValueError, OSError) as error:  # pandas' parse errors are ValueErrors
         if name == "runs":
             raise ValueError(f"cannot read {path}: {_one_line(error)}") from error
-        notes.append(f"`{name}.csv` cannot be read ({_one_line(error)}); treated as empty")
+        notes.append(Note(f"`{name}.csv` cannot be read ({_one_line(error)}); treated as empty"))
         return pd.DataFrame(columns=columns)
     frame, conformed = schema.conform(frame, name)
     renames = conformed.renamed
     check_schema(frame.drop(columns=list(conformed.implied)), name, path)  # as written
     if renames:
-        notes.append(
-            f"`{name}.csv` is from an older schema: read "
-            + ", ".join(f"`{old}` as `{new}`" for old, new in renames.items())
-        )
+        read_as = ", ".join(f"`{old}` as `{new}`" for old, new in renames.items())
+        text = f"`{name}.csv` is from an older schema: read {read_as}"
+        notes.append(Note(text, NoteKind.RENAMED_COLUMNS))
     # The newer columns are named apart: an older table lacking them is expected, a table
     # lacking older ones is damaged.
     current = [RENAMED[name].get(c, c) for c in COLUMNS[name]]
     absent = [c for c in current if c not in frame.columns and c not in NEW_COLUMNS[name]]
     if absent:
-        notes.append(f"`{name}.csv` lacks columns {', '.join(absent)} (treated as not measured)")
+        notes.append(
+            Note(f"`{name}.csv` lacks columns {', '.join(absent)} (treated as not measured)")
+        )
     newer = [c for c in NEW_COLUMNS[name] if c not in frame.columns]
     if newer:
-        notes.append(
+        text = (
             f"`{name}.csv` was written before the columns {', '.join(newer)} existed: those "
             "measurements are not reported"
         )
+        notes.append(Note(text, NoteKind.NEWER_COLUMNS, tuple(newer)))
     frame = frame.assign(**{c: np.nan for c in absent + newer})
     if name == "runs":
         for column in BOOL_RUN_COLUMNS:
@@ -260,10 +264,10 @@ def _is_missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _drop_unconverged_cosines(epochs: pd.DataFrame) -> None:
-    """A cosine against a reference that did not converge is no measurement: NaN it (in place)."""
+def _drop_unconverged_cosines(epochs: pd.DataFrame) -> pd.DataFrame:
+    """A cosine against a reference that did not converge is no measurement: NaN in the copy."""
     unconverged = epochs["grad_reference_converged"] == 0
-    epochs.loc[unconverged, "grad_cosine"] = np.nan
+    return epochs.assign(grad_cosine=epochs["grad_cosine"].mask(unconverged))
 
 
 def _validity_columns(runs: pd.DataFrame, epochs: pd.DataFrame) -> None:
@@ -299,12 +303,13 @@ def _sort_evaluations(epochs: pd.DataFrame) -> pd.DataFrame:
     return epochs.sort_values(keys, kind="stable")
 
 
-def prepare(results_dir: Path) -> tuple[ReportData, list[str]]:
-    """Load a results folder into a :class:`ReportData`, plus notes on what is missing.
+def prepare(results_dir: Path) -> tuple[ReportData, list[Note]]:
+    """Load a results folder into a :class:`ReportData`, plus notes on what is missing (each
+    with its :class:`~bench.report.model.NoteKind`).
 
     Raises ValueError when runs.csv is missing or unreadable or a table is not this tool's.
     """
-    notes: list[str] = []
+    notes: list[Note] = []
     runs = _numeric(read_table(results_dir, "runs", notes), TEXT_RUN_COLUMNS | BOOL_RUN_COLUMNS)
     epochs = _numeric(read_table(results_dir, "epochs", notes), {"run_id", "strategy"})
     steps = _numeric(read_table(results_dir, "steps", notes), {"run_id", "strategy"})
@@ -312,7 +317,9 @@ def prepare(results_dir: Path) -> tuple[ReportData, list[str]]:
     runs["run_id"] = runs["run_id"].astype(str)
     if runs["run_id"].duplicated().any():
         duplicated = sorted(set(runs.loc[runs["run_id"].duplicated(), "run_id"]))
-        notes.append(f"runs.csv repeats run ids {', '.join(duplicated)}; the last row is used")
+        notes.append(
+            Note(f"runs.csv repeats run ids {', '.join(duplicated)}; the last row is used")
+        )
         runs = runs.drop_duplicates("run_id", keep="last")
     runs["strategy"] = runs["strategy"].fillna("unknown").astype(str)
     runs["label"] = display_labels(runs, notes)
@@ -326,12 +333,14 @@ def prepare(results_dir: Path) -> tuple[ReportData, list[str]]:
         frame["run_id"] = frame["run_id"].astype(str)
         unknown = sorted(set(frame["run_id"]) - set(runs["run_id"]))
         if unknown:
+            shown = ", ".join(unknown[:5]) + (", …" if len(unknown) > 5 else "")
             notes.append(
-                f"`{name}.csv` has rows of {len(unknown)} run(s) absent from runs.csv "
-                f"({', '.join(unknown[:5])}{', …' if len(unknown) > 5 else ''}); ignored"
+                Note(
+                    f"`{name}.csv` has rows of {len(unknown)} run(s) absent from runs.csv "
+                    f"({shown}); ignored"
+                )
             )
-    epochs = _sort_evaluations(epochs)
-    _drop_unconverged_cosines(epochs)
+    epochs = _drop_unconverged_cosines(_sort_evaluations(epochs))
     learned = runs[~runs["is_baseline"]].copy()
     _complete_from_tables(learned, epochs, steps)
     _validity_columns(learned, epochs)
@@ -387,13 +396,13 @@ def _mean_or_none(*candidates: pd.Series) -> float | None:
     return None
 
 
-def _coverage_notes(results_dir: Path, data: ReportData, ok_step_rows: int) -> list[str]:
+def _coverage_notes(results_dir: Path, data: ReportData, ok_step_rows: int) -> list[Note]:
     """Pieces missing for runs that did finish: epochs, steps, reconstructions, seeds."""
     notes = []
     ok = data.learned_ok
     no_epochs = sorted(set(ok["run_id"]) - set(data.epochs["run_id"]))
     if no_epochs and (results_dir / "epochs.csv").exists():
-        notes.append(f"no epochs.csv rows for ok run(s): {', '.join(no_epochs)}")
+        notes.append(Note(f"no epochs.csv rows for ok run(s): {', '.join(no_epochs)}"))
     # A finished run always evaluates after its last step, i.e. in its last epoch; with
     # ``eval_every`` it need not evaluate in every epoch, so the test is the last epoch reached.
     last = data.epochs.groupby("run_id")["epoch"].max()
@@ -404,23 +413,27 @@ def _coverage_notes(results_dir: Path, data: ReportData, ok_step_rows: int) -> l
         if pd.notna(planned.get(run_id)) and last[run_id] < planned[run_id]
     ]
     if short:
-        notes.append("ok runs whose evaluations stop before their last epoch: " + ", ".join(short))
+        text = "ok runs whose evaluations stop before their last epoch: " + ", ".join(short)
+        notes.append(Note(text))
     if (results_dir / "steps.csv").exists():
         if ok_step_rows == 0 and len(ok):
-            notes.append("`steps.csv` has no rows of ok runs: per-step figures use runs.csv")
+            notes.append(Note("`steps.csv` has no rows of ok runs: per-step figures use runs.csv"))
         else:
             no_steps = sorted(set(ok["run_id"]) - set(data.steps["run_id"]))
             if no_steps:
-                notes.append(f"no steps.csv rows for ok run(s): {', '.join(no_steps)}")
+                notes.append(Note(f"no steps.csv rows for ok run(s): {', '.join(no_steps)}"))
     else:
         notes.append(
-            "per-step timings, iterations and convergence come from runs.csv only "
-            "(steps.csv missing)"
+            Note(
+                "per-step timings, iterations and convergence come from runs.csv only "
+                "(steps.csv missing)"
+            )
         )
+    recons = NoteKind.RECONSTRUCTIONS
     if not data.recons_dir.exists():
-        notes.append("`recons/` is missing: no reconstruction grid")
+        notes.append(Note("`recons/` is missing: no reconstruction grid", recons))
     elif not (data.recons_dir / "reference.npz").exists():
-        notes.append("`recons/reference.npz` is missing: no reconstruction grid")
+        notes.append(Note("`recons/reference.npz` is missing: no reconstruction grid", recons))
     learned = data.runs[~data.runs["is_baseline"]].dropna(subset=["seed"])
     for _, within in learned.groupby("setting", sort=False):  # seeds are compared per setting
         seeds = within.groupby("label")["seed"].apply(set)
@@ -428,9 +441,12 @@ def _coverage_notes(results_dir: Path, data: ReportData, ok_step_rows: int) -> l
         for label, present in seeds.items():
             absent = sorted(every_seed - present)
             if absent:
+                seeds_text = ", ".join(fmt_value(s) for s in absent)
                 notes.append(
-                    f"{label} has no run for seed(s) {', '.join(fmt_value(s) for s in absent)} "
-                    "(present for other labels of its setting)"
+                    Note(
+                        f"{label} has no run for seed(s) {seeds_text} "
+                        "(present for other labels of its setting)"
+                    )
                 )
     return notes
 
@@ -449,7 +465,7 @@ def _agrees(row: tuple, other: tuple) -> bool:
     return all(a == b or DASH in (a, b) for a, b in zip(row, other, strict=True))
 
 
-def setting_keys(runs: pd.DataFrame, notes: list[str]) -> pd.Series:
+def setting_keys(runs: pd.DataFrame, notes: list[Note]) -> pd.Series:
     """Per learned run, the key of its setting (NaN for baselines; see :func:`split_settings`).
 
     Runs share a setting when their configuration differs only by seed and strategy: the same
@@ -467,10 +483,11 @@ def setting_keys(runs: pd.DataFrame, notes: list[str]) -> pd.Series:
     if rest.empty:
         return keys
     columns = [c for c in setting_columns() if c in runs.columns and runs[c].notna().any()]
-    notes.append(
+    text = (
         f"{len(rest)} run(s) have no `setting_hash` (results written before it existed): "
         "settings are told apart by the columns " + ", ".join(columns)
     )
+    notes.append(Note(text, NoteKind.NEWER_COLUMNS, ("setting_hash",)))
     described = _described(rest, columns)
     rows = {
         i: tuple(row)
@@ -563,7 +580,7 @@ def split_settings(data: ReportData) -> list[Setting]:
 
 
 def _subset(data: ReportData, run_ids: set[str]) -> ReportData:
-    """``data`` restricted to the runs ``run_ids`` (the palette and notes stay shared)."""
+    """``data`` restricted to the runs ``run_ids`` (the palette stays shared)."""
     runs = data.runs[data.runs["run_id"].isin(run_ids)]
     epochs = data.epochs[data.epochs["run_id"].isin(run_ids)]
     present = set(runs.loc[~runs["is_baseline"], "label"])

@@ -1,8 +1,9 @@
 """The report's data model: one results folder's tables, cleaned, plus the derived quantities that
-both the figures (:mod:`bench.plots`) and the tables use (labels, colours, per-label medians,
-scaling variables).
+both the figures (:mod:`bench.report.figures`) and the tables use (labels, colours, per-label
+medians, scaling variables).
 
-Nothing here draws or formats; :mod:`bench.plots` imports this module, never the other way round.
+Nothing here draws or formats; :mod:`bench.report.figures` imports this module, never the other
+way round.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +35,29 @@ HARNESS_SCALING = {
 NAIVE_DEFAULT = "naive reconstruction"
 
 
+class NoteKind(Enum):
+    """What a loading note is about, for the decisions taken on it (the text is for reading)."""
+
+    MISSING = "missing"  # a piece absent, unreadable or partial
+    RENAMED_COLUMNS = "renamed columns"  # a table of an older schema, read under current names
+    NEWER_COLUMNS = "newer columns"  # a table written before some columns existed (``columns``)
+    RECONSTRUCTIONS = "reconstructions"  # what the reconstruction grid needs is absent
+
+
+@dataclass(frozen=True)
+class Note:
+    """One thing the report says is missing or partial: ``text`` to show, ``kind`` to decide on,
+    and, for :attr:`NoteKind.NEWER_COLUMNS`, the ``columns`` the folder predates."""
+
+    text: str
+    kind: NoteKind = NoteKind.MISSING
+    columns: tuple[str, ...] = ()
+
+
 @dataclass
 class PlotResult:
-    """One figure of the report: written to ``png``/``svg``, or skipped with ``skipped``."""
+    """One figure of the report: written to ``png``/``svg``, or skipped with ``skipped``;
+    ``notes``: what it could not show (runs without a reconstruction file, say)."""
 
     name: str
     title: str
@@ -43,6 +65,7 @@ class PlotResult:
     png: Path | None = None
     svg: Path | None = None
     skipped: str | None = None
+    notes: list[str] = field(default_factory=list)  # what a drawn figure could not show
 
 
 @dataclass
@@ -77,7 +100,6 @@ class ReportData:
     # the user names another), and that target
     primary: str = PRIMARY_METRIC
     target: float | None = None
-    notes: list[str] = field(default_factory=list)  # missing pieces found while plotting
     scaling_runs: pd.DataFrame | None = None
 
     @property
@@ -178,7 +200,7 @@ def short_label(strategy: str, params: dict) -> str | None:
     return ":".join([strategy, *changed])
 
 
-def display_labels(runs: pd.DataFrame, notes: list[str]) -> pd.Series:
+def display_labels(runs: pd.DataFrame, notes: list[Note]) -> pd.Series:
     """Per row of runs.csv, the label figures and tables show (see :func:`short_label`).
 
     Baselines keep their recorded label. A learned run whose strategy is not registered here, or
@@ -205,13 +227,17 @@ def display_labels(runs: pd.DataFrame, notes: list[str]) -> pd.Series:
         labels[index] = label
     if unknown:
         notes.append(
-            f"strategies not registered here ({', '.join(sorted(unknown))}): labelled by their "
-            "recorded `strategy_label` (every parameter)"
+            Note(
+                f"strategies not registered here ({', '.join(sorted(unknown))}): labelled by "
+                "their recorded `strategy_label` (every parameter)"
+            )
         )
     if unreadable:
         notes.append(
-            f"runs whose `params` is not a JSON object ({', '.join(sorted(unreadable)[:5])}): "
-            "labelled by their recorded `strategy_label`"
+            Note(
+                f"runs whose `params` is not a JSON object ({', '.join(sorted(unreadable)[:5])}):"
+                " labelled by their recorded `strategy_label`"
+            )
         )
     return labels
 

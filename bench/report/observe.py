@@ -25,6 +25,8 @@ from bench.report.model import (
     scaling_variables,
 )
 from bench.report.stats import (
+    ComparisonKind,
+    Summary,
     baseline_means,
     best_of,
     validity,
@@ -48,6 +50,12 @@ NONCONTRACTIVE_DEFAULT = (
     "every strategy assumes a contraction (a unique fixed point), so its numbers are for a layer "
     "that is not one"
 )
+# What unconverged solves of each side mean for the numbers.
+UNCONVERGED_MEANING = {
+    "forward": "An unconverged forward solve means the loss is not evaluated at the fixed point, "
+    "so these numbers are for an approximate equilibrium.",
+    "backward": "Its gradients are then not the implicit gradient to the stated tolerance.",
+}
 # Below this fraction of converged forward solves, or with mean iterations this close to
 # max_iter, the solver is reported as stopped by its iteration cap rather than its tolerance.
 CAP_CONVERGED_FRACTION = 0.05
@@ -57,10 +65,10 @@ CAP_ITERATION_FRACTION = 0.95
 # Observers: each takes (data, summary, target) of one setting and returns sentences
 
 
-def observe_best_quality(data: ReportData, summary: pd.DataFrame, target) -> list[str]:
+def observe_best_quality(data: ReportData, summary: Summary, target) -> list[str]:
     """Per metric (the primary first): the best final value, against the best baseline and the
     naive reconstruction; then the paired differences and learned vs baseline."""
-    ok = summary[summary["n_ok"] > 0]
+    ok = summary.finished
     found = []
     for metric in data.metrics():
         values = ok[f"final_test_{metric.name}_mean"].dropna()
@@ -91,13 +99,13 @@ def observe_best_quality(data: ReportData, summary: pd.DataFrame, target) -> lis
     return found + _statistics_observations(data, summary) if found else []
 
 
-def observe_time_to_target(data: ReportData, summary: pd.DataFrame, target) -> list[str]:
+def observe_time_to_target(data: ReportData, summary: Summary, target) -> list[str]:
     """Who reaches the target (in the primary metric) first, who only in some seeds, who never."""
     if target is None:
         return []
     goal = data.primary_metric.format(target, unit=True)
     found = []
-    ok = summary[summary["n_ok"] > 0]
+    ok = summary.finished
     everyone = ok[(ok["target_runs"] > 0) & (ok["target_reached"] == ok["target_runs"])]
     ranking = everyone["target_time"].sort_values()
     partly = ok[(ok["target_reached"] > 0) & (ok["target_reached"] < ok["target_runs"])]
@@ -119,9 +127,9 @@ def observe_time_to_target(data: ReportData, summary: pd.DataFrame, target) -> l
     return found
 
 
-def observe_step_cost(data: ReportData, summary: pd.DataFrame, target) -> list[str]:
+def observe_step_cost(data: ReportData, summary: Summary, target) -> list[str]:
     """The cheapest training step, and how much slower the most expensive one is."""
-    times = summary.loc[summary["n_ok"] > 0, "step_time"].dropna()
+    times = summary.finished["step_time"].dropna()
     if len(times) < 2:
         return []
     fastest, slowest = times.idxmin(), times.idxmax()
@@ -131,16 +139,16 @@ def observe_step_cost(data: ReportData, summary: pd.DataFrame, target) -> list[s
     ]
 
 
-def observe_equal_time(data: ReportData, summary: pd.DataFrame, target) -> list[str]:
-    ok = summary[summary["n_ok"] > 0]
-    return _equal_time_observations(ok, summary.attrs.get("budget"), data.primary_metric)
+def observe_equal_time(data: ReportData, summary: Summary, target) -> list[str]:
+    ok = summary.finished
+    return _equal_time_observations(ok, summary.budget, data.primary_metric)
 
 
-def observe_validity(data: ReportData, summary: pd.DataFrame, target) -> list[str]:
+def observe_validity(data: ReportData, summary: Summary, target) -> list[str]:
     return _validity_observations(data)
 
 
-def observe_timing(data: ReportData, summary: pd.DataFrame, target) -> list[str]:
+def observe_timing(data: ReportData, summary: Summary, target) -> list[str]:
     """Runs whose step times were disturbed (issue 11 §2): their times are not comparable."""
     flags = validity(data)
     bad = flags[flags["timing_unreliable"]]
@@ -162,12 +170,12 @@ def observe_timing(data: ReportData, summary: pd.DataFrame, target) -> list[str]
     return []
 
 
-def observe_memory(data: ReportData, summary: pd.DataFrame, target) -> list[str]:
-    return _memory_observations(summary[summary["n_ok"] > 0])
+def observe_memory(data: ReportData, summary: Summary, target) -> list[str]:
+    return _memory_observations(summary.finished)
 
 
-def observe_convergence(data: ReportData, summary: pd.DataFrame, target) -> list[str]:
-    return _convergence_observations(summary[summary["n_ok"] > 0]) + _own_forward_observations(data)
+def observe_convergence(data: ReportData, summary: Summary, target) -> list[str]:
+    return _convergence_observations(summary.finished) + _own_forward_observations(data)
 
 
 def _own_forward_observations(data: ReportData) -> list[str]:
@@ -186,9 +194,9 @@ def _own_forward_observations(data: ReportData) -> list[str]:
     ]
 
 
-def observe_gradient_fidelity(data: ReportData, summary: pd.DataFrame, target) -> list[str]:
+def observe_gradient_fidelity(data: ReportData, summary: Summary, target) -> list[str]:
     """The gradient's cosine to the exact implicit gradient, and any that fell during training."""
-    ok = summary[summary["n_ok"] > 0]
+    ok = summary.finished
     cosine = ok["grad_cosine_last"].dropna()
     if not len(cosine):
         return []
@@ -209,7 +217,7 @@ def observe_gradient_fidelity(data: ReportData, summary: pd.DataFrame, target) -
     return found
 
 
-def observe_failures(data: ReportData, summary: pd.DataFrame, target) -> list[str]:
+def observe_failures(data: ReportData, summary: Summary, target) -> list[str]:
     bad = data.runs[data.runs["status"] != "ok"]
     if not len(bad):
         return []
@@ -226,7 +234,7 @@ def observe_failures(data: ReportData, summary: pd.DataFrame, target) -> list[st
 
 # The observations of a setting, in this order (most important first). Adding one is one
 # function and one entry, like the figures' plot specs.
-OBSERVERS: tuple[Callable[[ReportData, pd.DataFrame, float | None], list[str]], ...] = (
+OBSERVERS: tuple[Callable[[ReportData, Summary, float | None], list[str]], ...] = (
     observe_best_quality,
     observe_time_to_target,
     observe_step_cost,
@@ -240,18 +248,18 @@ OBSERVERS: tuple[Callable[[ReportData, pd.DataFrame, float | None], list[str]], 
 )
 
 
-def observations(data: ReportData, summary: pd.DataFrame, target: float | None) -> list[str]:
+def observations(data: ReportData, summary: Summary, target: float | None) -> list[str]:
     """Short findings computed from the numbers of one setting, most important first."""
     return [text for observer in OBSERVERS for text in observer(data, summary, target)]
 
 
-def _statistics_observations(data: ReportData, summary: pd.DataFrame) -> list[str]:
+def _statistics_observations(data: ReportData, summary: Summary) -> list[str]:
     """Per metric, the paired differences to jfb; in the primary metric, the best learned strategy
     against the best baseline."""
     found = []
-    found_comparisons = summary.attrs["comparisons"]
-    reference = summary.attrs.get("reference")
-    paired = [c for c in found_comparisons if c.note == "paired by seed"]
+    found_comparisons = summary.comparisons
+    reference = summary.reference
+    paired = [c for c in found_comparisons if c.kind is ComparisonKind.VS_REFERENCE]
     for metric in data.metrics():
         unit = f" {metric.unit}" if metric.unit else ""
         shown = [c for c in paired if metric.name in c.deltas]
@@ -267,7 +275,7 @@ def _statistics_observations(data: ReportData, summary: pd.DataFrame) -> list[st
     metric = data.primary_metric
     for c in found_comparisons:
         delta = c.deltas.get(metric.name)
-        if not c.name.startswith("best learned") or delta is None:
+        if c.kind is not ComparisonKind.BEST_VS_BASELINE or delta is None:
             continue
         text = f"{c.name[0].upper()}{c.name[1:]}: {metric.format(delta.mean, True, True)}"
         if delta.has_interval:
@@ -328,21 +336,14 @@ def _validity_observations(data: ReportData) -> list[str]:
                 f"in {len(bad)} of {n} run(s): {_runs_text(bad, 'lipschitz', 'max {:.3f}')}. "
                 f"{meaning[0].upper()}{meaning[1:]}."
             )
-        bad = runs[runs["forward_unconverged"]]
-        if len(bad):
-            found.append(
-                f"⚠ {label}: forward solves reached the tolerance in fewer than 95% of steps in "
-                f"{len(bad)} of {n} run(s): {_runs_text(bad, 'forward_frac', '{:.0%}')}. An "
-                "unconverged forward solve means the loss is not evaluated at the fixed point, "
-                "so these numbers are for an approximate equilibrium."
-            )
-        bad = runs[runs["backward_unconverged"]]
-        if len(bad):
-            found.append(
-                f"⚠ {label}: backward solves reached the tolerance in fewer than 95% of steps in "
-                f"{len(bad)} of {n} run(s): {_runs_text(bad, 'backward_frac', '{:.0%}')}. Its "
-                "gradients are then not the implicit gradient to the stated tolerance."
-            )
+        for side, meaning in UNCONVERGED_MEANING.items():
+            bad = runs[runs[f"{side}_unconverged"]]
+            if len(bad):
+                found.append(
+                    f"⚠ {label}: {side} solves reached the tolerance in fewer than 95% of steps "
+                    f"in {len(bad)} of {n} run(s): {_runs_text(bad, f'{side}_frac', '{:.0%}')}. "
+                    + meaning
+                )
         bad = runs[runs["reference_unconverged"] > 0]
         if len(bad):
             found.append(
@@ -449,14 +450,14 @@ def _names(run_ids, limit: int = 3) -> str:
     return shown + (f" and {len(run_ids) - limit} more" if len(run_ids) > limit else "")
 
 
-def setting_findings(data: ReportData, summary: pd.DataFrame) -> list[str]:
+def setting_findings(data: ReportData, summary: Summary) -> list[str]:
     """The verdict on one setting: best at equal training time (with its interval), fastest per
     step, least memory, and the best learned strategy against the best baseline."""
     found = []
-    ok = summary[summary["n_ok"] > 0]
+    ok = summary.finished
     metric = data.primary_metric
     unit = f" {metric.unit}" if metric.unit else ""
-    budget = summary.attrs.get("budget")
+    budget = summary.budget
     at_budget = {
         label: e for label, e in ok[f"budget_{metric.name}"].items() if e.n > 0 and e.mean == e.mean
     }
@@ -503,14 +504,13 @@ def setting_findings(data: ReportData, summary: pd.DataFrame) -> list[str]:
             most = memory.idxmax()
             text += f" (most: {most}, {fmt_bytes(memory[most])})"
         found.append(text + ".")
-    for c in summary.attrs["comparisons"]:
-        if c.name.startswith("best learned") and metric.name in c.deltas:
-            found.append(
-                f"**Best learned vs best baseline**: {c.minuend} − {c.subtrahend} = "
-                f"{fmt_difference(c.deltas[metric.name], metric.decimals, unit)} in final test "
-                f"{metric.label}."
-            )
-    return found
+    return found + [
+        f"**Best learned vs best baseline**: {c.minuend} − {c.subtrahend} = "
+        f"{fmt_difference(c.deltas[metric.name], metric.decimals, unit)} in final test "
+        f"{metric.label}."
+        for c in summary.comparisons
+        if c.kind is ComparisonKind.BEST_VS_BASELINE and metric.name in c.deltas
+    ]
 
 
 def assumption_findings(data: ReportData) -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 import pandas as pd
@@ -218,12 +219,20 @@ def best_baseline(data: ReportData) -> tuple[str, dict[str, float]] | None:
     return name, values
 
 
+class ComparisonKind(Enum):
+    """Which comparison a :class:`Comparison` is (decisions use this; its name and note are text)."""
+
+    VS_REFERENCE = "vs reference"  # a label minus the reference (jfb), paired by seed
+    BEST_VS_BASELINE = "best vs baseline"  # the best learned label minus the best baseline
+
+
 @dataclass
 class Comparison:
     """One paired comparison of a setting: ``minuend - subtrahend`` per seed, in each metric
     (``deltas``: metric name -> :class:`Estimate`, the primary metric first)."""
 
     name: str
+    kind: ComparisonKind
     deltas: dict[str, Estimate] = field(default_factory=dict)
     note: str = ""
     minuend: str = ""
@@ -251,7 +260,14 @@ def comparisons(data: ReportData, summary: pd.DataFrame) -> list[Comparison]:
                 for m in metrics
             }
             found.append(
-                Comparison(f"{label} − {reference}", deltas, "paired by seed", label, reference)
+                Comparison(
+                    f"{label} − {reference}",
+                    ComparisonKind.VS_REFERENCE,
+                    deltas,
+                    "paired by seed",
+                    label,
+                    reference,
+                )
             )
     baseline = best_baseline(data)
     primary = f"final_test_{data.primary}_mean"
@@ -267,7 +283,8 @@ def comparisons(data: ReportData, summary: pd.DataFrame) -> list[Comparison]:
         }
         found.append(
             Comparison(
-                f"best learned ({best}) − best baseline ({name})", deltas,
+                f"best learned ({best}) − best baseline ({name})",
+                ComparisonKind.BEST_VS_BASELINE, deltas,
                 "baseline fixed: the learned CI, shifted", best, name,
             )
         )  # fmt: skip
@@ -338,14 +355,38 @@ def validity(data: ReportData) -> pd.DataFrame:
     return out.set_index("run_id")
 
 
-def summarize(data: ReportData, target: float | None) -> pd.DataFrame:
-    """Numbers per learned strategy label (index) of one setting, means over its ok runs (seeds).
+@dataclass(frozen=True)
+class Summary:
+    """One setting's summary (:func:`summarize`): the per-label numbers and what goes with them.
+
+    ``frame``: one row per learned strategy label (see :func:`summarize` for its columns);
+    ``primary``: the metric the target and rankings use; ``reference``: the label paired
+    differences are taken against (None without a jfb run); ``comparisons``: the paired
+    comparisons (:func:`comparisons`), computed once for the tables, observations and findings;
+    ``budget``: the equal training-time budget in seconds (None without timed evaluations).
+    """
+
+    frame: pd.DataFrame
+    primary: str
+    reference: str | None
+    comparisons: tuple[Comparison, ...]
+    budget: float | None
+
+    @property
+    def finished(self) -> pd.DataFrame:
+        """The rows of the labels with at least one ok run."""
+        return self.frame[self.frame["n_ok"] > 0]
+
+
+def summarize(data: ReportData, target: float | None) -> Summary:
+    """Numbers per learned strategy label (index of ``Summary.frame``) of one setting, means over
+    its ok runs (seeds).
 
     Per metric ``m`` with values: ``final_test_<m>_mean``/``_std``/``_ci`` (``*_ci`` hold
     :class:`Estimate` objects: mean and 95 % interval over seeds), ``vs_reference_<m>`` the
     paired difference to ``jfb`` and ``budget_<m>`` the value at the equal-time budget
-    (``summary.attrs["budget"]``, seconds). Time to ``target`` is in the primary metric
-    (``summary.attrs["primary"]``); ``summary.attrs["comparisons"]`` holds :func:`comparisons`.
+    (``Summary.budget``, seconds). Time to ``target`` is in the primary metric
+    (``Summary.primary``).
     """
     learned = data.runs[~data.runs["is_baseline"]]
     ok = data.learned_ok.groupby("label")
@@ -386,14 +427,9 @@ def summarize(data: ReportData, target: float | None) -> pd.DataFrame:
     summary[["target_reached", "target_runs"]] = (
         summary[["target_reached", "target_runs"]].fillna(0).astype(int)
     )
-    reference = reference_label(data)
-    summary.attrs["reference"] = reference
-    summary.attrs["primary"] = data.primary
-    # computed once here; the tables, observations and findings read summary.attrs["comparisons"]
-    summary.attrs["comparisons"] = found = comparisons(data, summary)
-    paired = {c.minuend: c for c in found if c.note == "paired by seed"}
+    found = comparisons(data, summary)
+    paired = {c.minuend: c for c in found if c.kind is ComparisonKind.VS_REFERENCE}
     budget, at_budget = equal_time_budget(data)
-    summary.attrs["budget"] = budget
     for m in metrics:
         summary[f"vs_reference_{m.name}"] = pd.Series(
             {label: c.deltas[m.name] for label, c in paired.items() if label in summary.index},
@@ -420,7 +456,7 @@ def summarize(data: ReportData, target: float | None) -> pd.DataFrame:
     )  # fmt: skip
     summary["grad_first_na"] = _cosine_na(data, "grad_cosine_first")
     summary["grad_last_na"] = _cosine_na(data, "grad_cosine_last")
-    return summary
+    return Summary(summary, data.primary, reference_label(data), tuple(found), budget)
 
 
 def _cosine_na(data: ReportData, column: str) -> pd.Series:

@@ -8,6 +8,7 @@ run, and the setup.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import pandas as pd
 
@@ -27,7 +28,7 @@ from bench.report.fmt import (
 )
 from bench.report.load import Setting
 from bench.report.model import ReportData, natural_key
-from bench.report.stats import Comparison, Estimate, validity
+from bench.report.stats import Comparison, Estimate, Summary, validity
 from bench.tasks import setting_labels
 
 # The widest summary table. With the report's CSS (0.9em cells that wrap at spaces, a mean and its
@@ -156,7 +157,7 @@ def _metric_rows(data: ReportData, summary: pd.DataFrame, metrics: list[Metric])
     return rows
 
 
-def quality_table(data: ReportData, summary: pd.DataFrame, target: float | None) -> Table:
+def quality_table(data: ReportData, summary: Summary, target: float | None) -> Table:
     """Per strategy label, then per baseline and the naive reconstruction: final quality in each
     metric that fits (95 % intervals), and in the primary metric the paired difference to jfb,
     the value at the equal-time budget and the time to the target; the validity flags of the
@@ -166,19 +167,19 @@ def quality_table(data: ReportData, summary: pd.DataFrame, target: float | None)
     target_header = (
         f"time to {primary.format(target, unit=True)}" if target is not None else "time to target"
     )
-    budget = summary.attrs.get("budget")
+    budget = summary.budget
     budget_header = (
         f"{primary.label} at {fmt_seconds(budget)}" if budget is not None else
         f"{primary.label} at budget"
     )  # fmt: skip
     delta_header = f"Δ {primary.label} vs jfb (95% CI)"
-    reference = summary.attrs.get("reference")
+    reference = summary.reference
     headers = [
         LABEL, "runs", *(m.axis_label for m in shown), delta_header, budget_header,
         target_header, "validity flags",
     ]  # fmt: skip
-    rows = _metric_rows(data, summary, shown)
-    for row, (label, values) in zip(rows, summary.iterrows(), strict=False):
+    rows = _metric_rows(data, summary.frame, shown)
+    for row, (label, values) in zip(rows, summary.frame.iterrows(), strict=False):
         n = values["n_ok"]
         difference = (
             "reference" if label == reference
@@ -189,7 +190,7 @@ def quality_table(data: ReportData, summary: pd.DataFrame, target: float | None)
             _fmt_budget(values[f"budget_{primary.name}"], n, primary.decimals),
             _reach_cell(values), _flags_cell(values) if n else DASH,
         ]  # fmt: skip
-    for row in rows[len(summary) :]:
+    for row in rows[len(summary.frame) :]:
         row += [DASH] * (len(headers) - len(row))
     optional = {delta_header, "validity flags"}
     if budget is None:
@@ -324,7 +325,7 @@ def _fmt_delta(estimate: Estimate, digits: int) -> str:
     return f"{estimate.mean:+.{digits}f} {fmt_interval(estimate, digits)}"
 
 
-def comparisons_table(found: list[Comparison]) -> Table | None:
+def comparisons_table(found: Sequence[Comparison]) -> Table | None:
     """The paired differences of one setting with their 95 % intervals and verdicts, one row per
     comparison and metric (the primary metric first), so the width does not grow with metrics."""
     if not found:
