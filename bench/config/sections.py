@@ -114,7 +114,7 @@ class TrainConfig:
     epochs: int = setting(5, ge=1, le=100_000)
     batch_size: int = setting(16, ge=1, le=65_536)
     lr: float = setting(1e-3, gt=0)
-    device: str = "auto"  # checked against the machine by runner.resolve_device
+    device: str = "auto"  # checked against the machine by bench.device.resolve_device
     dtype: str = setting("float32", choices=("float32", "float64"))
     n_recon: int = setting(6, ge=0, le=1000)  # test images kept for the reconstruction figure
     grad_fidelity: bool = True  # cosine to the exact gradient at the first and last epoch

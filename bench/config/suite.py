@@ -38,7 +38,7 @@ class RunConfig:
     model: ModelConfig
     solver: SolverConfig
     train: TrainConfig
-    # A hash of the images actually loaded (set by runner.plan): a folder whose files change
+    # A hash of the images actually loaded (set by bench.task_data.fingerprinted_runs, from bench.sweep.plan): a folder whose files change
     # is other data, though its path and settings are the same. Empty: not fingerprinted.
     data_fingerprint: str = ""
 
