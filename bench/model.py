@@ -166,64 +166,83 @@ def conv_operator_norm(
     """
     kh, kw = weight.shape[-2:]
     grid, correction = certificate_grid((kh, kw), tuple(image_size), max_grid)
+    freqs = certificate_samples(grid, max_grid, (kh, kw), weight.device)
     with torch.no_grad():
-        bound, found, best = verified_sample_bound(weight.detach(), grid)
-    sigma = torch.linalg.svdvals(_dft_at(weight, best.view(1), grid))[0, 0]
+        bound, found, best = verified_sample_bound(weight.detach(), freqs)
+        f_best = _dft_at(weight.detach(), freqs[best].view(1, 2))[0]
+        u, _, vh = torch.linalg.svd(f_best, full_matrices=False)
+    # sigma_1 = Re u^H F v with its singular vectors held: the argmax sample's value, and its
+    # gradient (that of a simple singular value), without an SVD in the graph
+    sigma = (u[:, 0].conj() @ _dft_at(weight, freqs[best].view(1, 2))[0] @ vh[0].conj()).real
     # the value is the certificate; the gradient is the argmax sample's
     return sigma * (bound / found).to(sigma.dtype) * correction
 
 
-def _dft_at(weight: torch.Tensor, samples: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """F(w) = sum_taps K_tap e^{-i w.tap} at the ``rfft2`` samples of ``grid`` whose flat
-    indices are ``samples``: (len(samples), out, in), with the graph of ``weight``."""
+def certificate_samples(
+    grid: tuple[int, int], max_grid: int, kernel_shape: tuple[int, int], device=None
+) -> torch.Tensor:
+    """The frequencies (samples x 2, radians, float64) :func:`conv_operator_norm` samples on
+    ``grid``: the ``rfft2`` half of the grid (a real kernel's spectrum is conjugate-symmetric),
+    and, where both axes are long (sampled at ``max_grid``, even) with kernels of equal degree,
+    only its checkerboard p + q even.
+
+    The proof's correction depends on the samples only through s = max over w of the weighted
+    L1 distance sum_j d_j |w_j - w_s,j| to the nearest sample. On the square grid of spacing
+    h = 2 pi / N that is d h; the checkerboard's L1 balls of radius h (diamonds) tile the plane
+    too, so half the samples give the same s and the same correction. The checkerboard is
+    closed under w -> -w (N even), so its rfft half still covers every frequency up to
+    conjugation.
+    """
+    p = torch.arange(grid[0], device=device)
+    q = torch.arange(grid[1] // 2 + 1, device=device)
+    pq = torch.cartesian_prod(p, q)
+    long_axes = grid[0] == grid[1] == max_grid and max_grid % 2 == 0
+    if long_axes and _degree(kernel_shape[0]) == _degree(kernel_shape[1]):
+        pq = pq[pq.sum(dim=1) % 2 == 0]
+    return 2 * math.pi * pq.double() / torch.tensor(grid, dtype=torch.float64, device=device)
+
+
+def _dft_at(weight: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """F(w) = sum_taps K_tap e^{-i w.tap} at the frequencies ``freqs`` (samples x 2, radians):
+    (samples, out, in), with the graph of ``weight``."""
     kh, kw = weight.shape[-2:]
-    p, q = samples.div(grid[1] // 2 + 1, rounding_mode="floor"), samples % (grid[1] // 2 + 1)
-    a = torch.arange(kh, device=weight.device, dtype=weight.dtype)
-    b = torch.arange(kw, device=weight.device, dtype=weight.dtype)
-    phase = (
-        -2
-        * math.pi
-        * (
-            p.to(weight.dtype)[:, None, None] * a[None, :, None] / grid[0]
-            + q.to(weight.dtype)[:, None, None] * b[None, None, :] / grid[1]
-        )
-    )
-    taps = torch.polar(torch.ones_like(phase), phase)
+    a = torch.arange(kh, device=weight.device, dtype=torch.float64)
+    b = torch.arange(kw, device=weight.device, dtype=torch.float64)
+    phase = -(freqs[:, 0, None, None] * a[None, :, None] + freqs[:, 1, None, None] * b)
+    taps = torch.polar(torch.ones_like(phase), phase).to(_complex(weight.dtype))
     return torch.einsum("oiab,sab->soi", weight.to(taps.dtype), taps)
 
 
-def gram_samples(weight: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """G(w) = F(w)^H F(w) at every ``rfft2`` frequency of ``grid`` (samples x r x r), on the
-    kernel's smaller channel side r (F(w)^T has F(w)'s singular values), computed in float64
-    and returned in ``weight``'s complex dtype.
+def _complex(dtype: torch.dtype) -> torch.dtype:
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
+
+
+def gram_samples(weight: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """G(w) = F(w)^H F(w) at the frequencies ``freqs`` (samples x 2, radians), on the kernel's
+    smaller channel side r (F(w)^T has F(w)'s singular values): (samples, r, r), computed in
+    float64 and returned in ``weight``'s complex dtype.
 
     G(w) = sum_delta C_delta e^{-i w.delta}, C_delta = sum_a K_a^T K_(a + delta) the taps'
     cross-correlations: one small convolution and one (samples x offsets) product, where the
     kernel's DFT and a product per sample cost ~10x more on CPU.
     """
     w = (weight if weight.shape[1] <= weight.shape[0] else weight.transpose(0, 1)).double()
-    kh, kw = w.shape[-2:]
-    pt = w.transpose(0, 1)  # (r, other, kh, kw)
-    # corr[j, i, delta + k - 1] = sum_a (K_a^T K_(a + delta))[i, j]
-    corr = F.conv2d(pt, pt, padding=(kh - 1, kw - 1))
-    offsets = corr.permute(2, 3, 1, 0).flatten(0, 1)  # (offsets, r, r): C_delta
-    p = torch.arange(grid[0], device=w.device, dtype=w.dtype)
-    q = torch.arange(grid[1] // 2 + 1, device=w.device, dtype=w.dtype)
+    out, r, kh, kw = w.shape
+    # every pair of taps: pairs[a, b] = K_a^T K_b, one (taps r) x (taps r) product
+    flat = w.permute(0, 2, 3, 1).reshape(out, kh * kw * r)
+    pairs = (flat.T @ flat).view(kh * kw, r, kh * kw, r).transpose(1, 2)
+    # C_delta = sum over the pairs (a, a + delta) of K_a^T K_(a + delta)
+    tap = torch.cartesian_prod(torch.arange(kh), torch.arange(kw)).to(w.device)
+    delta = (tap[None, :, :] - tap[:, None, :]).flatten(0, 1)  # of each pair (a, b): b - a
+    index = (delta[:, 0] + kh - 1) * (2 * kw - 1) + delta[:, 1] + kw - 1
+    offsets = torch.zeros((2 * kh - 1) * (2 * kw - 1), r, r, dtype=w.dtype, device=w.device)
+    offsets.index_add_(0, index, pairs.flatten(0, 1))
     d1 = torch.arange(1 - kh, kh, device=w.device, dtype=w.dtype)
     d2 = torch.arange(1 - kw, kw, device=w.device, dtype=w.dtype)
-    angle = (
-        2
-        * math.pi
-        * (
-            p[:, None, None, None] * d1[None, None, :, None] / grid[0]
-            + q[None, :, None, None] * d2[None, None, None, :] / grid[1]
-        )
-    )
-    angle = angle.flatten(0, 1).flatten(1)  # (samples, offsets)
-    flat = offsets.flatten(1)
-    gram = torch.complex(angle.cos() @ flat, -(angle.sin() @ flat))
-    complex_dtype = torch.complex128 if weight.dtype == torch.float64 else torch.complex64
-    return gram.unflatten(1, offsets.shape[1:]).to(complex_dtype)
+    angle = (freqs[:, 0, None, None] * d1[:, None] + freqs[:, 1, None, None] * d2).flatten(1)
+    phases = torch.polar(torch.ones_like(angle), -angle)  # (samples, offsets)
+    gram = phases @ offsets.flatten(1).to(phases.dtype)
+    return gram.view(-1, r, r).to(_complex(weight.dtype))
 
 
 def _frobenius(g: torch.Tensor) -> torch.Tensor:
@@ -232,7 +251,9 @@ def _frobenius(g: torch.Tensor) -> torch.Tensor:
     return parts.square().sum(dim=(-3, -2, -1)).sqrt()
 
 
-def verified_below(gram: torch.Tensor, level: float) -> tuple[torch.Tensor, torch.Tensor]:
+def verified_below(
+    gram: torch.Tensor, level: float, fro: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """For each Hermitian matrix G of the batch ``gram``: whether lambda_max(G) <= ``level`` +
     margin is proved, and the margin (a few 1e-4 x level in float32, ~1e-12 in float64).
 
@@ -244,22 +265,23 @@ def verified_below(gram: torch.Tensor, level: float) -> tuple[torch.Tensor, torc
     most u (level + max |G_ii|), and rounding G from float64 moves it by at most
     u ||G||_F in norm. Hence lambda_min(A) >= -margin and lambda_max(G) <= level + margin, with
     margin = gamma ||R||_F^2 + u (level + 2 ||G||_F) for the float64 G that was rounded.
+    ``fro``: the matrices' Frobenius norms, when the caller has them.
     """
     n = gram.shape[-1]
     u = torch.finfo(gram.real.dtype).eps / 2
     eye = torch.eye(n, dtype=gram.dtype, device=gram.device)
     factor, info = torch.linalg.cholesky_ex(level * eye - gram)
     gamma = 2 * (n + 1) * u / (1 - 2 * (n + 1) * u)
-    fro = _frobenius(gram).double()
+    fro = _frobenius(gram).double() if fro is None else fro
     margin = gamma * _frobenius(factor).double().square() + u * (level + 2 * fro)
     return info == 0, margin
 
 
 def verified_sample_bound(
-    weight: torch.Tensor, grid: tuple[int, int], tol: float = CERT_TOL
+    weight: torch.Tensor, freqs: torch.Tensor, tol: float = CERT_TOL
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A proved upper bound on the largest singular value of the kernel's DFT over the
-    ``rfft2`` samples of ``grid``; the largest singular value found by SVD; and its sample.
+    """A proved upper bound on the largest singular value of the kernel's DFT at the
+    frequencies ``freqs``; the largest singular value found by SVD; and its sample's index.
 
     SVDs of the samples with the largest Frobenius norms propose the maximum s; every sample
     is then verified below ((1 + ``tol``) s)^2 + margin in its Gram matrix by
@@ -267,21 +289,25 @@ def verified_sample_bound(
     the failed samples are verified again at a level raised by at least (1 + ``tol``)^2, until
     none fails. The bound is at most (1 + ``tol``) (1 + ~1e-4) above the samples' maximum.
     """
-    gram = gram_samples(weight, grid)
+    gram = gram_samples(weight, freqs)
     samples = torch.arange(gram.shape[0], device=gram.device)
-    proposed = _frobenius(gram).argsort(descending=True)[:CERT_PROPOSALS]
-    found = torch.linalg.svdvals(_dft_at(weight, proposed, grid))[:, 0].double()
+    fro = _frobenius(gram).double()
+    proposed = fro.argsort(descending=True)[:CERT_PROPOSALS]
+    found = torch.linalg.svdvals(_dft_at(weight, freqs[proposed]))[:, 0].double()
     best, top = proposed[found.argmax()], found.max()
     level = float(top * (1 + tol)) ** 2
     bound_sq = torch.zeros((), dtype=torch.float64, device=gram.device)
     pending = samples
     while len(pending):
-        passed, margin = verified_below(gram[pending], level)
+        first = len(pending) == len(samples)  # no copy of the whole batch on the first round
+        passed, margin = verified_below(
+            gram if first else gram[pending], level, fro if first else fro[pending]
+        )
         if passed.any():
             bound_sq = torch.maximum(bound_sq, level + margin[passed].max())
         pending = pending[~passed]
         if len(pending):
-            values = torch.linalg.svdvals(_dft_at(weight, pending, grid))[:, 0].double()
+            values = torch.linalg.svdvals(_dft_at(weight, freqs[pending]))[:, 0].double()
             if values.max() > top:
                 best, top = pending[values.argmax()], values.max()
             # strictly increasing (also from 0, for an all-zero kernel): the loop ends

@@ -16,6 +16,7 @@ from bench.model import (
     aol_rescale,
     build_model,
     certificate_grid,
+    certificate_samples,
     conv_operator_norm,
     eta_max,
     gram_samples,
@@ -144,6 +145,23 @@ def _sample_svds(w: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return torch.linalg.svdvals(k_hat)[:, 0]
 
 
+def test_checkerboard_samples_cover_every_frequency_as_the_full_grid_does():
+    # both axes long: half the rfft2 samples (p + q even); the weighted L1 distance from any
+    # frequency to the nearest sample or its conjugate stays <= 2 pi / N, the full grid's, so
+    # the proof's s and correction are unchanged; a short (cyclic) axis keeps every frequency
+    n = 32
+    lattice = certificate_samples((n, n), n, (3, 3))
+    assert len(lattice) == (n * (n // 2 + 1)) // 2
+    assert len(certificate_samples((n, 12), n, (3, 3))) == n * 7
+    assert len(certificate_samples((n, n), n, (3, 5))) == n * (n // 2 + 1)  # unequal degrees
+    both = torch.cat([lattice, -lattice])  # a real kernel's spectrum at -w is the conjugate
+    w = torch.rand(20000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    diff = (w[:, None, :] * 2 * math.pi - both[None]).remainder(2 * math.pi)
+    dist = torch.minimum(diff, 2 * math.pi - diff).sum(dim=-1).min(dim=1).values
+    assert dist.max() <= 2 * math.pi / n * (1 + 1e-12)
+    assert dist.max() >= 2 * math.pi / n * 0.95  # and the radius is reached: the check can fail
+
+
 def test_gram_samples_are_the_dft_gram_matrices_on_the_smaller_side():
     g = torch.Generator().manual_seed(0)
     for c_out, c_in, k, grid in [(5, 3, 3, (8, 8)), (3, 5, 3, (7, 6)), (4, 4, 5, (9, 12))]:
@@ -152,7 +170,8 @@ def test_gram_samples_are_the_dft_gram_matrices_on_the_smaller_side():
         dense = k_hat.mH @ k_hat if c_in <= c_out else k_hat @ k_hat.mH
         if c_in > c_out:  # F^T F^T^H = conj(F F^H): same spectrum, the conjugate matrix
             dense = dense.conj()
-        torch.testing.assert_close(gram_samples(w, grid), dense)
+        every = certificate_samples(grid, 10**6, (k, k))  # the whole rfft2 half, in its order
+        torch.testing.assert_close(gram_samples(w, every), dense)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -189,7 +208,7 @@ def test_sample_bound_is_above_every_sample_within_its_tolerance(dtype):
     for w in cases:
         w = w.to(dtype)
         exact = _sample_svds(w, (16, 16))
-        bound, found, best = verified_sample_bound(w, (16, 16))
+        bound, found, best = verified_sample_bound(w, certificate_samples((16, 16), 10**6, (3, 3)))
         assert exact.max() <= bound * (1 + 1e-12)
         assert bound <= exact.max() * (1 + 1.5e-3) + 1e-18  # sqrt(float32 tiny) for 0
         torch.testing.assert_close(found, exact[best], rtol=1e-5, atol=1e-30)
