@@ -59,7 +59,9 @@ contraction assumption fails.
 
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -166,22 +168,59 @@ def conv_operator_norm(
     """
     kh, kw = weight.shape[-2:]
     grid, correction = certificate_grid((kh, kw), tuple(image_size), max_grid)
-    freqs = certificate_samples(grid, max_grid, (kh, kw), weight.device)
+    samples = certificate_samples(grid, max_grid, (kh, kw), weight.device)
     with torch.no_grad():
-        bound, found, best = verified_sample_bound(weight.detach(), freqs)
-        f_best = _dft_at(weight.detach(), freqs[best].view(1, 2))[0]
-        u, _, vh = torch.linalg.svd(f_best, full_matrices=False)
+        bound, found, best = verified_sample_bound(weight.detach(), samples)
+    f_best = _dft_at(weight, samples, best.view(1))[0]
+    with torch.no_grad():
+        u, _, vh = torch.linalg.svd(f_best.detach(), full_matrices=False)
     # sigma_1 = Re u^H F v with its singular vectors held: the argmax sample's value, and its
     # gradient (that of a simple singular value), without an SVD in the graph
-    sigma = (u[:, 0].conj() @ _dft_at(weight, freqs[best].view(1, 2))[0] @ vh[0].conj()).real
+    sigma = (u[:, 0].conj() @ f_best @ vh[0].conj()).real
     # the value is the certificate; the gradient is the argmax sample's
     return sigma * (bound / found).to(sigma.dtype) * correction
 
 
+@dataclass(frozen=True, eq=False)
+class FrequencySamples:
+    """Frequencies at which the certificate samples a kernel's DFT, with what it derives from
+    them once per grid and kernel shape (:func:`certificate_samples` caches them)."""
+
+    freqs: torch.Tensor  # (samples, 2) radians, float64
+    taps: torch.Tensor  # (samples, kh, kw): e^{-i w.tap}, complex128
+    phases: torch.Tensor  # (samples, offsets): e^{-i w.delta}, delta in (1 - k, ..., k - 1)
+    pair_offset: torch.Tensor  # (taps^2,): the offset b - a of each pair of taps (a, b)
+
+    def __len__(self) -> int:
+        return len(self.freqs)
+
+    @classmethod
+    def at(cls, freqs: torch.Tensor, kernel_shape: tuple[int, int]) -> FrequencySamples:
+        kh, kw = kernel_shape
+        f1, f2 = freqs.double()[:, 0, None, None], freqs.double()[:, 1, None, None]
+        a = torch.arange(kh, device=freqs.device, dtype=torch.float64)
+        b = torch.arange(kw, device=freqs.device, dtype=torch.float64)
+        d1 = torch.arange(1 - kh, kh, device=freqs.device, dtype=torch.float64)
+        d2 = torch.arange(1 - kw, kw, device=freqs.device, dtype=torch.float64)
+        tap = torch.cartesian_prod(torch.arange(kh), torch.arange(kw)).to(freqs.device)
+        delta = (tap[None, :, :] - tap[:, None, :]).flatten(0, 1)
+        return cls(
+            freqs=freqs.double(),
+            taps=_unit(-(f1 * a[:, None] + f2 * b)),
+            phases=_unit(-(f1 * d1[:, None] + f2 * d2)).flatten(1),
+            pair_offset=(delta[:, 0] + kh - 1) * (2 * kw - 1) + delta[:, 1] + kw - 1,
+        )
+
+
+def _unit(angle: torch.Tensor) -> torch.Tensor:
+    return torch.polar(torch.ones_like(angle), angle)
+
+
+@functools.lru_cache(maxsize=64)
 def certificate_samples(
     grid: tuple[int, int], max_grid: int, kernel_shape: tuple[int, int], device=None
-) -> torch.Tensor:
-    """The frequencies (samples x 2, radians, float64) :func:`conv_operator_norm` samples on
+) -> FrequencySamples:
+    """The frequencies :func:`conv_operator_norm` samples on
     ``grid``: the ``rfft2`` half of the grid (a real kernel's spectrum is conjugate-symmetric),
     and, where both axes are long (sampled at ``max_grid``, even) with kernels of equal degree,
     only its checkerboard p + q even.
@@ -199,17 +238,14 @@ def certificate_samples(
     long_axes = grid[0] == grid[1] == max_grid and max_grid % 2 == 0
     if long_axes and _degree(kernel_shape[0]) == _degree(kernel_shape[1]):
         pq = pq[pq.sum(dim=1) % 2 == 0]
-    return 2 * math.pi * pq.double() / torch.tensor(grid, dtype=torch.float64, device=device)
+    freqs = 2 * math.pi * pq.double() / torch.tensor(grid, dtype=torch.float64, device=device)
+    return FrequencySamples.at(freqs, kernel_shape)
 
 
-def _dft_at(weight: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """F(w) = sum_taps K_tap e^{-i w.tap} at the frequencies ``freqs`` (samples x 2, radians):
-    (samples, out, in), with the graph of ``weight``."""
-    kh, kw = weight.shape[-2:]
-    a = torch.arange(kh, device=weight.device, dtype=torch.float64)
-    b = torch.arange(kw, device=weight.device, dtype=torch.float64)
-    phase = -(freqs[:, 0, None, None] * a[None, :, None] + freqs[:, 1, None, None] * b)
-    taps = torch.polar(torch.ones_like(phase), phase).to(_complex(weight.dtype))
+def _dft_at(weight: torch.Tensor, samples: FrequencySamples, index: torch.Tensor) -> torch.Tensor:
+    """F(w) = sum_taps K_tap e^{-i w.tap} at the samples ``index``: (len(index), out, in), with
+    the graph of ``weight``."""
+    taps = samples.taps[index].to(_complex(weight.dtype))
     return torch.einsum("oiab,sab->soi", weight.to(taps.dtype), taps)
 
 
@@ -217,8 +253,8 @@ def _complex(dtype: torch.dtype) -> torch.dtype:
     return torch.complex128 if dtype == torch.float64 else torch.complex64
 
 
-def gram_samples(weight: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """G(w) = F(w)^H F(w) at the frequencies ``freqs`` (samples x 2, radians), on the kernel's
+def gram_samples(weight: torch.Tensor, samples: FrequencySamples) -> torch.Tensor:
+    """G(w) = F(w)^H F(w) at the frequencies of ``samples``, on the kernel's
     smaller channel side r (F(w)^T has F(w)'s singular values): (samples, r, r), computed in
     float64 and returned in ``weight``'s complex dtype.
 
@@ -232,16 +268,9 @@ def gram_samples(weight: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     flat = w.permute(0, 2, 3, 1).reshape(out, kh * kw * r)
     pairs = (flat.T @ flat).view(kh * kw, r, kh * kw, r).transpose(1, 2)
     # C_delta = sum over the pairs (a, a + delta) of K_a^T K_(a + delta)
-    tap = torch.cartesian_prod(torch.arange(kh), torch.arange(kw)).to(w.device)
-    delta = (tap[None, :, :] - tap[:, None, :]).flatten(0, 1)  # of each pair (a, b): b - a
-    index = (delta[:, 0] + kh - 1) * (2 * kw - 1) + delta[:, 1] + kw - 1
     offsets = torch.zeros((2 * kh - 1) * (2 * kw - 1), r, r, dtype=w.dtype, device=w.device)
-    offsets.index_add_(0, index, pairs.flatten(0, 1))
-    d1 = torch.arange(1 - kh, kh, device=w.device, dtype=w.dtype)
-    d2 = torch.arange(1 - kw, kw, device=w.device, dtype=w.dtype)
-    angle = (freqs[:, 0, None, None] * d1[:, None] + freqs[:, 1, None, None] * d2).flatten(1)
-    phases = torch.polar(torch.ones_like(angle), -angle)  # (samples, offsets)
-    gram = phases @ offsets.flatten(1).to(phases.dtype)
+    offsets.index_add_(0, samples.pair_offset, pairs.flatten(0, 1))
+    gram = samples.phases @ offsets.flatten(1).to(samples.phases.dtype)
     return gram.view(-1, r, r).to(_complex(weight.dtype))
 
 
@@ -278,10 +307,10 @@ def verified_below(
 
 
 def verified_sample_bound(
-    weight: torch.Tensor, freqs: torch.Tensor, tol: float = CERT_TOL
+    weight: torch.Tensor, samples: FrequencySamples, tol: float = CERT_TOL
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A proved upper bound on the largest singular value of the kernel's DFT at the
-    frequencies ``freqs``; the largest singular value found by SVD; and its sample's index.
+    frequencies of ``samples``; the largest singular value found by SVD; and its sample's index.
 
     SVDs of the samples with the largest Frobenius norms propose the maximum s; every sample
     is then verified below ((1 + ``tol``) s)^2 + margin in its Gram matrix by
@@ -289,17 +318,17 @@ def verified_sample_bound(
     the failed samples are verified again at a level raised by at least (1 + ``tol``)^2, until
     none fails. The bound is at most (1 + ``tol``) (1 + ~1e-4) above the samples' maximum.
     """
-    gram = gram_samples(weight, freqs)
-    samples = torch.arange(gram.shape[0], device=gram.device)
+    gram = gram_samples(weight, samples)
+    every = torch.arange(gram.shape[0], device=gram.device)
     fro = _frobenius(gram).double()
     proposed = fro.argsort(descending=True)[:CERT_PROPOSALS]
-    found = torch.linalg.svdvals(_dft_at(weight, freqs[proposed]))[:, 0].double()
+    found = torch.linalg.svdvals(_dft_at(weight, samples, proposed))[:, 0].double()
     best, top = proposed[found.argmax()], found.max()
     level = float(top * (1 + tol)) ** 2
     bound_sq = torch.zeros((), dtype=torch.float64, device=gram.device)
-    pending = samples
+    pending = every
     while len(pending):
-        first = len(pending) == len(samples)  # no copy of the whole batch on the first round
+        first = len(pending) == len(every)  # no copy of the whole batch on the first round
         passed, margin = verified_below(
             gram if first else gram[pending], level, fro if first else fro[pending]
         )
@@ -307,7 +336,7 @@ def verified_sample_bound(
             bound_sq = torch.maximum(bound_sq, level + margin[passed].max())
         pending = pending[~passed]
         if len(pending):
-            values = torch.linalg.svdvals(_dft_at(weight, freqs[pending]))[:, 0].double()
+            values = torch.linalg.svdvals(_dft_at(weight, samples, pending))[:, 0].double()
             if values.max() > top:
                 best, top = pending[values.argmax()], values.max()
             # strictly increasing (also from 0, for an all-zero kernel): the loop ends

@@ -155,7 +155,9 @@ def test_checkerboard_samples_cover_every_frequency_as_the_full_grid_does():
     assert len(lattice) == (n * (n // 2 + 1)) // 2
     assert len(certificate_samples((n, 12), n, (3, 3))) == n * 7
     assert len(certificate_samples((n, n), n, (3, 5))) == n * (n // 2 + 1)  # unequal degrees
-    both = torch.cat([lattice, -lattice])  # a real kernel's spectrum at -w is the conjugate
+    both = torch.cat(
+        [lattice.freqs, -lattice.freqs]
+    )  # a real kernel's spectrum at -w is the conjugate
     w = torch.rand(20000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     diff = (w[:, None, :] * 2 * math.pi - both[None]).remainder(2 * math.pi)
     dist = torch.minimum(diff, 2 * math.pi - diff).sum(dim=-1).min(dim=1).values
