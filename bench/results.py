@@ -5,8 +5,15 @@ A results folder holds ``runs.csv`` (one row per run), ``epochs.csv`` (run x epo
 ``recons/<run_id>.npz`` (reconstructions of fixed test images, for figures).
 
 Each finished run is first written to ``parts/<run_id>/`` (temporary file + rename, so a killed
-sweep loses at most the runs in progress); the top-level tables are the concatenation of the parts,
-rebuilt atomically after every run. Several processes (e.g. SLURM array jobs) can therefore write
+sweep loses at most the runs in progress); the top-level tables are the concatenation of the parts.
+After each finished run a sweep appends that run's rows to the CSVs (:func:`merge_new`: the
+work grows with the new rows, not the folder), and at its end (or when stopped) rewrites them
+whole, sorted by run id, with the Parquet copies (:func:`merge`). After a kill at any moment the
+parts hold every finished run and each table CSV is either a whole atomic rewrite or one plus
+appended runs; a kill during an append may leave that run's rows, the last line perhaps cut
+short, which :mod:`bench.merge_journal` has not committed: the next merge (any ``run``) rebuilds
+such tables whole from the parts. The Parquet copies lag behind the CSVs until the sweep ends.
+Several processes (e.g. SLURM array jobs) can therefore write
 into one folder: a process claims a run (``claim``, a lock file per run) before training it, and
 part writes and merges happen under one folder-wide lock (``folder_lock``), so no row is lost.
 
@@ -35,6 +42,7 @@ from pathlib import Path
 import pandas as pd
 from filelock import FileLock, Timeout
 
+from . import merge_journal
 from .metrics import METRICS
 from .schema import (
     COLUMNS,
@@ -468,24 +476,75 @@ def set_setting_hash(out: Path, run_id: str, setting_hash: str) -> None:
 
 
 def merge(out: Path) -> dict[str, pd.DataFrame]:
-    """Concatenate all valid parts into ``out/{runs,epochs,steps}.csv`` (and .parquet).
+    """Concatenate all valid parts into ``out/{runs,epochs,steps}.csv`` (and .parquet), rewriting
+    each file whole (rows sorted by run id); returns the tables as the CSVs read back.
 
     Runs under the folder lock, so concurrent processes cannot overwrite each other's merge
     with a stale one. Parts this process has read before and that are unchanged are not read
     again. The CSVs are written first; the Parquet copies are a convenience, and a failure there
-    (pyarrow missing memory, say) is a warning, never a lost CSV.
+    (pyarrow missing memory, say) is a warning, never a lost CSV. A sweep calls this once at its
+    end (and when stopped); after each finished run it calls :func:`merge_new`.
     """
     out = Path(out)
     with folder_lock(out):
-        merged = _concatenated(out, scan_parts(out))
+        parts = scan_parts(out)
+        merged = _concatenated(out, parts)
         tables = {}
         for name, frame in merged.items():
             atomic_write_csv(out / f"{name}.csv", frame)
             # the table as the CSV reads back: mixed columns (a bool parameter that baselines
             # lack) then hold the same values in both copies
             tables[name] = read_table(out / f"{name}.csv") if len(frame) else frame
+        columns = {name: [str(c) for c in frame.columns] for name, frame in merged.items()}
+        merge_journal.reset(out, columns, _part_signatures(out, parts), atomic_write_bytes)
         _write_parquet(out, tables)
     return tables
+
+
+def merge_new(out: Path) -> None:
+    """Bring ``out/{runs,epochs,steps}.csv`` up to date by appending the rows of the parts they
+    do not hold yet, so that a merge after each finished run writes only that run's rows.
+
+    The tables are rebuilt whole (:func:`merge`, Parquet copies included) instead when the
+    journal (:mod:`bench.merge_journal`) does not vouch for them (a first merge, a kill during an
+    append, a file changed by hand), when a part they hold was replaced (``--force``) or set
+    aside, or when new rows bring a column the table lacks. Appended rows follow in the order
+    the runs finished (a whole rewrite sorts them by run id); the Parquet copies are not
+    updated by an append.
+    """
+    out = Path(out)
+    with folder_lock(out):
+        parts = scan_parts(out)
+        signatures = _part_signatures(out, parts)
+        held = merge_journal.read(out)
+        if (
+            held is None
+            or set(held.columns) != set(TABLES)
+            or not merge_journal.matches(out, held)
+            or any(signatures.get(run_id) != s for run_id, s in held.runs.items())
+        ):
+            merge(out)
+            return
+        new = sorted(set(parts) - set(held.runs))
+        rows = {}
+        for name in TABLES:
+            frames = [parts[run_id][name] for run_id in new if len(parts[run_id][name])]
+            if not frames:
+                continue
+            frame = pd.concat(frames, ignore_index=True)
+            if not set(frame.columns) <= set(held.columns[name]):  # a new column: rewrite
+                merge(out)
+                return
+            frame = frame.reindex(columns=held.columns[name])
+            rows[name] = frame.to_csv(index=False, header=False).encode()
+        if new:
+            merge_journal.append(out, held, {i: signatures[i] for i in new}, rows)
+
+
+def _part_signatures(out: Path, parts: dict) -> dict[str, list]:
+    """run id -> the signature of its part's files as read (see :func:`_signature`)."""
+    folder = Path(out).absolute() / "parts"
+    return {i: merge_journal.plain(_PART_CACHE[folder / i][0]) for i in parts}
 
 
 def _write_parquet(out: Path, tables: dict[str, pd.DataFrame]) -> None:

@@ -262,7 +262,7 @@ def run_suite(
                 if outcome.status != "elsewhere":
                     done.append(outcome.row)
                     t = time.perf_counter()
-                    results.merge(out)
+                    results.merge_new(out)  # appends this run's rows: the rewrite is below
                     merge_s += time.perf_counter() - t
     except BaseException as stop:
         if not isinstance(stop, Exception):  # Ctrl-C, SIGTERM: what finished goes in the tables
