@@ -99,8 +99,10 @@ CERT_GRID = 32
 # sample decide, where an exact value per sample costs an SVD each (~10x more on CPU).
 CERT_TOL = 1e-3
 # SVDs proposing the maximum before the first verification: the samples with the largest
-# Frobenius norms; every sample that then fails verification gets its own SVD
-CERT_PROPOSALS = 8
+# Frobenius norms and those with the largest column norm (a lower bound on sigma_1^2), this many
+# of each; every sample that then fails verification gets its own SVD. Either ranking alone
+# missed the maximum on some kernels (28 failures on a fresh 32-channel one); together, none.
+CERT_PROPOSALS = 4
 _TINY = torch.finfo(torch.float32).tiny
 
 
@@ -185,7 +187,10 @@ class FrequencySamples:
 
     freqs: torch.Tensor  # (samples, 2) radians, float64
     taps: torch.Tensor  # (samples, kh, kw): e^{-i w.tap}, complex128
-    phases: torch.Tensor  # (samples, offsets): e^{-i w.delta}, delta in (1 - k, ..., k - 1)
+    # G(w) = C_0 + sum over the offsets delta > 0 (half of them; C_-delta = C_delta^T) of
+    # cos(w.delta) (C_delta + C_-delta) - i sin(w.delta) (C_delta - C_-delta):
+    cos: torch.Tensor  # (samples, 1 + half): 1, then cos(w.delta) for delta > 0, float64
+    sin: torch.Tensor  # (samples, half): sin(w.delta) for delta > 0, float64
     pair_offset: torch.Tensor  # (taps^2,): the offset b - a of each pair of taps (a, b)
 
     def __len__(self) -> int:
@@ -201,12 +206,19 @@ class FrequencySamples:
         d2 = torch.arange(1 - kw, kw, device=freqs.device, dtype=torch.float64)
         tap = torch.cartesian_prod(torch.arange(kh), torch.arange(kw)).to(freqs.device)
         delta = (tap[None, :, :] - tap[:, None, :]).flatten(0, 1)
+        angle = (f1 * d1[:, None] + f2 * d2).flatten(1)[:, angle_count(kh, kw) // 2 :]
         return cls(
             freqs=freqs.double(),
             taps=_unit(-(f1 * a[:, None] + f2 * b)),
-            phases=_unit(-(f1 * d1[:, None] + f2 * d2)).flatten(1),
+            cos=angle.cos().index_fill(1, torch.tensor([0], device=freqs.device), 1.0),
+            sin=angle[:, 1:].sin(),
             pair_offset=(delta[:, 0] + kh - 1) * (2 * kw - 1) + delta[:, 1] + kw - 1,
         )
+
+
+def angle_count(kh: int, kw: int) -> int:
+    """The number of tap offsets delta of a kh x kw kernel, (2 kh - 1) (2 kw - 1)."""
+    return (2 * kh - 1) * (2 * kw - 1)
 
 
 def _unit(angle: torch.Tensor) -> torch.Tensor:
@@ -265,16 +277,23 @@ def gram_samples(weight: torch.Tensor, samples: FrequencySamples) -> torch.Tenso
     flat = w.permute(0, 2, 3, 1).reshape(out, kh * kw * r)
     pairs = (flat.T @ flat).view(kh * kw, r, kh * kw, r).transpose(1, 2)
     # C_delta = sum over the pairs (a, a + delta) of K_a^T K_(a + delta)
-    offsets = torch.zeros((2 * kh - 1) * (2 * kw - 1), r, r, dtype=w.dtype, device=w.device)
-    offsets.index_add_(0, samples.pair_offset, pairs.flatten(0, 1))
-    gram = samples.phases @ offsets.flatten(1).to(samples.phases.dtype)
-    return gram.view(-1, r, r).to(_complex(weight.dtype))
+    count = angle_count(kh, kw)
+    offsets = torch.zeros(count, r * r, dtype=w.dtype, device=w.device)
+    offsets.index_add_(0, samples.pair_offset, pairs.flatten(0, 1).flatten(1))
+    # offsets are ordered so that -delta is at count - 1 - (index of delta): C_-delta = C_delta^T
+    ahead, behind = offsets[count // 2 + 1 :], offsets[: count // 2].flip(0)
+    real = samples.cos @ torch.cat([offsets[count // 2 : count // 2 + 1], ahead + behind])
+    imag = samples.sin @ (behind - ahead)
+    gram = torch.empty(real.shape, dtype=_complex(weight.dtype), device=w.device)
+    torch.view_as_real(gram)[..., 0].copy_(real)  # rounded once, from float64
+    torch.view_as_real(gram)[..., 1].copy_(imag)
+    return gram.view(-1, r, r)
 
 
 def _frobenius(g: torch.Tensor) -> torch.Tensor:
     # torch.linalg.matrix_norm is ~3x slower than this on complex batches (CPU)
-    parts = torch.view_as_real(g) if g.is_complex() else g.unsqueeze(-1)
-    return parts.square().sum(dim=(-3, -2, -1)).sqrt()
+    squares = torch.addcmul(g.real.square(), g.imag, g.imag) if g.is_complex() else g.square()
+    return squares.sum(dim=(-2, -1)).sqrt()
 
 
 def verified_below(
@@ -287,19 +306,24 @@ def verified_below(
     roundoff u) gives R with A + dA = R^H R positive semi-definite, where
     |dA| <= gamma |R^H| |R| elementwise, gamma = c (n + 1) u / (1 - c (n + 1) u) (Higham,
     "Accuracy and Stability of Numerical Algorithms", 2002, Thm 10.3; c = 2 covers complex
-    arithmetic, Sec. 3.6), so ||dA||_2 <= gamma ||R||_F^2. Forming A rounds its diagonal by at
+    arithmetic, Sec. 3.6), so ||dA||_2 <= gamma ||R||_F^2, and ||R||_F^2 = tr(A + dA) <= tr(A) +
+    gamma ||R||_F^2 gives ||R||_F^2 <= tr(A) / (1 - gamma). Forming A rounds its diagonal by at
     most u (level + max |G_ii|), and rounding G from float64 moves it by at most
     u ||G||_F in norm. Hence lambda_min(A) >= -margin and lambda_max(G) <= level + margin, with
-    margin = gamma ||R||_F^2 + u (level + 2 ||G||_F) for the float64 G that was rounded.
+    margin = gamma tr(A) / (1 - gamma) + u (level + 2 ||G||_F) for the float64 G that was
+    rounded (tr(A) = n level - tr(G), computed in float64 with a 1e-6 allowance).
     ``fro``: the matrices' Frobenius norms, when the caller has them.
     """
     n = gram.shape[-1]
     u = torch.finfo(gram.real.dtype).eps / 2
-    eye = torch.eye(n, dtype=gram.dtype, device=gram.device)
-    factor, info = torch.linalg.cholesky_ex(level * eye - gram)
+    shifted = gram.neg()
+    shifted.diagonal(dim1=-2, dim2=-1).add_(level)
+    _, info = torch.linalg.cholesky_ex(shifted)
     gamma = 2 * (n + 1) * u / (1 - 2 * (n + 1) * u)
     fro = _frobenius(gram).double() if fro is None else fro
-    margin = gamma * _frobenius(factor).double().square() + u * (level + 2 * fro)
+    # ||R||_F^2 = tr(A + dA) <= tr(A) + gamma ||R||_F^2, so ||R||_F^2 <= tr(A) / (1 - gamma)
+    trace = (n * level - gram.diagonal(dim1=-2, dim2=-1).real.double().sum(dim=-1)).clamp_min(0)
+    margin = gamma / (1 - gamma) * trace * (1 + 1e-6) + u * (level + 2 * fro)
     return info == 0, margin
 
 
@@ -317,8 +341,15 @@ def verified_sample_bound(
     """
     gram = gram_samples(weight, samples)
     every = torch.arange(gram.shape[0], device=gram.device)
-    fro = _frobenius(gram).double()
-    proposed = fro.argsort(descending=True)[:CERT_PROPOSALS]
+    squares = torch.addcmul(gram.real.square(), gram.imag, gram.imag)  # |G_ij|^2
+    fro = squares.sum(dim=(-2, -1)).sqrt().double()
+    column = squares.sum(dim=-2).amax(dim=-1)  # max_j ||G e_j||^2 <= lambda_max(G)^2
+    proposed = torch.cat(
+        [
+            fro.argsort(descending=True)[:CERT_PROPOSALS],
+            column.argsort(descending=True)[:CERT_PROPOSALS],
+        ]
+    ).unique()
     found = torch.linalg.svdvals(_dft_at(weight, samples, proposed))[:, 0].double()
     best, top = proposed[found.argmax()], found.max()
     level = float(top * (1 + tol)) ** 2
