@@ -23,9 +23,10 @@ import time
 import torch
 
 from bench import diagnostics
+from bench.certificate import conv_operator_norm
 from bench.config import load_suite
 from bench.measure import SavedBytes, StepClock
-from bench.model import build_model, conv_operator_norm
+from bench.model import build_model
 from bench.solver import solver_from_config
 from bench.task_data import load_task_data
 from bench.training import fidelity_images

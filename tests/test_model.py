@@ -9,21 +9,17 @@ import torch
 import torch.nn.functional as F
 from helpers import run_config
 
-from bench.config import ModelConfig, ProblemConfig
-from bench.model import (
-    Denoiser,
-    ReconstructionDEQ,
+from bench.certificate import (
     aol_rescale,
-    build_model,
     certificate_grid,
     certificate_samples,
     conv_operator_norm,
-    eta_max,
     gram_samples,
-    maxmin,
     verified_below,
     verified_sample_bound,
 )
+from bench.config import ModelConfig, ProblemConfig
+from bench.model import Denoiser, ReconstructionDEQ, build_model, eta_max, maxmin
 from bench.solver import FixedPointSolver, lipschitz_estimate
 from bench.task_data import load_task_data
 from bench.tasks import TASKS, BlurTask, GaussianBlur, InpaintTask, Task, make_task
