@@ -72,8 +72,9 @@ STEP_COLUMNS = (
     # a missing column would read as a folder from before they existed
     "backward_converged", "skipped",
     # the adjoint's relative residual and the certified bound on its relative error (NaN for
-    # unrolled and for a model without certificate)
-    "adjoint_residual", "adjoint_error_bound",
+    # unrolled and for a model without certificate), and the seconds the residual's product took
+    # (not in step_time_s)
+    "adjoint_residual", "adjoint_error_bound", "adjoint_bound_time_s",
 )  # fmt: skip
 COLUMNS = {"runs": RUN_COLUMNS, "epochs": EPOCH_COLUMNS, "steps": STEP_COLUMNS}
 
@@ -136,7 +137,7 @@ ADDED_COLUMNS = {
     ),
     "steps": (
         "backward_converged", "skipped", "jacobian_products", "certify_time_s", "adjoint_residual",
-        "adjoint_error_bound",
+        "adjoint_error_bound", "adjoint_bound_time_s",
     ),
 }  # fmt: skip
 # Settings added after results were written, with the value every earlier run had (the harness

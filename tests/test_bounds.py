@@ -129,6 +129,15 @@ def test_unrolled_has_no_adjoint_and_no_bound():
     model, x, d = _model()
     row = _step(model, get_strategy("unrolled", k=3), x, d)
     assert math.isnan(row["adjoint_error_bound"]) and math.isnan(row["adjoint_residual"])
+    assert math.isnan(row["adjoint_bound_time_s"])  # nothing computed, nothing timed
+
+
+def test_the_adjoint_residuals_product_is_timed_apart_from_the_step():
+    model, x, d = _model()
+    row = _step(model, get_strategy("neumann", k=2), x, d)
+    assert row["adjoint_residual"] > 0 and row["adjoint_bound_time_s"] > 0
+    phases = ("certify_time_s", "forward_time_s", "backward_time_s", "optimizer_time_s")
+    assert row["step_time_s"] == pytest.approx(sum(row[p] for p in phases), rel=1e-12)
 
 
 # ---- the reconstruction model, fresh and after training ---------------------------------------
