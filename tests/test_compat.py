@@ -199,6 +199,8 @@ def part_reads(monkeypatch):
     return reads
 
 
+@pytest.mark.slow  # ~9 s; the fast tier keeps test_a_resume_reads_every_part_once and the 100-part
+# write count of tests/test_merge_growth.py
 def test_a_merge_after_a_run_reads_only_that_runs_part_at_1000_parts(tmp_path, part_reads):
     out = tmp_path / "out"
     ids = _synthetic_folder(out, 1000)
