@@ -129,6 +129,7 @@ def test_a_folder_of_an_older_commit_resumes_without_losing_or_redoing_anything(
     assert len(learned) == 2 and learned["setting"].nunique() == 1  # one setting, not two
 
 
+@pytest.mark.slow  # 2 x ~2.2 s: whole CLI runs; test_a_report_reads_a_resumed_older_folder stays fast
 @pytest.mark.parametrize("commit", ["12fb0d5", "db97b47"])
 def test_the_cli_resumes_an_older_folder_and_reports_it(tmp_path, commit, capsys):
     """The real commands, nothing faked: nothing is left to train, so nothing trains."""
@@ -228,6 +229,7 @@ def test_a_resume_reads_every_part_once(tmp_path, monkeypatch, part_reads):
     assert sorted(i for i in part_reads if i in ids) == ids  # one full scan per command
 
 
+@pytest.mark.slow  # ~2.5 s: a whole CLI run and report
 def test_a_folder_of_the_previous_commit_resumes_and_reports_with_every_row(tmp_path, capsys):
     """f41d85f, the commit before the certification phase, the adjoint bounds, jac_reg and the
     task-declared settings: its runs have today's ids (nothing retrained), its parts are kept
