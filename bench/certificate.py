@@ -150,7 +150,7 @@ class FrequencySamples:
         return cls(
             freqs=freqs.double(),
             taps=_unit(-(f1 * a[:, None] + f2 * b)),
-            cos=angle.cos().index_fill(1, torch.tensor([0], device=freqs.device), 1.0),
+            cos=angle.cos(),  # its first column is delta = 0: cos 1
             sin=angle[:, 1:].sin(),
             pair_offset=(delta[:, 0] + kh - 1) * (2 * kw - 1) + delta[:, 1] + kw - 1,
         )
@@ -208,8 +208,9 @@ def gram_samples(weight: torch.Tensor, samples: FrequencySamples) -> torch.Tenso
     float64 and returned in ``weight``'s complex dtype.
 
     G(w) = sum_delta C_delta e^{-i w.delta}, C_delta = sum_a K_a^T K_(a + delta) the taps'
-    cross-correlations: one small convolution and one (samples x offsets) product, where the
-    kernel's DFT and a product per sample cost ~10x more on CPU.
+    cross-correlations: one (taps r) x (taps r) product for every pair of taps, and two
+    (samples x offsets / 2) products for G's real and imaginary parts (C_-delta = C_delta^T),
+    where the kernel's DFT and a product per sample cost ~10x more on CPU.
     """
     w = (weight if weight.shape[1] <= weight.shape[0] else weight.transpose(0, 1)).double()
     out, r, kh, kw = w.shape
@@ -273,7 +274,8 @@ def verified_sample_bound(
     """A proved upper bound on the largest singular value of the kernel's DFT at the
     frequencies of ``samples``; the largest singular value found by SVD; and its sample's index.
 
-    SVDs of the samples with the largest Frobenius norms propose the maximum s; every sample
+    SVDs of the samples with the largest Frobenius norms and of those with the largest column
+    norms (``CERT_PROPOSALS`` of each) propose the maximum s; every sample
     is then verified below ((1 + ``tol``) s)^2 + margin in its Gram matrix by
     :func:`verified_below`; a sample that fails gets its own SVD (it may be the maximum), and
     the failed samples are verified again at a level raised by at least (1 + ``tol``)^2, until
